@@ -1,0 +1,180 @@
+//! Conditions shared by every kind, following the Kubernetes API conventions: `Ready`,
+//! `Progressing` and `Degraded`, each with a reason, a message, `lastTransitionTime` and
+//! `observedGeneration`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::fmt;
+
+/// The condition types lexserve sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    /// The resource serves (or, for experiments and shadows, runs) as declared.
+    Ready,
+    /// A change is being rolled out or an analysis is under way.
+    Progressing,
+    /// Something is wrong that needs attention (a model that fails to load, missing GPUs, a
+    /// missing scaling signal).
+    Degraded,
+}
+
+impl ConditionType {
+    /// The `type` string stored in the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Progressing => "Progressing",
+            ConditionType::Degraded => "Degraded",
+        }
+    }
+}
+
+impl fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The tri-state status of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// The `status` string stored in the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(value: bool) -> Self {
+        if value {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+/// What a reconciler wants a condition to say; `set_condition` turns it into a stored
+/// [`Condition`] while keeping `lastTransitionTime` stable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredCondition {
+    pub type_: ConditionType,
+    pub status: ConditionStatus,
+    /// A CamelCase reason (`InsufficientGPU`, `ModelLoadFailed`, ...).
+    pub reason: String,
+    /// A sentence for people, with the numbers that explain it.
+    pub message: String,
+}
+
+impl DesiredCondition {
+    pub fn new(
+        type_: ConditionType,
+        status: impl Into<ConditionStatus>,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Upserts `desired` into `conditions`.
+///
+/// `lastTransitionTime` changes only when the status flips: a condition whose message is
+/// refreshed on every reconcile must not look like a new transition, or `kubectl wait` and
+/// alerting on transitions would fire constantly. `now` is passed in so the function stays pure.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    desired: DesiredCondition,
+    observed_generation: Option<i64>,
+    now: Time,
+) {
+    let type_ = desired.type_.as_str();
+    let status = desired.status.as_str();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            if existing.status != status {
+                existing.last_transition_time = now;
+            }
+            existing.status = status.to_string();
+            existing.reason = desired.reason;
+            existing.message = desired.message;
+            existing.observed_generation = observed_generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: desired.reason,
+            message: desired.message,
+            observed_generation,
+            last_transition_time: now,
+        }),
+    }
+}
+
+/// The condition of the given type, if present.
+pub fn find_condition(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
+}
+
+/// Whether the condition of the given type is present and `True`.
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).expect("valid timestamp"))
+    }
+
+    #[test]
+    fn new_condition_is_appended_with_the_given_time() {
+        let mut conditions = Vec::new();
+        let desired = DesiredCondition::new(ConditionType::Ready, false, "Deploying", "0/1 ready");
+        set_condition(&mut conditions, desired, Some(3), at(100));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].type_, "Ready");
+        assert_eq!(conditions[0].status, "False");
+        assert_eq!(conditions[0].observed_generation, Some(3));
+        assert_eq!(conditions[0].last_transition_time, at(100));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut conditions = Vec::new();
+        let not_ready = DesiredCondition::new(ConditionType::Ready, false, "Deploying", "0/2");
+        set_condition(&mut conditions, not_ready, Some(1), at(100));
+
+        let still_not_ready =
+            DesiredCondition::new(ConditionType::Ready, false, "Deploying", "1/2");
+        set_condition(&mut conditions, still_not_ready, Some(1), at(200));
+        assert_eq!(conditions[0].last_transition_time, at(100));
+        assert_eq!(conditions[0].message, "1/2");
+
+        let ready = DesiredCondition::new(ConditionType::Ready, true, "Available", "2/2");
+        set_condition(&mut conditions, ready, Some(2), at(300));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, at(300));
+        assert_eq!(conditions[0].status, "True");
+        assert_eq!(conditions[0].observed_generation, Some(2));
+        assert!(is_true(&conditions, ConditionType::Ready));
+        assert!(!is_true(&conditions, ConditionType::Degraded));
+    }
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The README's demo command: starts the embedded local control plane (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kwok with simulated GPU nodes), installs lexserve's
+# CRDs the way users do (`kubectl apply`), applies the examples, shows them, shows the apiserver
+# rejecting an invalid object with its CEL message, and stops everything on Ctrl-C.
+#
+#   scripts/demo.sh            run, then wait for Ctrl-C
+#   scripts/demo.sh --once     run and stop at once (what the tests do)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+once=false
+[ "${1:-}" = "--once" ] && once=true
+
+export LEXSERVE_CACHE="${LEXSERVE_CACHE:-$HOME/.cache/lexserve}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LEXSERVE_CACHE/target}"
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "building lexserve-operator and the local control plane tooling"
+cargo build --locked -q -p lexserve-operator -p lexserve-e2e
+operator="$CARGO_TARGET_DIR/debug/lexserve-operator"
+e2e="$CARGO_TARGET_DIR/debug/lexserve-e2e"
+
+say "CRDs generated from the API types (lexserve-operator crd)"
+generated="$(mktemp -d)"
+trap 'rm -rf "$generated"' EXIT
+"$operator" crd --out "$generated"
+if diff -r "$generated" crds >/dev/null; then
+  echo "crds/ is up to date with the generator"
+else
+  echo "crds/ differs from the generator: run 'cargo run -p lexserve-operator -- crd'" >&2
+  exit 1
+fi
+
+say "control plane binaries (cached under $LEXSERVE_CACHE)"
+eval "$(e2e/cluster/setup.sh | tail -n1)"
+
+say "starting the local cluster"
+"$e2e" cluster up
+kubeconfig="$LEXSERVE_CACHE/cluster/kubeconfig"
+export KUBECONFIG="$kubeconfig"
+stop() {
+  say "stopping the local cluster"
+  "$e2e" cluster down || true
+  rm -rf "$generated"
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+kubectl get nodes -L nvidia.com/gpu.product -o wide
+say "GPU capacity of the simulated nodes"
+kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product,TAINTS:.spec.taints[*].key'
+
+say "installing the CRDs with kubectl apply"
+kubectl apply -f crds/
+kubectl wait --for condition=Established --timeout=60s -f crds/ >/dev/null
+kubectl explain inferenceservice.spec.scaling --recursive=false | head -n 30
+
+say "applying the examples"
+kubectl create namespace lexserve-demo --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n lexserve-demo apply -f examples/
+kubectl -n lexserve-demo get lexserve
+
+say "the apiserver rejects invalid objects with the CEL rule's message"
+for f in examples/invalid/*.yaml; do
+  echo "--- $f"
+  if kubectl -n lexserve-demo apply --dry-run=server -f "$f" 2>&1; then
+    echo "unexpectedly accepted: $f" >&2
+    exit 1
+  fi
+done
+
+say "coming next: the operator (InferenceService controller), the sidecar serving models, autoscaling"
+if $once; then
+  exit 0
+fi
+echo
+echo "KUBECONFIG=$kubeconfig kubectl get lexserve -A   # in another shell"
+echo "Ctrl-C stops the cluster."
+while true; do sleep 3600; done
