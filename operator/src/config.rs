@@ -1,0 +1,26 @@
+//! Operator-wide settings that shape the children it builds. They come from the command line
+//! (flags with env fallbacks, see `main.rs`); the builders take them as plain data.
+
+/// The image of the sidecar when an InferenceService does not override it.
+pub const DEFAULT_SIDECAR_IMAGE: &str = "ghcr.io/lexserve/lexserve-sidecar:0.1.0";
+
+/// What the builders need to know beyond the InferenceService itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorConfig {
+    /// The default sidecar image.
+    pub sidecar_image: String,
+    /// Prometheus as KEDA's trigger should reach it (the `serverAddress`).
+    pub prometheus_url: String,
+    /// The cluster's DNS suffix, for the URL in status.
+    pub cluster_domain: String,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            sidecar_image: DEFAULT_SIDECAR_IMAGE.to_string(),
+            prometheus_url: "http://prometheus-operated.monitoring.svc:9090".to_string(),
+            cluster_domain: "cluster.local".to_string(),
+        }
+    }
+}

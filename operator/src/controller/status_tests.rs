@@ -1,0 +1,225 @@
+//! `compute_status` on the situations a model server goes through.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+use super::status::{Observed, compute_status, is_settled, parse_digest, reason};
+use crate::api::InferenceService;
+use crate::api::conditions::{ConditionType, find_condition};
+use crate::gpu::{NodeGpus, gpu_fit};
+
+fn isvc() -> InferenceService {
+    serde_json::from_value(json!({
+        "apiVersion": "lexserve.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "minilm", "namespace": "team-a", "generation": 2},
+        "spec": {"model": {"uri": "file:///m/model.onnx", "format": "onnx", "task": "embed"}}
+    }))
+    .expect("valid")
+}
+
+fn deployment(replicas: i32, ready: i32, updated: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": "minilm", "generation": 4},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}},
+        "status": {"observedGeneration": 4, "replicas": replicas, "readyReplicas": ready, "updatedReplicas": updated}
+    }))
+    .expect("valid deployment")
+}
+
+fn pod(status: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": "minilm-abc"}, "status": status}))
+        .expect("valid pod")
+}
+
+fn at(s: i64) -> Time {
+    Time(Timestamp::from_second(s).expect("valid"))
+}
+
+fn observe<'a>(d: Option<&'a Deployment>, pods: &'a [Pod]) -> Observed<'a> {
+    Observed {
+        deployment: d,
+        pods,
+        hpa: None,
+        gpu_fit: None,
+        gpu_resource: None,
+        url: "http://minilm.team-a.svc.cluster.local".to_string(),
+        now: at(1000),
+    }
+}
+
+fn condition(
+    s: &crate::api::inference_service::InferenceServiceStatus,
+    t: ConditionType,
+) -> (&str, &str, &str) {
+    let c = find_condition(&s.conditions, t).expect("condition present");
+    (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+}
+
+#[test]
+fn all_replicas_ready_is_ready_and_settled() {
+    let d = deployment(2, 2, 2);
+    let status = compute_status(&isvc(), &observe(Some(&d), &[]));
+    assert_eq!(condition(&status, ConditionType::Ready).0, "True");
+    assert_eq!(
+        condition(&status, ConditionType::Ready).1,
+        reason::AVAILABLE
+    );
+    assert_eq!(
+        condition(&status, ConditionType::Progressing).1,
+        reason::ROLLOUT_COMPLETE
+    );
+    assert_eq!(condition(&status, ConditionType::Degraded).0, "False");
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.ready_replicas, Some(2));
+    assert_eq!(
+        status.url.as_deref(),
+        Some("http://minilm.team-a.svc.cluster.local")
+    );
+    assert!(is_settled(&status));
+    for c in &status.conditions {
+        assert_eq!(c.observed_generation, Some(2));
+    }
+}
+
+#[test]
+fn rollout_in_progress_is_progressing() {
+    let d = deployment(2, 1, 1);
+    let status = compute_status(&isvc(), &observe(Some(&d), &[]));
+    assert_eq!(condition(&status, ConditionType::Ready).0, "True");
+    assert_eq!(
+        condition(&status, ConditionType::Progressing),
+        ("True", reason::ROLLING_OUT, "1/2 replicas updated, 1 ready")
+    );
+    assert!(!is_settled(&status));
+}
+
+#[test]
+fn no_deployment_yet_is_deploying() {
+    let status = compute_status(&isvc(), &observe(None, &[]));
+    assert_eq!(condition(&status, ConditionType::Ready).0, "False");
+    assert_eq!(
+        condition(&status, ConditionType::Ready).1,
+        reason::DEPLOYING
+    );
+}
+
+#[test]
+fn crash_looping_model_is_not_ready_and_says_why() {
+    let d = deployment(1, 0, 1);
+    let pods = [pod(json!({
+        "containerStatuses": [{
+            "name": "sidecar", "ready": false, "restartCount": 4, "image": "x", "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": "model load failed: model.onnx: not an ONNX file"}}
+        }]
+    }))];
+    let status = compute_status(&isvc(), &observe(Some(&d), &pods));
+    let (s, r, m) = condition(&status, ConditionType::Ready);
+    assert_eq!((s, r), ("False", reason::MODEL_LOAD_FAILED));
+    assert!(m.contains("not an ONNX file"), "{m}");
+    assert_eq!(condition(&status, ConditionType::Degraded).0, "True");
+}
+
+#[test]
+fn failed_fetch_is_reported_from_the_init_container() {
+    let d = deployment(1, 0, 1);
+    let pods = [pod(json!({
+        "initContainerStatuses": [{
+            "name": "fetch-model", "ready": false, "restartCount": 2, "image": "x", "imageID": "",
+            "state": {"terminated": {"exitCode": 2, "message": "sha256 mismatch: expected aaaa, got bbbb"}}
+        }]
+    }))];
+    let status = compute_status(&isvc(), &observe(Some(&d), &pods));
+    let (s, r, m) = condition(&status, ConditionType::Ready);
+    assert_eq!((s, r), ("False", reason::MODEL_FETCH_FAILED));
+    assert!(m.contains("sha256 mismatch"), "{m}");
+}
+
+#[test]
+fn unschedulable_for_gpus_gives_the_numbers() {
+    let d = deployment(1, 0, 1);
+    let pods = [pod(json!({
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 2 Insufficient nvidia.com/gpu, 1 node(s) had untolerated taint."}]
+    }))];
+    let fit = gpu_fit(
+        16,
+        &[
+            NodeGpus {
+                node: "gpu-0".into(),
+                allocatable: 8,
+                in_use: 0,
+            },
+            NodeGpus {
+                node: "gpu-1".into(),
+                allocatable: 8,
+                in_use: 2,
+            },
+        ],
+    );
+    let mut observed = observe(Some(&d), &pods);
+    observed.gpu_fit = Some(&fit);
+    observed.gpu_resource = Some("nvidia.com/gpu");
+    let status = compute_status(&isvc(), &observed);
+    let (s, r, m) = condition(&status, ConditionType::Degraded);
+    assert_eq!((s, r), ("True", reason::INSUFFICIENT_GPU));
+    assert!(m.contains("requests 16 nvidia.com/gpu"), "{m}");
+    assert!(m.contains("8 allocatable"), "{m}");
+    assert!(m.contains("gpu-0 has 8 free"), "{m}");
+    assert_eq!(
+        condition(&status, ConditionType::Ready).1,
+        reason::INSUFFICIENT_GPU
+    );
+}
+
+#[test]
+fn unschedulable_for_other_reasons_quotes_the_scheduler() {
+    let d = deployment(1, 0, 1);
+    let pods = [pod(json!({
+        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient memory."}]
+    }))];
+    let status = compute_status(&isvc(), &observe(Some(&d), &pods));
+    let (s, r, m) = condition(&status, ConditionType::Degraded);
+    assert_eq!((s, r), ("True", reason::UNSCHEDULABLE));
+    assert!(m.contains("Insufficient memory"), "{m}");
+}
+
+#[test]
+fn transition_time_is_kept_when_nothing_changes() {
+    let d = deployment(1, 1, 1);
+    let mut object = isvc();
+    let first = compute_status(&object, &observe(Some(&d), &[]));
+    object.status = Some(first.clone());
+    let mut later = observe(Some(&d), &[]);
+    later.now = at(5000);
+    let second = compute_status(&object, &later);
+    assert_eq!(
+        first, second,
+        "an unchanged world gives an identical status, so nothing is written"
+    );
+}
+
+#[test]
+fn digest_comes_from_the_fetch_container_or_the_spec() {
+    let digest = "ab".repeat(32);
+    let d = deployment(1, 1, 1);
+    let pods = [pod(json!({
+        "initContainerStatuses": [{
+            "name": "fetch-model", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"terminated": {"exitCode": 0, "message": format!("fetched 90 MB sha256:{digest}")}}
+        }]
+    }))];
+    let status = compute_status(&isvc(), &observe(Some(&d), &pods));
+    assert_eq!(status.model.and_then(|m| m.digest), Some(digest.clone()));
+    assert_eq!(parse_digest("sha256:xyz"), None);
+    assert_eq!(
+        parse_digest(&format!("ok sha256:{}", digest.to_uppercase())),
+        Some(digest)
+    );
+}

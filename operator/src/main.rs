@@ -1,0 +1,298 @@
+//! `lexserve-operator`: a thin command line over the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
+
+use lexserve_operator::config::{DEFAULT_SIDECAR_IMAGE, OperatorConfig};
+use lexserve_operator::controller::context::Context;
+use lexserve_operator::crd::{MAX_CRD_BYTES, render_all};
+use lexserve_operator::leader::{LeaderElector, LeaseTiming};
+use lexserve_operator::telemetry::{Metrics, init_logging};
+
+#[derive(Parser)]
+#[command(
+    name = "lexserve-operator",
+    version,
+    about = "Kubernetes operator for NLP model deployments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the CRD manifests (one file per kind) and print their sizes.
+    Crd {
+        /// The directory to write into.
+        #[arg(long, default_value = "crds", env = "LEXSERVE_CRD_DIR")]
+        out: PathBuf,
+        /// Print the YAML to stdout instead of writing files.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// Run the controllers.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "LEXSERVE_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Elect a leader through a Lease so that only one replica writes.
+    #[arg(long, env = "LEXSERVE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// The namespace of the leader Lease (default: the operator's own, from POD_NAMESPACE, else the
+    /// kubeconfig's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// The name of the leader Lease.
+    #[arg(long, env = "LEXSERVE_LEASE_NAME", default_value = "lexserve-operator")]
+    lease_name: String,
+    /// This replica's identity in the election (default: POD_NAME, else hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a lease lasts without renewal, in seconds.
+    #[arg(long, env = "LEXSERVE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Where `/metrics` is served.
+    #[arg(long, env = "LEXSERVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Where `/healthz` and `/readyz` are served.
+    #[arg(long, env = "LEXSERVE_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
+    /// The sidecar image for InferenceServices that do not name one.
+    #[arg(long, env = "LEXSERVE_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
+    sidecar_image: String,
+    /// Prometheus, as seen from the cluster (autoscaling signal, experiment analysis).
+    #[arg(
+        long,
+        env = "LEXSERVE_PROMETHEUS_URL",
+        default_value = "http://prometheus-operated.monitoring.svc:9090"
+    )]
+    prometheus_url: String,
+    /// The cluster's DNS domain, for the URLs in status.
+    #[arg(long, env = "LEXSERVE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Log format.
+    #[arg(long, env = "LEXSERVE_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd { out, stdout } => match write_crds(&out, stdout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("lexserve-operator crd: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            init_logging(matches!(args.log_format, LogFormat::Json));
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("lexserve-operator: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(*args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    error!(error = %e, "lexserve-operator failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let client = kube::Client::try_default().await?;
+    let metrics = Metrics::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = lexserve_operator::http::Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let mut addrs = vec![args.metrics_addr];
+    if args.health_addr != args.metrics_addr {
+        addrs.push(args.health_addr);
+    }
+    for addr in addrs {
+        let health = health.clone();
+        // Bound here so that a taken port fails the start, not a background task.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = lexserve_operator::http::serve(listener, health).await {
+                error!(error = %e, %addr, "HTTP endpoint stopped");
+            }
+        });
+    }
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|_| "localhost".to_string());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let elector = args.leader_elect.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            &lease_namespace,
+            &args.lease_name,
+            &identity,
+            LeaseTiming {
+                duration: std::time::Duration::from_secs(args.lease_duration_seconds.max(3)),
+                ..LeaseTiming::default()
+            },
+        )
+    });
+
+    // A follower is ready (it serves its endpoints and waits); it must not write.
+    ready.store(true, Ordering::Relaxed);
+    if let Some(elector) = &elector {
+        tokio::select! {
+            _ = elector.acquire() => {},
+            _ = shutdown_signal() => {
+                info!("shutting down while standing by");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    metrics.leader.set(1);
+
+    let config = OperatorConfig {
+        sidecar_image: args.sidecar_image.clone(),
+        prometheus_url: args.prometheus_url.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        metrics.clone(),
+        Some(identity.clone()),
+    ));
+
+    // Stop the controllers on a signal, or when the lease is lost.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lost_lease = Arc::new(AtomicBool::new(false));
+    let controller = tokio::spawn(lexserve_operator::controller::inference_service::run(
+        client.clone(),
+        args.namespace.clone(),
+        ctx,
+        {
+            let mut stop_rx = stop_rx.clone();
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            }
+        },
+    ));
+    info!(identity = %identity, namespace = ?args.namespace, "controllers started");
+
+    let hold = async {
+        match &elector {
+            Some(elector) => elector.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down"),
+        _ = hold => {
+            lost_lease.store(true, Ordering::Relaxed);
+            error!("lost leadership: stopping so that only the new leader writes");
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Reconciles in flight finish; then the lease goes to a follower at once.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), controller).await;
+    metrics.leader.set(0);
+    if let Some(elector) = &elector
+        && !lost_lease.load(Ordering::Relaxed)
+    {
+        elector.release().await;
+    }
+    Ok(if lost_lease.load(Ordering::Relaxed) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_crds(out: &Path, stdout: bool) -> anyhow::Result<()> {
+    let crds = render_all()?;
+    if stdout {
+        for crd in &crds {
+            println!("---\n{}", crd.yaml);
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(out)?;
+    for crd in &crds {
+        let path = out.join(&crd.file_name);
+        std::fs::write(&path, &crd.yaml)?;
+        let size = crd.yaml.len();
+        eprintln!(
+            "wrote {} ({} bytes, {:.1} KiB of the {} KiB limit)",
+            path.display(),
+            size,
+            size as f64 / 1024.0,
+            MAX_CRD_BYTES / 1024
+        );
+        if size > MAX_CRD_BYTES {
+            anyhow::bail!(
+                "{} is {} bytes, over the {} byte limit",
+                crd.file_name,
+                size,
+                MAX_CRD_BYTES
+            );
+        }
+    }
+    Ok(())
+}

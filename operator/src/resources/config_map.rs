@@ -1,0 +1,57 @@
+//! The ConfigMap holding the sidecar's config file: the InferenceService's `model` and `runtime`
+//! blocks, unchanged, so that `lexserve-sidecar serve --config` reads exactly what the user wrote.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::ObjectMeta;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use super::{child_meta, hash::stable_hash};
+use crate::api::InferenceService;
+use crate::api::inference_service::{ModelSpec, RuntimeSpec};
+
+/// The key of the config file in the ConfigMap, and its file name in the pod.
+pub const CONFIG_FILE: &str = "config.yaml";
+
+/// The sidecar's config file.
+#[derive(Serialize)]
+struct SidecarConfig<'a> {
+    model: &'a ModelSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<&'a RuntimeSpec>,
+}
+
+/// The config file's text.
+pub fn sidecar_config_yaml(isvc: &InferenceService) -> String {
+    let config = SidecarConfig {
+        model: &isvc.spec.model,
+        runtime: isvc.spec.runtime.as_ref(),
+    };
+    // Serializing plain data with owned strings cannot fail.
+    serde_yaml::to_string(&config).unwrap_or_default()
+}
+
+/// The ConfigMap's name for an InferenceService.
+pub fn config_map_name(isvc_name: &str) -> String {
+    format!("{isvc_name}-sidecar")
+}
+
+/// Builds the ConfigMap.
+pub fn build_config_map(isvc: &InferenceService) -> ConfigMap {
+    let name = isvc.metadata.name.clone().unwrap_or_default();
+    let data = BTreeMap::from([(CONFIG_FILE.to_string(), sidecar_config_yaml(isvc))]);
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(config_map_name(&name)),
+            ..child_meta(isvc)
+        },
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// A hash of the config, put on the pod template so that a config change rolls the pods
+/// (a mounted ConfigMap changes in place, but the sidecar reads it once at start).
+pub fn config_hash(isvc: &InferenceService) -> String {
+    stable_hash(&sidecar_config_yaml(isvc))
+}

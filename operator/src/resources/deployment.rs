@@ -1,0 +1,435 @@
+//! The model server's Deployment: an init container that fetches the model and checks its
+//! digest, then the sidecar serving it, with probes, a restricted security context, GPUs and the
+//! user's pod template fragments.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    SecurityContext, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
+
+use super::config_map::{CONFIG_FILE, config_hash, config_map_name};
+use super::labels::{CONFIG_HASH_ANNOTATION, selector_labels};
+use super::{autoscaled, child_meta, fixed_replicas};
+use crate::api::InferenceService;
+use crate::api::inference_service::{GpuSpec, ModelSpec, PodTemplateFragment};
+use crate::config::OperatorConfig;
+use crate::gpu::{RolloutPlan, gpu_resource_name};
+
+/// The port the sidecar listens on (HTTP API and `/metrics`).
+pub const HTTP_PORT: i32 = 8080;
+/// Where the sidecar's config file is mounted.
+const CONFIG_DIR: &str = "/etc/lexserve";
+/// Where the fetched model lives in the pod.
+const MODELS_DIR: &str = "/var/lib/lexserve/models";
+/// Where `pvc://<claim>/...` volumes are mounted for the fetch container.
+const PVC_ROOT: &str = "/mnt/pvc";
+/// The unprivileged user the sidecar runs as (the distroless `nonroot` user).
+const RUN_AS_USER: i64 = 65532;
+/// The node label the NVIDIA GPU feature discovery sets to the GPU model.
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// The taint GPU node pools usually carry.
+pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
+
+/// The Deployment's name for an InferenceService (the same as the InferenceService).
+pub fn deployment_name(isvc_name: &str) -> String {
+    isvc_name.to_string()
+}
+
+/// Builds the Deployment.
+pub fn build_deployment(
+    isvc: &InferenceService,
+    config: &OperatorConfig,
+    rollout: RolloutPlan,
+) -> Deployment {
+    let name = isvc.metadata.name.clone().unwrap_or_default();
+    let spec = &isvc.spec;
+    let fragment = spec.pod_template.clone().unwrap_or_default();
+    let gpu = spec.resources.as_ref().and_then(|r| r.gpu.as_ref());
+    let image = spec
+        .runtime
+        .as_ref()
+        .and_then(|r| r.image.clone())
+        .unwrap_or_else(|| config.sidecar_image.clone());
+
+    let mut pod_labels = fragment.labels.clone().unwrap_or_default();
+    // The operator's own labels win: the selector depends on them.
+    pod_labels.extend(selector_labels(&name));
+
+    let mut pod_annotations = fragment.annotations.clone().unwrap_or_default();
+    pod_annotations.extend([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        (CONFIG_HASH_ANNOTATION.to_string(), config_hash(isvc)),
+    ]);
+
+    let (fetch_containers, mut volumes) = fetch_init_containers(&spec.model, &image);
+    volumes.push(Volume {
+        name: "config".to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(&name),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+
+    let pod_spec = PodSpec {
+        init_containers: Some(fetch_containers),
+        containers: vec![serve_container(isvc, &name, &image, gpu)],
+        volumes: Some(volumes),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            fs_group: Some(RUN_AS_USER),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        // The sidecar never talks to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        node_selector: node_selector(&fragment, gpu),
+        tolerations: tolerations(&fragment, gpu),
+        affinity: fragment.affinity.clone(),
+        priority_class_name: fragment.priority_class_name.clone(),
+        service_account_name: fragment.service_account_name.clone(),
+        image_pull_secrets: fragment.image_pull_secrets.clone(),
+        // Long enough for in-flight requests to drain after SIGTERM (the sidecar's own drain
+        // timeout is 30s).
+        termination_grace_period_seconds: Some(45),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(&name)),
+            ..child_meta(isvc)
+        },
+        spec: Some(DeploymentSpec {
+            // With an autoscaler, replicas belong to it: leaving the field out of the apply
+            // means the operator never fights the HPA over it.
+            replicas: if autoscaled(isvc) {
+                None
+            } else {
+                Some(fixed_replicas(isvc))
+            },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            },
+            strategy: Some(strategy(rollout)),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Surge when a new pod fits beside the old ones; otherwise replace in place, because a surge
+/// pod that cannot get a GPU stays Pending and the rollout deadlocks.
+fn strategy(rollout: RolloutPlan) -> DeploymentStrategy {
+    let (max_surge, max_unavailable) = match rollout {
+        RolloutPlan::Surge => (IntOrString::String("25%".to_string()), IntOrString::Int(0)),
+        RolloutPlan::InPlace => (IntOrString::Int(0), IntOrString::Int(1)),
+    };
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_string()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(max_surge),
+            max_unavailable: Some(max_unavailable),
+        }),
+    }
+}
+
+fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Where a fetched artifact lands in the pod, as a `file://` URI for the sidecar.
+fn local_uri(file: &str) -> String {
+    format!("file://{MODELS_DIR}/{file}")
+}
+
+/// The init containers that fetch the model (and its tokenizer, when it lives elsewhere), and
+/// the volumes they need.
+fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec<Volume>) {
+    let mut volumes = vec![Volume {
+        name: "models".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut claims: Vec<String> = Vec::new();
+    let mut containers = Vec::new();
+
+    let mut artifacts = vec![(
+        "fetch-model",
+        model.uri.as_str(),
+        "model",
+        model.sha256.as_deref(),
+    )];
+    if let Some(tokenizer) = model.tokenizer.as_deref() {
+        artifacts.push(("fetch-tokenizer", tokenizer, "tokenizer.json", None));
+    }
+    for (container_name, uri, file, sha256) in artifacts {
+        let mut mounts = vec![volume_mount("models", MODELS_DIR, false)];
+        if let Some(claim) = pvc_claim(uri) {
+            let volume_name = format!("pvc-{claim}");
+            if !claims.contains(&claim) {
+                claims.push(claim.clone());
+                volumes.push(Volume {
+                    name: volume_name.clone(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.clone(),
+                        read_only: Some(true),
+                    }),
+                    ..Default::default()
+                });
+            }
+            mounts.push(volume_mount(
+                &volume_name,
+                &format!("{PVC_ROOT}/{claim}"),
+                true,
+            ));
+        }
+        let mut args = vec![
+            "fetch".to_string(),
+            "--uri".to_string(),
+            uri.to_string(),
+            "--dest".to_string(),
+            format!("{MODELS_DIR}/{file}"),
+            "--pvc-root".to_string(),
+            PVC_ROOT.to_string(),
+        ];
+        if let Some(sha) = sha256 {
+            args.extend(["--sha256".to_string(), sha.to_string()]);
+        }
+        let env_from = model.credentials_secret.as_ref().map(|secret| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.name.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        });
+        containers.push(Container {
+            name: container_name.to_string(),
+            image: Some(image.to_string()),
+            args: Some(args),
+            env_from,
+            volume_mounts: Some(mounts),
+            security_context: Some(restricted_security_context()),
+            // The digest it verified is read back from here into status.model.digest.
+            termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+            ..Default::default()
+        });
+    }
+    (containers, volumes)
+}
+
+/// The claim name of a `pvc://<claim>/<path>` URI.
+pub fn pvc_claim(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix("pvc://")?;
+    let claim = rest.split('/').next()?;
+    (!claim.is_empty()).then(|| claim.to_string())
+}
+
+fn serve_container(
+    isvc: &InferenceService,
+    name: &str,
+    image: &str,
+    gpu: Option<&GpuSpec>,
+) -> Container {
+    let spec = &isvc.spec;
+    let mut env = vec![
+        EnvVar {
+            name: "LEXSERVE_MODEL_URI".to_string(),
+            value: Some(local_uri("model")),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "LEXSERVE_MODEL_NAME".to_string(),
+            value: Some(name.to_string()),
+            ..Default::default()
+        },
+    ];
+    if spec.model.tokenizer.is_some() {
+        env.push(EnvVar {
+            name: "LEXSERVE_TOKENIZER".to_string(),
+            value: Some(local_uri("tokenizer.json")),
+            ..Default::default()
+        });
+    }
+    if let Some(generation) = isvc.metadata.generation {
+        env.push(EnvVar {
+            name: "LEXSERVE_MODEL_VERSION".to_string(),
+            value: Some(generation.to_string()),
+            ..Default::default()
+        });
+    }
+
+    let http_get = |path: &str| HTTPGetAction {
+        path: Some(path.to_string()),
+        port: IntOrString::String("http".to_string()),
+        ..Default::default()
+    };
+    Container {
+        name: "sidecar".to_string(),
+        image: Some(image.to_string()),
+        args: Some(vec![
+            "serve".to_string(),
+            "--config".to_string(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            "--listen".to_string(),
+            format!("0.0.0.0:{HTTP_PORT}"),
+        ]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_string()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]),
+        resources: Some(resources(isvc, gpu)),
+        volume_mounts: Some(vec![
+            volume_mount("config", CONFIG_DIR, true),
+            volume_mount("models", MODELS_DIR, true),
+            volume_mount("tmp", "/tmp", false),
+        ]),
+        // A large model can take minutes to load and warm up: the startup probe allows up to
+        // 10 minutes before liveness takes over, so slow loads are not killed.
+        startup_probe: Some(Probe {
+            http_get: Some(http_get("/health")),
+            period_seconds: Some(5),
+            failure_threshold: Some(120),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: Some(http_get("/ready")),
+            period_seconds: Some(5),
+            failure_threshold: Some(2),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get("/health")),
+            period_seconds: Some(10),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_security_context()),
+        ..Default::default()
+    }
+}
+
+/// CPU and memory as requests and limits (equal, so the pod is Guaranteed when both are set and
+/// latency does not suffer from CPU throttling surprises); GPUs in limits.
+fn resources(isvc: &InferenceService, gpu: Option<&GpuSpec>) -> ResourceRequirements {
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if let Some(r) = isvc.spec.resources.as_ref() {
+        if let Some(cpu) = &r.cpu {
+            requests.insert("cpu".to_string(), cpu.clone());
+            limits.insert("cpu".to_string(), cpu.clone());
+        }
+        if let Some(memory) = &r.memory {
+            requests.insert("memory".to_string(), memory.clone());
+            limits.insert("memory".to_string(), memory.clone());
+        }
+    }
+    if let Some(gpu) = gpu {
+        limits.insert(gpu_resource_name(gpu), Quantity(gpu.count.to_string()));
+    }
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    }
+}
+
+/// The user's node selector plus the GPU product; the product wins on conflict because the GPU
+/// request was derived from it.
+fn node_selector(
+    fragment: &PodTemplateFragment,
+    gpu: Option<&GpuSpec>,
+) -> Option<BTreeMap<String, String>> {
+    let mut selector = fragment.node_selector.clone().unwrap_or_default();
+    if let Some(gpu) = gpu {
+        if let Some(product) = &gpu.product {
+            selector.insert(GPU_PRODUCT_LABEL.to_string(), product.clone());
+        }
+        if gpu.mig_profile.is_some()
+            && gpu.resource_name == crate::api::inference_service::DEFAULT_GPU_RESOURCE
+        {
+            // MIG "single" strategy: every GPU of the node is sliced alike and exposed as
+            // nvidia.com/gpu; only such nodes may take the pod.
+            selector.insert("nvidia.com/mig.strategy".to_string(), "single".to_string());
+        }
+    }
+    (!selector.is_empty()).then_some(selector)
+}
+
+/// The user's tolerations plus one for the usual GPU taint when GPUs are requested.
+fn tolerations(fragment: &PodTemplateFragment, gpu: Option<&GpuSpec>) -> Option<Vec<Toleration>> {
+    let mut tolerations = fragment.tolerations.clone().unwrap_or_default();
+    if gpu.is_some()
+        && !tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some(GPU_TAINT_KEY))
+    {
+        tolerations.push(Toleration {
+            key: Some(GPU_TAINT_KEY.to_string()),
+            operator: Some("Exists".to_string()),
+            effect: Some("NoSchedule".to_string()),
+            ..Default::default()
+        });
+    }
+    (!tolerations.is_empty()).then_some(tolerations)
+}
