@@ -1,0 +1,167 @@
+//! Batch formation, as pure decisions over the waiting texts: which ones run next, or how long to wait.
+//!
+//! A batch is taken from the front of the queue (first come, first served) while it stays within the
+//! token budget, counted as the encoder pays for it — texts × longest text, since the batch is padded —
+//! and within the cap on texts. The head of the queue always runs, even alone, so no text can be stuck.
+//! With a queue delay, a batch that is not yet full waits until the oldest text has waited that long.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Limits that shape a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: usize,
+    pub max_queue_delay: Duration,
+}
+
+/// A text waiting for a batch.
+#[derive(Debug)]
+pub struct Pending<T> {
+    pub tokens: usize,
+    pub enqueued: Instant,
+    pub item: T,
+}
+
+/// What the worker should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Nothing is waiting.
+    Idle,
+    /// Run the first `n` waiting texts as one batch.
+    Run(usize),
+    /// A batch could form but is not full; look again at this instant (or when more texts arrive).
+    WaitUntil(Instant),
+}
+
+/// How many texts from the front fit one batch, and whether the batch is full (the next text would
+/// break a limit).
+pub fn batch_len<T>(queue: &VecDeque<Pending<T>>, limits: &BatchLimits) -> (usize, bool) {
+    let mut longest = 0usize;
+    let mut count = 0usize;
+    for entry in queue {
+        if count == limits.max_batch_requests {
+            return (count, true);
+        }
+        let candidate_longest = longest.max(entry.tokens);
+        if count > 0 && candidate_longest * (count + 1) > limits.max_batch_tokens {
+            return (count, true);
+        }
+        longest = candidate_longest;
+        count += 1;
+    }
+    (count, count == limits.max_batch_requests)
+}
+
+/// Decides the next step at `now`. `closing` (shutdown) runs whatever is there without waiting.
+pub fn plan<T>(
+    queue: &VecDeque<Pending<T>>,
+    limits: &BatchLimits,
+    now: Instant,
+    closing: bool,
+) -> NextStep {
+    let Some(oldest) = queue.front() else {
+        return NextStep::Idle;
+    };
+    let (n, full) = batch_len(queue, limits);
+    let deadline = oldest.enqueued + limits.max_queue_delay;
+    if full || closing || limits.max_queue_delay.is_zero() || now >= deadline {
+        NextStep::Run(n)
+    } else {
+        NextStep::WaitUntil(deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(tokens: &[usize], at: Instant) -> VecDeque<Pending<()>> {
+        tokens
+            .iter()
+            .map(|&tokens| Pending {
+                tokens,
+                enqueued: at,
+                item: (),
+            })
+            .collect()
+    }
+
+    fn limits(tokens: usize, requests: usize, delay_ms: u64) -> BatchLimits {
+        BatchLimits {
+            max_batch_tokens: tokens,
+            max_batch_requests: requests,
+            max_queue_delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    #[test]
+    fn empty_queue_is_idle() {
+        let now = Instant::now();
+        assert_eq!(
+            plan(&queue(&[], now), &limits(100, 4, 0), now, false),
+            NextStep::Idle
+        );
+    }
+
+    #[test]
+    fn token_budget_counts_padding() {
+        let now = Instant::now();
+        // 3 texts of 10 → 30 padded; adding a 40 makes 4 × 40 = 160 > 100.
+        let q = queue(&[10, 10, 10, 40, 5], now);
+        assert_eq!(batch_len(&q, &limits(100, 32, 0)), (3, true));
+        assert_eq!(plan(&q, &limits(100, 32, 0), now, false), NextStep::Run(3));
+        // A later short text does not jump the queue past the long one.
+        assert_eq!(batch_len(&q, &limits(160, 32, 0)), (4, true));
+        assert_eq!(batch_len(&q, &limits(200, 32, 0)), (5, false));
+    }
+
+    #[test]
+    fn request_cap_limits_the_batch() {
+        let now = Instant::now();
+        let q = queue(&[1, 1, 1, 1, 1], now);
+        assert_eq!(plan(&q, &limits(1000, 2, 50), now, false), NextStep::Run(2));
+    }
+
+    #[test]
+    fn an_oversized_head_still_runs_alone() {
+        let now = Instant::now();
+        let q = queue(&[500, 1], now);
+        assert_eq!(plan(&q, &limits(100, 8, 50), now, false), NextStep::Run(1));
+    }
+
+    #[test]
+    fn a_partial_batch_waits_for_the_oldest_deadline() {
+        let start = Instant::now();
+        let q = queue(&[5, 5], start);
+        let l = limits(1000, 8, 10);
+        let deadline = start + Duration::from_millis(10);
+        assert_eq!(plan(&q, &l, start, false), NextStep::WaitUntil(deadline));
+        assert_eq!(
+            plan(&q, &l, start + Duration::from_millis(3), false),
+            NextStep::WaitUntil(deadline)
+        );
+        assert_eq!(plan(&q, &l, deadline, false), NextStep::Run(2));
+        // Shutting down never waits.
+        assert_eq!(plan(&q, &l, start, true), NextStep::Run(2));
+    }
+
+    #[test]
+    fn a_full_batch_does_not_wait() {
+        let now = Instant::now();
+        let q = queue(&[5, 5, 5], now);
+        assert_eq!(
+            plan(&q, &limits(1000, 3, 1000), now, false),
+            NextStep::Run(3)
+        );
+        assert_eq!(plan(&q, &limits(10, 8, 1000), now, false), NextStep::Run(2));
+    }
+
+    #[test]
+    fn no_delay_runs_what_is_there() {
+        let now = Instant::now();
+        let q = queue(&[5], now);
+        assert_eq!(plan(&q, &limits(1000, 8, 0), now, false), NextStep::Run(1));
+    }
+}

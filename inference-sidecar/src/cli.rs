@@ -1,0 +1,139 @@
+//! Command line: one binary, one subcommand per role. Every setting has an `LEXSERVE_*` environment
+//! fallback so the operator can configure a pod without rewriting its arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{BackendKind, ModelFormat, Pooling, Quantize, Task};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lexserve-sidecar",
+    version,
+    about = "lexserve data plane: model server and model fetcher"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model over HTTP.
+    Serve(Box<ServeArgs>),
+    /// Copy a model into a local directory and verify its digest (an init container's job).
+    Fetch(FetchArgs),
+}
+
+/// `serve` flags. Model and runtime flags mirror `spec.model` / `spec.runtime` and override the file.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "serve")]
+pub struct ServeArgs {
+    /// YAML or JSON file with `model` and `runtime` blocks (the InferenceService spec shape).
+    #[arg(long, env = "LEXSERVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address for the API and /metrics.
+    #[arg(long, env = "LEXSERVE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// model.uri: file:///path, pvc://claim/path (s3:// and hf:// are not supported by this build yet).
+    #[arg(long, env = "LEXSERVE_MODEL_URI")]
+    pub model_uri: Option<String>,
+    /// model.format.
+    #[arg(long = "model-format", env = "LEXSERVE_MODEL_FORMAT", value_enum)]
+    pub format: Option<ModelFormat>,
+    /// model.task.
+    #[arg(long, env = "LEXSERVE_TASK", value_enum)]
+    pub task: Option<Task>,
+    /// model.tokenizer: uri of a tokenizer.json (default: the one next to the model).
+    #[arg(long, env = "LEXSERVE_TOKENIZER")]
+    pub tokenizer: Option<String>,
+    /// model.sha256: digest the model must have (see `fetch` for how a directory is digested).
+    #[arg(long = "model-sha256", env = "LEXSERVE_MODEL_SHA256")]
+    pub sha256: Option<String>,
+    /// model.labels, comma-separated (classifiers).
+    #[arg(long, env = "LEXSERVE_LABELS", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// model.pooling (default: the model's pooling config, else mean).
+    #[arg(long, env = "LEXSERVE_POOLING", value_enum)]
+    pub pooling: Option<Pooling>,
+    /// model.normalize: L2-normalize pooled embeddings (default true).
+    #[arg(long, env = "LEXSERVE_NORMALIZE")]
+    pub normalize: Option<bool>,
+
+    /// runtime.backend (default: onnx for format onnx, candle otherwise).
+    #[arg(long, env = "LEXSERVE_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+    /// runtime.threads: compute threads (default: all CPUs).
+    #[arg(long, env = "LEXSERVE_THREADS")]
+    pub threads: Option<u64>,
+    /// runtime.quantize.
+    #[arg(long, env = "LEXSERVE_QUANTIZE", value_enum)]
+    pub quantize: Option<Quantize>,
+    /// runtime.batching.maxBatchTokens: padded tokens per batch (default 16384).
+    #[arg(long, env = "LEXSERVE_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<u64>,
+    /// runtime.batching.maxBatchRequests: texts per batch (default 32).
+    #[arg(long, env = "LEXSERVE_MAX_BATCH_REQUESTS")]
+    pub max_batch_requests: Option<u64>,
+    /// runtime.batching.maxQueueDelay: Go duration the oldest text may wait for a fuller batch (default 0s).
+    #[arg(long, env = "LEXSERVE_MAX_QUEUE_DELAY")]
+    pub max_queue_delay: Option<String>,
+    /// runtime.batching.maxQueueSize: texts waiting before new requests get 429 (default 256).
+    #[arg(long, env = "LEXSERVE_MAX_QUEUE_SIZE")]
+    pub max_queue_size: Option<u64>,
+    /// runtime.generation.maxConcurrentSequences.
+    #[arg(long, env = "LEXSERVE_MAX_CONCURRENT_SEQUENCES")]
+    pub max_concurrent_sequences: Option<u64>,
+    /// runtime.generation.kvCacheMemory (a Kubernetes quantity).
+    #[arg(long, env = "LEXSERVE_KV_CACHE_MEMORY")]
+    pub kv_cache_memory: Option<String>,
+    /// runtime.generation.blockSize.
+    #[arg(long, env = "LEXSERVE_BLOCK_SIZE")]
+    pub block_size: Option<u64>,
+    /// runtime.generation.maxNewTokens.
+    #[arg(long, env = "LEXSERVE_MAX_NEW_TOKENS")]
+    pub max_new_tokens: Option<u64>,
+
+    /// Name the model is served under (default: from the uri).
+    #[arg(long, env = "LEXSERVE_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Version reported in metrics and metadata (default: the sha256 prefix, else "1").
+    #[arg(long, env = "LEXSERVE_MODEL_VERSION")]
+    pub model_version: Option<String>,
+    /// The ONNX Runtime shared library (libonnxruntime.so) the onnx backend loads.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Where PersistentVolumeClaims are mounted: pvc://claim/path is read from <root>/claim/path.
+    #[arg(long, env = "LEXSERVE_PVC_ROOT", default_value = "/mnt/pvc")]
+    pub pvc_root: PathBuf,
+    /// Largest request body accepted (bytes); larger bodies get 413.
+    #[arg(long, env = "LEXSERVE_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// Most texts in one request; more get 413.
+    #[arg(long, env = "LEXSERVE_MAX_TEXTS_PER_REQUEST", default_value_t = 128)]
+    pub max_texts_per_request: u64,
+    /// Truncation length in tokens (default: the model's own limit).
+    #[arg(long, env = "LEXSERVE_MAX_INPUT_TOKENS")]
+    pub max_input_tokens: Option<u64>,
+    /// After SIGTERM, how long work in flight may take before the server exits anyway.
+    #[arg(long, env = "LEXSERVE_DRAIN_TIMEOUT", default_value = "30s")]
+    pub drain_timeout: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// Source: file:///path or pvc://claim/path (a file or a directory).
+    #[arg(long, env = "LEXSERVE_MODEL_URI")]
+    pub uri: String,
+    /// Destination directory (created if missing).
+    #[arg(long, env = "LEXSERVE_FETCH_DEST")]
+    pub dest: PathBuf,
+    /// Expected sha256: of the file, or the directory digest described in `fetch`'s docs.
+    #[arg(long, env = "LEXSERVE_MODEL_SHA256")]
+    pub sha256: Option<String>,
+    /// Where PersistentVolumeClaims are mounted.
+    #[arg(long, env = "LEXSERVE_PVC_ROOT", default_value = "/mnt/pvc")]
+    pub pvc_root: PathBuf,
+}

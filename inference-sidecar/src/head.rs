@@ -1,0 +1,341 @@
+//! What turns an encoder's raw output into the task's answer: pooling, L2 normalisation, an optional
+//! linear classification head, softmax. Shared by every backend so they agree by construction.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use thiserror::Error;
+
+use crate::backend::{EncoderOutput, PaddedBatch};
+use crate::config::{Pooling, Task};
+
+#[derive(Debug, Error)]
+pub enum HeadError {
+    #[error("cannot read classification head {path}: {message}")]
+    Load { path: String, message: String },
+    #[error("cannot write classification head {path}: {message}")]
+    Save { path: String, message: String },
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// One answer per input text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inference {
+    Embedding(Vec<f32>),
+    Classification { probabilities: Vec<f32> },
+}
+
+/// A linear layer `logits = weight · x + bias`, `weight` row-major `[classes, hidden]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearHead {
+    pub classes: usize,
+    pub hidden: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl LinearHead {
+    /// Reads `weight` and `bias` tensors from a safetensors file.
+    pub fn load(path: &Path) -> Result<Self, HeadError> {
+        let err = |message: String| HeadError::Load {
+            path: path.display().to_string(),
+            message,
+        };
+        let tensors =
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+        let get = |name: &str| {
+            tensors
+                .get(name)
+                .ok_or_else(|| err(format!("no tensor named {name}")))
+        };
+        let weight = get("weight")?;
+        let bias = get("bias")?;
+        let (classes, hidden) = weight.dims2().map_err(|e| err(format!("weight: {e}")))?;
+        let bias_len = bias.dims1().map_err(|e| err(format!("bias: {e}")))?;
+        if bias_len != classes || classes == 0 {
+            return Err(err(format!(
+                "bias has {bias_len} entries for {classes} classes"
+            )));
+        }
+        let to_f32 = |t: &Tensor| {
+            t.to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| err(e.to_string()))
+        };
+        Ok(Self {
+            classes,
+            hidden,
+            weight: to_f32(weight)?,
+            bias: to_f32(bias)?,
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), HeadError> {
+        let err = |message: String| HeadError::Save {
+            path: path.display().to_string(),
+            message,
+        };
+        let weight = Tensor::from_vec(
+            self.weight.clone(),
+            (self.classes, self.hidden),
+            &Device::Cpu,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let bias = Tensor::from_vec(self.bias.clone(), self.classes, &Device::Cpu)
+            .map_err(|e| err(e.to_string()))?;
+        let tensors = HashMap::from([("weight".to_string(), weight), ("bias".to_string(), bias)]);
+        candle_core::safetensors::save(&tensors, path).map_err(|e| err(e.to_string()))
+    }
+
+    pub fn logits(&self, features: &[f32]) -> Vec<f32> {
+        (0..self.classes)
+            .map(|c| {
+                let row = &self.weight[c * self.hidden..(c + 1) * self.hidden];
+                self.bias[c] + row.iter().zip(features).map(|(w, x)| w * x).sum::<f32>()
+            })
+            .collect()
+    }
+
+    /// Multinomial logistic regression by full-batch gradient descent from zero: deterministic, so the
+    /// same data always gives the same head. `features` are the encoder's pooled (and normalised)
+    /// embeddings, exactly what the server feeds the head.
+    pub fn train(
+        features: &[Vec<f32>],
+        labels: &[usize],
+        classes: usize,
+        epochs: usize,
+        learning_rate: f32,
+        l2: f32,
+    ) -> Self {
+        let hidden = features.first().map_or(0, Vec::len);
+        let mut head = Self {
+            classes,
+            hidden,
+            weight: vec![0.0; classes * hidden],
+            bias: vec![0.0; classes],
+        };
+        let n = features.len().max(1) as f32;
+        for _ in 0..epochs {
+            let mut grad_w = vec![0.0f32; classes * hidden];
+            let mut grad_b = vec![0.0f32; classes];
+            for (x, &y) in features.iter().zip(labels) {
+                let p = softmax(&head.logits(x));
+                for c in 0..classes {
+                    let g = p[c] - if c == y { 1.0 } else { 0.0 };
+                    grad_b[c] += g;
+                    for (gw, xi) in grad_w[c * hidden..(c + 1) * hidden].iter_mut().zip(x) {
+                        *gw += g * xi;
+                    }
+                }
+            }
+            for (w, g) in head.weight.iter_mut().zip(&grad_w) {
+                *w -= learning_rate * (g / n + l2 * *w);
+            }
+            for (b, g) in head.bias.iter_mut().zip(&grad_b) {
+                *b -= learning_rate * g / n;
+            }
+        }
+        head
+    }
+}
+
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+pub fn l2_normalize(vector: &mut [f32]) {
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+/// Pools `[batch, seq, hidden]` states to `[batch][hidden]`; mean pooling ignores padding.
+pub fn pool(states: &[f32], hidden: usize, batch: &PaddedBatch, pooling: Pooling) -> Vec<Vec<f32>> {
+    (0..batch.batch)
+        .map(|row| {
+            let base = row * batch.seq_len * hidden;
+            match pooling {
+                Pooling::Cls => states[base..base + hidden].to_vec(),
+                Pooling::Mean => {
+                    let mut sum = vec![0.0f32; hidden];
+                    let mut count = 0.0f32;
+                    for t in 0..batch.seq_len {
+                        if batch.attention_mask[row * batch.seq_len + t] == 0 {
+                            continue;
+                        }
+                        count += 1.0;
+                        let token = &states[base + t * hidden..base + (t + 1) * hidden];
+                        sum.iter_mut().zip(token).for_each(|(s, v)| *s += v);
+                    }
+                    sum.iter_mut().for_each(|s| *s /= count.max(1.0));
+                    sum
+                }
+            }
+        })
+        .collect()
+}
+
+/// The task's post-processing, fixed when the model is loaded.
+#[derive(Debug, Clone)]
+pub struct OutputHead {
+    pub task: Task,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub linear: Option<LinearHead>,
+    pub labels: Vec<String>,
+}
+
+impl OutputHead {
+    pub fn apply(
+        &self,
+        output: EncoderOutput,
+        batch: &PaddedBatch,
+    ) -> Result<Vec<Inference>, HeadError> {
+        let rows: Vec<Vec<f32>> = match output {
+            EncoderOutput::Logits { classes, data } => {
+                if self.task != Task::Classify {
+                    return Err(HeadError::Mismatch(
+                        "the model outputs logits, not embeddings".into(),
+                    ));
+                }
+                if self.linear.is_some() {
+                    return Err(HeadError::Mismatch(
+                        "the model outputs logits already; remove classifier.safetensors".into(),
+                    ));
+                }
+                let probabilities: Vec<Inference> = data
+                    .chunks(classes)
+                    .map(|row| Inference::Classification {
+                        probabilities: softmax(row),
+                    })
+                    .collect();
+                self.check_labels(classes)?;
+                return Ok(probabilities);
+            }
+            EncoderOutput::TokenStates { hidden, data } => pool(&data, hidden, batch, self.pooling),
+            EncoderOutput::Pooled { dim, data } => data.chunks(dim).map(<[f32]>::to_vec).collect(),
+        };
+        let mut rows = rows;
+        if self.normalize {
+            rows.iter_mut().for_each(|r| l2_normalize(r));
+        }
+        match self.task {
+            Task::Embed | Task::Generate => {
+                Ok(rows.into_iter().map(Inference::Embedding).collect())
+            }
+            Task::Classify => {
+                let linear = self.linear.as_ref().ok_or_else(|| {
+                    HeadError::Mismatch(
+                        "task classify needs a model with a logits output or a classifier.safetensors head next to the encoder"
+                            .into(),
+                    )
+                })?;
+                if rows.first().is_some_and(|r| r.len() != linear.hidden) {
+                    return Err(HeadError::Mismatch(format!(
+                        "the classification head expects {} features, the encoder gives {}",
+                        linear.hidden,
+                        rows[0].len()
+                    )));
+                }
+                self.check_labels(linear.classes)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Inference::Classification {
+                        probabilities: softmax(&linear.logits(r)),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    fn check_labels(&self, classes: usize) -> Result<(), HeadError> {
+        if self.labels.len() != classes {
+            return Err(HeadError::Mismatch(format!(
+                "model.labels lists {} labels but the model has {classes} classes",
+                self.labels.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenize::TokenizedText;
+
+    fn batch(lens: &[usize]) -> PaddedBatch {
+        let texts: Vec<TokenizedText> = lens
+            .iter()
+            .map(|&n| TokenizedText {
+                ids: vec![1; n],
+                type_ids: vec![0; n],
+                truncated: false,
+            })
+            .collect();
+        PaddedBatch::new(&texts, 0)
+    }
+
+    #[test]
+    fn mean_pooling_ignores_padding() {
+        let b = batch(&[2, 1]);
+        // [2 rows, 2 tokens, hidden 2]
+        let states = [1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 99.0, 99.0];
+        let pooled = pool(&states, 2, &b, Pooling::Mean);
+        assert_eq!(pooled, vec![vec![2.0, 3.0], vec![10.0, 20.0]]);
+        let cls = pool(&states, 2, &b, Pooling::Cls);
+        assert_eq!(cls, vec![vec![1.0, 2.0], vec![10.0, 20.0]]);
+    }
+
+    #[test]
+    fn softmax_is_stable_and_sums_to_one() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-6);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn training_separates_separable_data() {
+        let features = vec![
+            vec![1.0, 0.0],
+            vec![0.9, 0.1],
+            vec![0.0, 1.0],
+            vec![0.1, 0.9],
+        ];
+        let labels = vec![0, 0, 1, 1];
+        let head = LinearHead::train(&features, &labels, 2, 200, 1.0, 0.0);
+        for (x, &y) in features.iter().zip(&labels) {
+            let p = softmax(&head.logits(x));
+            assert!(p[y] > 0.5);
+        }
+    }
+
+    #[test]
+    fn classify_without_a_head_is_a_clear_error() {
+        let head = OutputHead {
+            task: Task::Classify,
+            pooling: Pooling::Mean,
+            normalize: true,
+            linear: None,
+            labels: vec!["a".into()],
+        };
+        let b = batch(&[1]);
+        let err = head
+            .apply(
+                EncoderOutput::Pooled {
+                    dim: 2,
+                    data: vec![1.0, 0.0],
+                },
+                &b,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("classifier.safetensors"));
+    }
+}

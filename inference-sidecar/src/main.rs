@@ -1,0 +1,80 @@
+//! Entry point: parse the command line, set up logging, run the subcommand, map failure to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lexserve_sidecar::cli::{Cli, Command, ServeArgs};
+use lexserve_sidecar::config::{ConfigFile, ServeConfig};
+use lexserve_sidecar::fetch::fetch;
+use lexserve_sidecar::http::server::serve;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEXSERVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_serve(args: &ServeArgs) -> ExitCode {
+    let file = match &args.config {
+        Some(path) => match ConfigFile::load(path) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid configuration");
+                return ExitCode::from(2);
+            }
+        },
+        None => ConfigFile::default(),
+    };
+    let config = match ServeConfig::resolve(file, args) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
+    // candle sizes its thread pool from RAYON_NUM_THREADS; set it from runtime.threads while the
+    // process is still single-threaded.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet (the async runtime is built below).
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", config.threads.to_string()) };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match &cli.command {
+        Command::Serve(args) => run_serve(args),
+        Command::Fetch(args) => match fetch(args) {
+            Ok(fetched) => {
+                tracing::info!(path = %fetched.path.display(), sha256 = %fetched.sha256, "fetched");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fetch failed");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,207 @@
+//! Prometheus metrics. The names are a contract with the operator (the autoscaler reads
+//! `lexserve_queue_size` and `lexserve_requests_running`) and the dashboards: change them only with both.
+//!
+//! Units: the queue and running gauges count texts (one text = one sequence through the encoder), so
+//! "waiting + running" is the load a replica carries whatever the request sizes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+    pub version: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    // 100µs .. ~26s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+fn confidence_histogram() -> Histogram {
+    Histogram::new([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub queue_size: Gauge,
+    pub requests_running: Gauge,
+    pub requests_total: Family<RouteLabels, Counter>,
+    pub request_duration: Histogram,
+    pub queue_duration: Histogram,
+    pub inference_duration: Histogram,
+    pub batch_size: Histogram,
+    pub batch_tokens: Histogram,
+    pub input_tokens: Histogram,
+    pub predictions_total: Family<ClassLabels, Counter>,
+    pub prediction_confidence: HistogramFamily<ClassLabels>,
+    pub model_loaded: Family<ModelLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let queue_size = Gauge::default();
+        let requests_running = Gauge::default();
+        let requests_total = Family::<RouteLabels, Counter>::default();
+        let request_duration = seconds_histogram();
+        let queue_duration = seconds_histogram();
+        let inference_duration = seconds_histogram();
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 12));
+        let input_tokens = Histogram::new(exponential_buckets(4.0, 2.0, 10));
+        let predictions_total = Family::<ClassLabels, Counter>::default();
+        let prediction_confidence: HistogramFamily<ClassLabels> =
+            Family::new_with_constructor(confidence_histogram);
+        let model_loaded = Family::<ModelLabels, Gauge>::default();
+
+        registry.register(
+            "lexserve_queue_size",
+            "Texts waiting in the batching queue",
+            queue_size.clone(),
+        );
+        registry.register(
+            "lexserve_requests_running",
+            "Texts in the batch the backend is running now",
+            requests_running.clone(),
+        );
+        // The OpenMetrics encoder appends `_total` to counters.
+        registry.register(
+            "lexserve_requests",
+            "HTTP requests by route and status code",
+            requests_total.clone(),
+        );
+        registry.register(
+            "lexserve_request_duration_seconds",
+            "Time from receiving an inference request to answering it",
+            request_duration.clone(),
+        );
+        registry.register(
+            "lexserve_queue_duration_seconds",
+            "Time a text waited in the queue before its batch started",
+            queue_duration.clone(),
+        );
+        registry.register(
+            "lexserve_inference_duration_seconds",
+            "Time the backend took per batch, post-processing included",
+            inference_duration.clone(),
+        );
+        registry.register("lexserve_batch_size", "Texts per batch", batch_size.clone());
+        registry.register(
+            "lexserve_batch_tokens",
+            "Padded tokens per batch (texts x longest text)",
+            batch_tokens.clone(),
+        );
+        registry.register(
+            "lexserve_input_tokens",
+            "Tokens per input text after truncation",
+            input_tokens.clone(),
+        );
+        registry.register(
+            "lexserve_predictions",
+            "Classifications by predicted class",
+            predictions_total.clone(),
+        );
+        registry.register(
+            "lexserve_prediction_confidence",
+            "Probability of the predicted class",
+            prediction_confidence.clone(),
+        );
+        registry.register(
+            "lexserve_model_loaded",
+            "1 when the model is loaded and warmed up",
+            model_loaded.clone(),
+        );
+        Self {
+            registry,
+            queue_size,
+            requests_running,
+            requests_total,
+            request_duration,
+            queue_duration,
+            inference_duration,
+            batch_size,
+            batch_tokens,
+            input_tokens,
+            predictions_total,
+            prediction_confidence,
+            model_loaded,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    pub fn record_prediction(&self, class: &str, confidence: f32) {
+        let labels = ClassLabels {
+            class: class.to_string(),
+        };
+        self.predictions_total.get_or_create(&labels).inc();
+        self.prediction_confidence
+            .get_or_create(&labels)
+            .observe(f64::from(confidence));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_contract_names() {
+        let metrics = Metrics::new();
+        let _ = metrics.requests_total.get_or_create(&RouteLabels {
+            route: "/embed".into(),
+            code: "200".into(),
+        });
+        metrics.record_prediction("pos", 0.9);
+        let _ = metrics.model_loaded.get_or_create(&ModelLabels {
+            model: "m".into(),
+            version: "1".into(),
+        });
+        let text = metrics.encode().unwrap();
+        for name in [
+            "lexserve_queue_size ",
+            "lexserve_requests_running ",
+            "lexserve_requests_total{route=\"/embed\",code=\"200\"}",
+            "lexserve_request_duration_seconds_bucket",
+            "lexserve_queue_duration_seconds_bucket",
+            "lexserve_inference_duration_seconds_bucket",
+            "lexserve_batch_size_bucket",
+            "lexserve_batch_tokens_bucket",
+            "lexserve_input_tokens_bucket",
+            "lexserve_predictions_total{class=\"pos\"}",
+            "lexserve_prediction_confidence_bucket{le=\"0.9\",class=\"pos\"}",
+            "lexserve_model_loaded{model=\"m\",version=\"1\"}",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

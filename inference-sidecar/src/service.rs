@@ -1,0 +1,314 @@
+//! The model service: loads the model in the background, reports readiness, and answers inference
+//! calls through the batching queue. Loading failures (missing files, a missing ONNX Runtime library, a
+//! head that does not fit the encoder) leave the server up but not ready, with the reason on `/ready`,
+//! so a pod shows why it is not serving instead of crash-looping.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::batching::queue::BatchLimits;
+use crate::batching::worker::serve_batches;
+use crate::batching::{BatchError, BatchQueue, SubmitError};
+use crate::config::{ServeConfig, Task};
+use crate::head::Inference;
+use crate::metrics::{Metrics, ModelLabels};
+use crate::pipeline::Pipeline;
+use crate::tokenize::{TextTokenizer, TokenizedText};
+
+/// Errors a caller of the service can get; the HTTP layer maps each to a status once.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("{message}")]
+    InvalidInput { field: String, message: String },
+    #[error("{message}")]
+    TooLarge { field: String, message: String },
+    #[error("model not ready: {0}")]
+    NotReady(String),
+    #[error("the server is shutting down")]
+    Draining,
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    WrongTask(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What the model is, once loaded.
+pub struct LoadedModel {
+    pub tokenizer: TextTokenizer,
+    pub queue: BatchQueue,
+    pub task: Task,
+    pub labels: Vec<String>,
+    /// Length of the vectors an embedding model returns.
+    pub dimensions: Option<usize>,
+}
+
+enum Readiness {
+    Loading,
+    Ready(Arc<LoadedModel>),
+    Failed(String),
+}
+
+/// Answers for a request's texts, in order.
+#[derive(Debug)]
+pub struct InferOutput {
+    pub results: Vec<Inference>,
+    pub tokens: Vec<usize>,
+    pub truncated: Vec<bool>,
+}
+
+pub struct ModelService {
+    pub name: String,
+    pub version: String,
+    pub task: Task,
+    pub metrics: Arc<Metrics>,
+    pub max_texts_per_request: usize,
+    readiness: RwLock<Readiness>,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// Decrements the in-flight count when an inference call ends, however it ends.
+struct InFlight<'a>(&'a ModelService);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ModelService {
+    /// Creates the service and starts loading the model on a worker thread.
+    pub fn start(config: ServeConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let service = Arc::new(Self {
+            name: config.model_name.clone(),
+            version: config.model_version.clone(),
+            task: config.task,
+            metrics,
+            max_texts_per_request: config.max_texts_per_request,
+            readiness: RwLock::new(Readiness::Loading),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let worker_service = Arc::clone(&service);
+        let spawned = std::thread::Builder::new()
+            .name("lexserve-backend".into())
+            .spawn(move || worker_service.load_and_serve(&config));
+        if let Err(e) = spawned {
+            service.set_readiness(Readiness::Failed(format!(
+                "cannot start the backend thread: {e}"
+            )));
+        }
+        service
+    }
+
+    fn set_readiness(&self, readiness: Readiness) {
+        let mut guard = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+        *guard = readiness;
+    }
+
+    /// Runs on the backend thread: load, warm up, then serve batches until shutdown.
+    fn load_and_serve(&self, config: &ServeConfig) {
+        let loaded = catch_load(|| self.load(config));
+        match loaded {
+            Ok((model, mut pipeline)) => {
+                let pad_id = model.tokenizer.pad_id();
+                let queue = model.queue.clone();
+                self.metrics
+                    .model_loaded
+                    .get_or_create(&ModelLabels {
+                        model: self.name.clone(),
+                        version: self.version.clone(),
+                    })
+                    .set(1);
+                tracing::info!(model = %self.name, version = %self.version, "model loaded and warmed up");
+                self.set_readiness(Readiness::Ready(Arc::new(model)));
+                if self.draining.load(Ordering::SeqCst) {
+                    queue.close();
+                }
+                serve_batches(&queue, pipeline.encoder.as_mut(), &pipeline.head, pad_id);
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "model failed to load");
+                self.set_readiness(Readiness::Failed(reason));
+            }
+        }
+    }
+
+    fn load(&self, config: &ServeConfig) -> Result<(LoadedModel, Pipeline), String> {
+        let pipeline = Pipeline::load(config).map_err(|e| e.to_string())?;
+        let queue = BatchQueue::new(
+            BatchLimits {
+                max_batch_tokens: config.batching.max_batch_tokens,
+                max_batch_requests: config.batching.max_batch_requests,
+                max_queue_delay: config.batching.max_queue_delay,
+            },
+            config.batching.max_queue_size,
+            Arc::clone(&self.metrics),
+        );
+        let model = LoadedModel {
+            tokenizer: pipeline.tokenizer.clone(),
+            queue,
+            task: config.task,
+            labels: pipeline.head.labels.clone(),
+            dimensions: pipeline.dimensions,
+        };
+        Ok((model, pipeline))
+    }
+
+    /// `Ok` when ready; otherwise why not.
+    pub fn ready(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ServiceError::Draining);
+        }
+        match &*self.readiness.read().unwrap_or_else(|p| p.into_inner()) {
+            Readiness::Ready(model) => Ok(Arc::clone(model)),
+            Readiness::Loading => Err(ServiceError::NotReady("the model is loading".into())),
+            Readiness::Failed(reason) => Err(ServiceError::NotReady(reason.clone())),
+        }
+    }
+
+    /// The loaded model even while draining (metadata routes keep answering).
+    pub fn model(&self) -> Option<Arc<LoadedModel>> {
+        match &*self.readiness.read().unwrap_or_else(|p| p.into_inner()) {
+            Readiness::Ready(model) => Some(Arc::clone(model)),
+            _ => None,
+        }
+    }
+
+    /// Tokenizes, queues and awaits `texts`. `field` names the texts in error messages (`texts`,
+    /// `input`, `inputs[0].data`).
+    pub async fn infer(
+        &self,
+        texts: &[String],
+        field: &str,
+        task: Task,
+    ) -> Result<InferOutput, ServiceError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _guard = InFlight(self);
+        let model = self.ready()?;
+        if model.task != task {
+            return Err(ServiceError::WrongTask(
+                format!(
+                    "this model's task is {:?}; this route needs a {:?} model",
+                    model.task, task
+                )
+                .to_lowercase(),
+            ));
+        }
+        if texts.is_empty() {
+            return Err(ServiceError::InvalidInput {
+                field: field.to_string(),
+                message: "must contain at least one text".into(),
+            });
+        }
+        if texts.len() > self.max_texts_per_request {
+            return Err(ServiceError::TooLarge {
+                field: field.to_string(),
+                message: format!(
+                    "{} texts exceed the limit of {} per request",
+                    texts.len(),
+                    self.max_texts_per_request
+                ),
+            });
+        }
+        let mut tokenized: Vec<TokenizedText> = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            if text.trim().is_empty() {
+                return Err(ServiceError::InvalidInput {
+                    field: format!("{field}[{i}]"),
+                    message: "must not be empty".into(),
+                });
+            }
+            let encoded = model
+                .tokenizer
+                .encode(text)
+                .map_err(|e| ServiceError::InvalidInput {
+                    field: format!("{field}[{i}]"),
+                    message: e.to_string(),
+                })?;
+            tokenized.push(encoded);
+        }
+        let tokens: Vec<usize> = tokenized.iter().map(TokenizedText::len).collect();
+        let truncated: Vec<bool> = tokenized.iter().map(|t| t.truncated).collect();
+        let receivers = model.queue.submit(tokenized).map_err(|e| match e {
+            SubmitError::QueueFull { .. } => ServiceError::Overloaded(e.to_string()),
+            SubmitError::TooManyTexts { .. } => ServiceError::TooLarge {
+                field: field.to_string(),
+                message: e.to_string(),
+            },
+            SubmitError::TextTooLong { index, .. } => ServiceError::TooLarge {
+                field: format!("{field}[{index}]"),
+                message: e.to_string(),
+            },
+            SubmitError::Closed => ServiceError::Draining,
+        })?;
+        for &n in &tokens {
+            self.metrics.input_tokens.observe(n as f64);
+        }
+        let mut results = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            let reply = receiver.await.unwrap_or(Err(BatchError::WorkerGone));
+            results.push(reply.map_err(|e| ServiceError::Internal(e.to_string()))?);
+        }
+        if let Some(labels) = (task == Task::Classify).then_some(&model.labels) {
+            for result in &results {
+                if let Inference::Classification { probabilities } = result
+                    && let Some((best, p)) = argmax(probabilities)
+                {
+                    self.metrics
+                        .record_prediction(labels.get(best).map_or("unknown", String::as_str), *p);
+                }
+            }
+        }
+        Ok(InferOutput {
+            results,
+            tokens,
+            truncated,
+        })
+    }
+
+    /// SIGTERM: readiness goes false and new work is refused; queued texts still run.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        if let Some(model) = self.model() {
+            model.queue.close();
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when no inference call is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+pub fn argmax(values: &[f32]) -> Option<(usize, &f32)> {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal))
+}
+
+/// Model loading runs foreign code (ONNX Runtime, tokenizers); a panic there becomes a load failure.
+fn catch_load<T>(load: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+        .unwrap_or_else(|_| Err("loading the model panicked".into()))
+}

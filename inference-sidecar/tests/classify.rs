@@ -1,0 +1,129 @@
+//! A classifier made from MiniLM plus a linear head trained on the sentiment set shipped in
+//! `data/sentiment`, served with the candle backend and checked on held-out sentences.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Sidecar, candle_embed_args, client, minilm_dir, serve_config};
+use lexserve_sidecar::classifier_training::{read_examples, train_head, write_classifier_dir};
+use lexserve_sidecar::pipeline::Pipeline;
+use serde_json::{Value, json};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data/sentiment")
+        .join(name)
+}
+
+#[tokio::test]
+async fn trained_head_classifies_held_out_sentences() {
+    let out = std::env::temp_dir().join(format!("lexserve-classifier-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let trained = tokio::task::spawn_blocking({
+        let out = out.clone();
+        move || {
+            let mut pipeline =
+                Pipeline::load(&serve_config(&candle_embed_args())).expect("load encoder");
+            let examples = read_examples(&data("train.tsv")).expect("training data");
+            let trained = train_head(&mut pipeline, &examples).expect("train");
+            write_classifier_dir(&minilm_dir(), &trained, &out).expect("write classifier");
+            trained
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(trained.labels, vec!["neg", "pos"]);
+    assert!(
+        trained.train_accuracy >= 0.95,
+        "training accuracy {}",
+        trained.train_accuracy
+    );
+
+    let sidecar = Sidecar::start(&[
+        "--model-uri".into(),
+        format!("file://{}", out.display()),
+        "--model-format".into(),
+        "safetensors".into(),
+        "--task".into(),
+        "classify".into(),
+        "--model-name".into(),
+        "sentiment".into(),
+    ]);
+    let client = client();
+    sidecar.wait_ready(&client).await;
+
+    let held_out = read_examples(&data("heldout.tsv")).unwrap();
+    let texts: Vec<&str> = held_out.iter().map(|e| e.text.as_str()).collect();
+    let mut predictions = Vec::new();
+    for chunk in texts.chunks(8) {
+        let response = client
+            .post(sidecar.url("/predict"))
+            .json(&json!({"texts": chunk}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["labels"], json!(["neg", "pos"]));
+        for (prediction, probabilities) in body["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(body["probabilities"].as_array().unwrap())
+        {
+            let p: Vec<f32> = serde_json::from_value(probabilities.clone()).unwrap();
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+            predictions.push(prediction.as_str().unwrap().to_string());
+        }
+    }
+    let correct = held_out
+        .iter()
+        .zip(&predictions)
+        .filter(|(e, p)| &e.label == *p)
+        .count();
+    assert!(
+        correct as f64 / held_out.len() as f64 >= 0.9,
+        "held-out accuracy {correct}/{}: {predictions:?}",
+        held_out.len()
+    );
+
+    // The v2 protocol answers with probabilities and labels; /embed is the wrong task here.
+    let response = client
+        .post(sidecar.url("/v2/models/sentiment/infer"))
+        .json(&json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["I love it"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outputs"][0]["shape"], json!([1, 2]));
+    assert_eq!(body["outputs"][1]["data"], json!(["pos"]));
+    let response = client
+        .post(sidecar.url("/embed"))
+        .json(&json!({"texts": ["a"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let metrics = client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("lexserve_predictions_total{class=\"pos\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lexserve_prediction_confidence_count{class=\"neg\"}"),
+        "{metrics}"
+    );
+    drop(sidecar);
+    let _ = std::fs::remove_dir_all(&out);
+}
