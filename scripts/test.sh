@@ -49,6 +49,11 @@ t=$SECONDS
 cargo clippy --workspace --all-targets --locked -- -D warnings
 elapsed $t
 
+step "cargo build --bins (the cluster tests run the operator and the sidecar as processes)"
+t=$SECONDS
+cargo build --workspace --bins --locked
+elapsed $t
+
 step "cargo test"
 t=$SECONDS
 cargo test --workspace --locked

@@ -9,6 +9,7 @@ pub mod aggregation;
 pub mod bins;
 pub mod cluster;
 pub mod kwok;
+pub mod operator;
 pub mod pki;
 pub mod process;
 pub mod shared;

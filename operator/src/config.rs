@@ -1,6 +1,8 @@
 //! Operator-wide settings that shape the children it builds. They come from the command line
 //! (flags with env fallbacks, see `main.rs`); the builders take them as plain data.
 
+use std::time::Duration;
+
 /// The image of the sidecar when an InferenceService does not override it.
 pub const DEFAULT_SIDECAR_IMAGE: &str = "ghcr.io/lexserve/lexserve-sidecar:0.1.0";
 
@@ -13,6 +15,8 @@ pub struct OperatorConfig {
     pub prometheus_url: String,
     /// The cluster's DNS suffix, for the URL in status.
     pub cluster_domain: String,
+    /// How often a settled object is reconciled again when nothing changes.
+    pub resync: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -21,6 +25,7 @@ impl Default for OperatorConfig {
             sidecar_image: DEFAULT_SIDECAR_IMAGE.to_string(),
             prometheus_url: "http://prometheus-operated.monitoring.svc:9090".to_string(),
             cluster_domain: "cluster.local".to_string(),
+            resync: Duration::from_secs(300),
         }
     }
 }

@@ -21,11 +21,49 @@ pub struct RenderedCrd {
 
 /// The CRDs of every kind.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         InferenceService::crd(),
         Experiment::crd(),
         ShadowDeployment::crd(),
     ]
+    .into_iter()
+    .map(normalize_formats)
+    .collect()
+}
+
+/// schemars marks unsigned integers with `format: uint32`/`uint64`, which the apiserver does
+/// not know (it warns on every apply). They become plain integers with `minimum: 0`.
+fn normalize_formats(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let unsigned = map.get("format").and_then(|f| f.as_str()).is_some_and(|f| {
+                    matches!(f, "uint" | "uint8" | "uint16" | "uint32" | "uint64")
+                });
+                if unsigned {
+                    map.remove("format");
+                    map.entry("minimum").or_insert(serde_json::json!(0));
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Ok(mut value) = serde_json::to_value(&*schema)
+        {
+            walk(&mut value);
+            if let Ok(normalized) = serde_json::from_value(value) {
+                *schema = normalized;
+            }
+        }
+    }
+    crd
 }
 
 /// Renders every CRD to YAML with a header saying where it comes from.

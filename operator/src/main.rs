@@ -49,6 +49,9 @@ enum LogFormat {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// The kubeconfig to use (default: in-cluster config, else ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "LEXSERVE_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -87,6 +90,10 @@ struct RunArgs {
     /// The cluster's DNS domain, for the URLs in status.
     #[arg(long, env = "LEXSERVE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// How often a settled InferenceService is looked at again when nothing changes (watches
+    /// drive everything else; this is a safety net).
+    #[arg(long, env = "LEXSERVE_RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
     /// Log format.
     #[arg(long, env = "LEXSERVE_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -149,7 +156,17 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let client = kube::Client::try_default().await?;
+    // Err means a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            kube::Client::try_from(config)?
+        }
+        None => kube::Client::try_default().await?,
+    };
     let metrics = Metrics::default();
     let ready = Arc::new(AtomicBool::new(false));
     let health = lexserve_operator::http::Health {
@@ -212,6 +229,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         sidecar_image: args.sidecar_image.clone(),
         prometheus_url: args.prometheus_url.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -37,9 +37,6 @@ use crate::resources::service::service_url;
 use crate::resources::{Children, build_children, deployment, hpa, pdb, scaled_object};
 
 const KIND: &str = "InferenceService";
-/// How often a settled service is looked at again when nothing changes (a safety net; watches
-/// drive everything else).
-const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
 /// How often a service in rollout or trouble is looked at again.
 const UNSETTLED_REQUEUE: Duration = Duration::from_secs(10);
 
@@ -201,12 +198,21 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     };
     let scaled_objects: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &namespace, &scaled_object_resource());
+    let mut deferred_error = None;
     writes += match desired_scaled_object {
-        Some(so) => written(
-            apply_if_changed(&scaled_objects, so)
-                .await
-                .map_err(keda_missing)?,
-        ),
+        Some(so) => match apply_if_changed(&scaled_objects, so)
+            .await
+            .map_err(keda_missing)
+        {
+            Ok(applied) => written(applied),
+            // The rest of the service works: report it in status, then fail the reconcile so
+            // it is retried with backoff and an Event says why.
+            Err(e @ Error::MissingDependency(_)) => {
+                deferred_error = Some(e);
+                0
+            }
+            Err(e) => return Err(e),
+        },
         // Without KEDA's CRD there is nothing to delete.
         None => match delete_if_owned(
             &scaled_objects,
@@ -268,6 +274,9 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         gpu_fit: fit.as_ref(),
         gpu_resource: gpu_resource.as_deref(),
         url: service_url(&name, &namespace, &ctx.config),
+        reconcile_problem: deferred_error
+            .as_ref()
+            .map(|e| (reason::MISSING_DEPENDENCY, e.to_string())),
         now: Time(Timestamp::now()),
     };
     let status = compute_status(isvc, &observed);
@@ -283,10 +292,13 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             publish(ctx, isvc, EventType::Warning, reason, &message).await;
         }
     }
+    if let Some(e) = deferred_error {
+        return Err(e);
+    }
     Ok(Action::requeue(if is_settled(&status) {
-        SETTLED_REQUEUE
+        ctx.config.resync
     } else {
-        UNSETTLED_REQUEUE
+        UNSETTLED_REQUEUE.min(ctx.config.resync)
     }))
 }
 

@@ -28,6 +28,8 @@ pub mod reason {
     pub const HEALTHY: &str = "Healthy";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+    pub const MISSING_DEPENDENCY: &str = "MissingDependency";
 }
 
 /// What the reconciler observed, for [`compute_status`].
@@ -41,6 +43,8 @@ pub struct Observed<'a> {
     pub gpu_resource: Option<&'a str>,
     /// The Service URL.
     pub url: String,
+    /// A problem the reconcile itself ran into (a missing KEDA CRD), as (reason, message).
+    pub reconcile_problem: Option<(&'static str, String)>,
     pub now: Time,
 }
 
@@ -84,7 +88,28 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
         digest: fetched_digest(observed.pods).or_else(|| isvc.spec.model.sha256.clone()),
     });
 
-    let problem = pod_problem(observed);
+    let replica_failure = dep_status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        .map(|c| PodProblem {
+            reason: reason::REPLICA_FAILURE,
+            message: format!(
+                "pods cannot be created: {}",
+                c.message.clone().unwrap_or_default()
+            ),
+        });
+    let reconcile_problem = observed
+        .reconcile_problem
+        .as_ref()
+        .map(|(reason, message)| PodProblem {
+            reason,
+            message: message.clone(),
+        });
+    let problem = pod_problem(observed)
+        .or(replica_failure)
+        .or(reconcile_problem);
     let deadline_exceeded = dep_status
         .and_then(|s| s.conditions.as_ref())
         .into_iter()

@@ -47,6 +47,7 @@ fn observe<'a>(d: Option<&'a Deployment>, pods: &'a [Pod]) -> Observed<'a> {
         gpu_fit: None,
         gpu_resource: None,
         url: "http://minilm.team-a.svc.cluster.local".to_string(),
+        reconcile_problem: None,
         now: at(1000),
     }
 }
@@ -222,4 +223,34 @@ fn digest_comes_from_the_fetch_container_or_the_spec() {
         parse_digest(&format!("ok sha256:{}", digest.to_uppercase())),
         Some(digest)
     );
+}
+
+#[test]
+fn replica_failure_is_degraded_with_the_controller_message() {
+    let mut d = deployment(2, 0, 0);
+    d.status.as_mut().expect("status").conditions = Some(vec![serde_json::from_value(json!({
+        "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+        "message": "pods \"x\" is forbidden: no PriorityClass with name inference-critical was found"
+    })).expect("condition")]);
+    let status = compute_status(&isvc(), &observe(Some(&d), &[]));
+    let (s, r, m) = condition(&status, ConditionType::Degraded);
+    assert_eq!((s, r), ("True", reason::REPLICA_FAILURE));
+    assert!(m.contains("no PriorityClass"), "{m}");
+    assert_eq!(
+        condition(&status, ConditionType::Ready).1,
+        reason::REPLICA_FAILURE
+    );
+}
+
+#[test]
+fn reconcile_problem_shows_when_pods_are_fine() {
+    let d = deployment(1, 1, 1);
+    let mut observed = observe(Some(&d), &[]);
+    observed.reconcile_problem = Some((reason::MISSING_DEPENDENCY, "no KEDA".to_string()));
+    let status = compute_status(&isvc(), &observed);
+    assert_eq!(
+        condition(&status, ConditionType::Degraded),
+        ("True", reason::MISSING_DEPENDENCY, "no KEDA")
+    );
+    assert_eq!(condition(&status, ConditionType::Ready).0, "True");
 }

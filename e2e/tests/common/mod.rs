@@ -1,0 +1,190 @@
+//! Helpers shared by the operator's cluster tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use lexserve_e2e::LocalCluster;
+use lexserve_e2e::wait::{self, Poll};
+use lexserve_operator::api::InferenceService;
+use lexserve_operator::api::conditions::{ConditionType, find_condition};
+use serde_json::json;
+
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Installs the CRDs the way users do, and waits until they are served.
+pub async fn install_crds(cluster: &LocalCluster) -> Result<()> {
+    let crds = lexserve_e2e::repo_root().join("crds");
+    cluster
+        .kubectl_ok([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &crds.display().to_string(),
+        ])
+        .await?;
+    cluster
+        .kubectl_ok([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            &crds.display().to_string(),
+        ])
+        .await?;
+    Ok(())
+}
+
+/// An InferenceService from a JSON spec.
+pub fn isvc(name: &str, spec: serde_json::Value) -> InferenceService {
+    serde_json::from_value(json!({
+        "apiVersion": "lexserve.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("valid InferenceService")
+}
+
+/// A CPU embedder spec with a fixed replica count.
+pub fn embedder(replicas: u32) -> serde_json::Value {
+    json!({
+        "model": {"uri": "file:///models/minilm/model.onnx", "format": "onnx", "task": "embed"},
+        "resources": {"cpu": "500m", "memory": "512Mi"},
+        "scaling": {"provider": "none", "minReplicas": replicas}
+    })
+}
+
+pub async fn create(
+    api: &Api<InferenceService>,
+    object: &InferenceService,
+) -> Result<InferenceService> {
+    api.create(&PostParams::default(), object)
+        .await
+        .with_context(|| format!("creating InferenceService {:?}", object.metadata.name))
+}
+
+/// Waits until a condition of the InferenceService has the given status (and, if given, reason),
+/// for the object's current generation. Returns the object.
+pub async fn wait_condition(
+    api: &Api<InferenceService>,
+    name: &str,
+    type_: ConditionType,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<InferenceService> {
+    wait::until(
+        &format!("InferenceService {name}: {type_}={status} {reason:?}"),
+        TIMEOUT,
+        Duration::from_millis(500),
+        || async {
+            let object = api.get(name).await?;
+            let Some(st) = object.status.as_ref() else {
+                return Ok(Poll::pending("no status yet"));
+            };
+            if st.observed_generation != object.metadata.generation {
+                return Ok(Poll::pending(format!(
+                    "status describes generation {:?}, object is at {:?}",
+                    st.observed_generation, object.metadata.generation
+                )));
+            }
+            match find_condition(&st.conditions, type_) {
+                Some(c) if c.status == status && reason.is_none_or(|r| r == c.reason) => {
+                    Ok(Poll::Ready(object.clone()))
+                }
+                Some(c) => Ok(Poll::pending(format!(
+                    "{}={} {}: {}",
+                    c.type_, c.status, c.reason, c.message
+                ))),
+                None => Ok(Poll::pending("condition absent")),
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `get` finds the object, returning it.
+pub async fn wait_exists<K>(api: &Api<K>, name: &str) -> Result<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    wait::until(
+        &format!("{name} to exist"),
+        TIMEOUT,
+        Duration::from_millis(300),
+        || async {
+            Ok(match api.get_opt(name).await? {
+                Some(o) => Poll::Ready(o),
+                None => Poll::pending("not found"),
+            })
+        },
+    )
+    .await
+}
+
+/// Waits until `get` no longer finds the object.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    wait::until(
+        &format!("{name} to be gone"),
+        TIMEOUT,
+        Duration::from_millis(300),
+        || async {
+            Ok(match api.get_opt(name).await? {
+                Some(_) => Poll::pending("still there"),
+                None => Poll::Ready(()),
+            })
+        },
+    )
+    .await
+}
+
+/// The Deployment's rolling-update parameters as (maxSurge, maxUnavailable) strings.
+pub fn rolling_update(d: &Deployment) -> (String, String) {
+    let ru = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.rolling_update.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let show = |v: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>| match v {
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i)) => i.to_string(),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => s,
+        None => "unset".to_string(),
+    };
+    (show(ru.max_surge), show(ru.max_unavailable))
+}
+
+/// Sums `apiserver_request_total` over write verbs, for the given resources, leaving out the
+/// status subresource of everything but InferenceServices (kube-controller-manager writes the
+/// children's status; the operator writes only the InferenceService's).
+pub fn write_requests(metrics: &str, resources: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|line| {
+            let (labels, value) = line.rsplit_once(' ')?;
+            let label = |name: &str| {
+                let key = format!("{name}=\"");
+                let start = labels.find(&key)? + key.len();
+                let end = labels[start..].find('"')? + start;
+                Some(labels[start..end].to_string())
+            };
+            let verb = label("verb")?;
+            let resource = label("resource")?;
+            let subresource = label("subresource").unwrap_or_default();
+            let write = matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY");
+            let counted = resources.contains(&resource.as_str())
+                && (subresource.is_empty() || resource == "inferenceservices");
+            (write && counted)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
