@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's demo command: starts the embedded local control plane (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kwok with simulated GPU nodes), installs lexserve's
-# CRDs the way users do (`kubectl apply`), applies the examples, shows them, shows the apiserver
-# rejecting an invalid object with its CEL message, and stops everything on Ctrl-C.
+# CRDs the way users do (`kubectl apply`), runs lexserve-operator against it, applies the
+# examples and shows what the operator made of them (Deployments on GPU nodes, Services, HPAs,
+# PDBs, status conditions), shows the apiserver rejecting invalid objects with their CEL
+# messages, and stops everything on Ctrl-C.
 #
 #   scripts/demo.sh            run, then wait for Ctrl-C
 #   scripts/demo.sh --once     run and stop at once (what the tests do)
@@ -40,7 +42,13 @@ say "starting the local cluster"
 "$e2e" cluster up
 kubeconfig="$LEXSERVE_CACHE/cluster/kubeconfig"
 export KUBECONFIG="$kubeconfig"
+operator_pid=""
 stop() {
+  if [ -n "$operator_pid" ]; then
+    say "stopping lexserve-operator"
+    kill -TERM "$operator_pid" 2>/dev/null || true
+    wait "$operator_pid" 2>/dev/null || true
+  fi
   say "stopping the local cluster"
   "$e2e" cluster down || true
   rm -rf "$generated"
@@ -57,10 +65,42 @@ kubectl apply -f crds/
 kubectl wait --for condition=Established --timeout=60s -f crds/ >/dev/null
 kubectl explain inferenceservice.spec.scaling --recursive=false | head -n 30
 
-say "applying the examples"
+say "starting lexserve-operator (log: $LEXSERVE_CACHE/cluster/operator.log)"
+"$operator" run --kubeconfig "$kubeconfig" --log-format text \
+  --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 --lease-namespace default \
+  >"$LEXSERVE_CACHE/cluster/operator.log" 2>&1 &
+operator_pid=$!
+
+say "applying the examples (and what they expect of a cluster: a PriorityClass, a volume claim)"
 kubectl create namespace lexserve-demo --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n lexserve-demo apply -f examples/cluster/
 kubectl -n lexserve-demo apply -f examples/
+# A service asking for more GPUs than any node has.
+kubectl -n lexserve-demo apply -f - <<'YAML'
+apiVersion: lexserve.io/v1alpha1
+kind: InferenceService
+metadata:
+  name: too-many-gpus
+spec:
+  model: {uri: "file:///models/big.onnx", format: onnx, task: embed}
+  resources: {gpu: {count: 16}}
+YAML
+echo "waiting for the operator and the simulated pods..."
+for _ in $(seq 1 30); do
+  ready=$(kubectl -n lexserve-demo get lisvc -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}' | grep -o True | wc -l)
+  [ "$ready" -ge 3 ] && break
+  sleep 1
+done
+
+say "what the operator made of them"
 kubectl -n lexserve-demo get lexserve
+echo
+kubectl -n lexserve-demo get deployments,services,hpa,pdb,configmaps -l app.kubernetes.io/managed-by=lexserve-operator
+echo
+kubectl -n lexserve-demo get pods -o wide
+
+say "status conditions"
+kubectl -n lexserve-demo get lisvc -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{range .status.conditions[*]}{"  "}{.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
 
 say "the apiserver rejects invalid objects with the CEL rule's message"
 for f in examples/invalid/*.yaml; do
@@ -71,7 +111,7 @@ for f in examples/invalid/*.yaml; do
   fi
 done
 
-say "coming next: the operator (InferenceService controller), the sidecar serving models, autoscaling"
+say "coming next: the sidecar serving real models in the demo, queue-depth autoscaling, experiments and shadows"
 if $once; then
   exit 0
 fi

@@ -109,8 +109,28 @@ impl std::fmt::Debug for LocalCluster {
 impl LocalCluster {
     /// Starts a cluster and waits until it is usable: apiserver ready, controllers and
     /// scheduler healthy, nodes Ready, the `default` ServiceAccount created.
+    ///
+    /// Ports are picked free just before the components bind them; if another process takes
+    /// one in between, the start is retried (twice at most) on new ports.
     pub async fn start(options: ClusterOptions) -> Result<Self> {
         crate::init_crypto();
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&options).await {
+                Err(err)
+                    if attempt < 3 && format!("{err:#}").contains("address already in use") =>
+                {
+                    eprintln!(
+                        "lexserve-e2e: a port was taken while the cluster started; retrying ({err:#})"
+                    );
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn start_once(options: &ClusterOptions) -> Result<Self> {
         let t0 = Instant::now();
         let (work_dir, temporary) = match &options.work_dir {
             Some(dir) => (dir.clone(), false),
@@ -194,7 +214,7 @@ impl LocalCluster {
                     remaining(deadline, 30),
                 )
                 .await?;
-            tracing::info!("etcd healthy after {:?}", step.elapsed());
+            progress(format!("etcd healthy after {:.1?}", step.elapsed()));
 
             let step = Instant::now();
             cluster.spawn("kube-apiserver", apiserver_args(&pki, &ports, &work_dir))?;
@@ -208,12 +228,12 @@ impl LocalCluster {
                     remaining(deadline, 90),
                 )
                 .await?;
-            tracing::info!("kube-apiserver ready after {:?}", step.elapsed());
+            progress(format!("kube-apiserver ready after {:.1?}", step.elapsed()));
 
             let step = Instant::now();
             cluster.spawn(
                 "kube-controller-manager",
-                controller_manager_args(&pki, &ports, &kcm_kubeconfig, &options),
+                controller_manager_args(&pki, &ports, &kcm_kubeconfig, options),
             )?;
             cluster.spawn(
                 "kube-scheduler",
@@ -243,30 +263,39 @@ impl LocalCluster {
                     remaining(deadline, 60),
                 )
                 .await?;
-            tracing::info!(
-                "controller-manager and scheduler healthy after {:?}",
+            progress(format!(
+                "kube-controller-manager and kube-scheduler healthy after {:.1?}",
                 step.elapsed()
-            );
+            ));
 
             let step = Instant::now();
-            cluster.node_names = cluster.create_nodes(&options).await?;
+            cluster.node_names = cluster.create_nodes(options).await?;
             cluster.wait_nodes_ready(remaining(deadline, 60)).await?;
+            progress(format!(
+                "{} simulated nodes Ready after {:.1?}",
+                cluster.node_names.len(),
+                step.elapsed()
+            ));
+            let step = Instant::now();
             cluster
                 .wait_default_service_account(remaining(deadline, 60))
                 .await?;
-            tracing::info!("nodes Ready after {:?}", step.elapsed());
+            progress(format!(
+                "kube-controller-manager's controllers running (default ServiceAccount) after {:.1?}",
+                step.elapsed()
+            ));
             anyhow::Ok(())
         }
         .await;
         match result {
             Ok(()) => {
-                tracing::info!(
-                    "local cluster up in {:?}: {} (kubeconfig {}, logs {})",
+                progress(format!(
+                    "local cluster up in {:.1?}: {} (kubeconfig {}, logs {})",
                     t0.elapsed(),
                     cluster.apiserver_url,
                     cluster.kubeconfig.display(),
                     cluster.log_dir.display()
-                );
+                ));
                 Ok(cluster)
             }
             Err(err) => {
@@ -463,7 +492,25 @@ impl LocalCluster {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mut processes = lock(&self.processes);
+        // This also runs in the exit hook: never block there on a lock that a test thread may
+        // hold forever. If it stays taken, the exit hook's process-group kill (and
+        // PR_SET_PDEATHSIG) still stop the components.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut processes = loop {
+            match self.processes.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    eprintln!(
+                        "lexserve-e2e: cluster busy at shutdown; killing its processes instead"
+                    );
+                    return;
+                }
+            }
+        };
         while let Some(mut p) = processes.pop() {
             p.stop();
         }
@@ -725,6 +772,13 @@ impl Drop for TestNamespace {
                 .status();
         }
     }
+}
+
+/// Start progress, on stderr: libtest shows it with a failing test's output, and
+/// `cluster up`'s supervisor log keeps it. (Tests install no tracing subscriber.)
+fn progress(message: String) {
+    eprintln!("lexserve-e2e: {message}");
+    tracing::info!("{message}");
 }
 
 fn node_ready(node: &Node) -> bool {

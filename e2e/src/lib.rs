@@ -12,6 +12,8 @@ pub mod kwok;
 pub mod operator;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
+pub mod request_counts;
 pub mod shared;
 pub mod wait;
 

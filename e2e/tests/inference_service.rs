@@ -47,7 +47,7 @@ async fn create_builds_owned_children_and_becomes_ready() {
         .expect("create");
     let uid = created.uid().expect("uid");
 
-    let ready = wait_condition(
+    wait_condition(
         &api,
         "embedder",
         ConditionType::Ready,
@@ -56,7 +56,17 @@ async fn create_builds_owned_children_and_becomes_ready() {
     )
     .await
     .expect("Ready");
-    let status = ready.status.expect("status");
+    // Ready means serving (one replica is enough); the rollout completes with both.
+    let done = wait_condition(
+        &api,
+        "embedder",
+        ConditionType::Progressing,
+        "False",
+        Some("RolloutComplete"),
+    )
+    .await
+    .expect("rollout complete");
+    let status = done.status.expect("status");
     assert_eq!(status.ready_replicas, Some(2));
     assert_eq!(
         status.url.as_deref(),

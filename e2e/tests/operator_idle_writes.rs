@@ -15,15 +15,7 @@ use lexserve_operator::api::InferenceService;
 use lexserve_operator::api::conditions::ConditionType;
 use serde_json::json;
 
-/// The resources the operator writes.
-const WRITTEN: &[&str] = &[
-    "inferenceservices",
-    "deployments",
-    "services",
-    "configmaps",
-    "horizontalpodautoscalers",
-    "poddisruptionbudgets",
-];
+const WRITTEN: &[&str] = lexserve_e2e::request_counts::OPERATOR_WRITTEN;
 
 #[tokio::test]
 async fn unchanged_objects_cause_no_writes_across_resyncs() {

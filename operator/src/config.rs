@@ -17,6 +17,8 @@ pub struct OperatorConfig {
     pub cluster_domain: String,
     /// How often a settled object is reconciled again when nothing changes.
     pub resync: Duration,
+    /// The most reconciles running at once.
+    pub concurrency: u16,
 }
 
 impl Default for OperatorConfig {
@@ -26,6 +28,7 @@ impl Default for OperatorConfig {
             prometheus_url: "http://prometheus-operated.monitoring.svc:9090".to_string(),
             cluster_domain: "cluster.local".to_string(),
             resync: Duration::from_secs(300),
+            concurrency: 16,
         }
     }
 }

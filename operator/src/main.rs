@@ -94,6 +94,9 @@ struct RunArgs {
     /// drive everything else; this is a safety net).
     #[arg(long, env = "LEXSERVE_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// The most reconciles running at once.
+    #[arg(long, env = "LEXSERVE_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
     /// Log format.
     #[arg(long, env = "LEXSERVE_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -230,6 +233,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         prometheus_url: args.prometheus_url.clone(),
         cluster_domain: args.cluster_domain.clone(),
         resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
+        concurrency: args.concurrency.max(1),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

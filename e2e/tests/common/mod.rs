@@ -161,30 +161,5 @@ pub fn rolling_update(d: &Deployment) -> (String, String) {
     (show(ru.max_surge), show(ru.max_unavailable))
 }
 
-/// Sums `apiserver_request_total` over write verbs, for the given resources, leaving out the
-/// status subresource of everything but InferenceServices (kube-controller-manager writes the
-/// children's status; the operator writes only the InferenceService's).
-pub fn write_requests(metrics: &str, resources: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|line| {
-            let (labels, value) = line.rsplit_once(' ')?;
-            let label = |name: &str| {
-                let key = format!("{name}=\"");
-                let start = labels.find(&key)? + key.len();
-                let end = labels[start..].find('"')? + start;
-                Some(labels[start..end].to_string())
-            };
-            let verb = label("verb")?;
-            let resource = label("resource")?;
-            let subresource = label("subresource").unwrap_or_default();
-            let write = matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY");
-            let counted = resources.contains(&resource.as_str())
-                && (subresource.is_empty() || resource == "inferenceservices");
-            (write && counted)
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
+#[allow(unused_imports)]
+pub use lexserve_e2e::request_counts::write_requests;

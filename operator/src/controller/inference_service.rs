@@ -13,7 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -78,6 +78,14 @@ pub async fn run(
             let name = pod.labels().get(INFERENCE_SERVICE_LABEL)?;
             Some(ObjectRef::new(name).within(&pod.namespace()?))
         })
+        // Bounded parallelism: a thousand objects changing at once must not become a thousand
+        // concurrent reconciles that time the apiserver out. A short debounce folds the burst
+        // of events a rollout produces into one reconcile.
+        .with_config(
+            controller::Config::default()
+                .concurrency(ctx.config.concurrency)
+                .debounce(Duration::from_millis(200)),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
