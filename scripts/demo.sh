@@ -63,7 +63,7 @@ kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatabl
 say "installing the CRDs with kubectl apply"
 kubectl apply -f crds/
 kubectl wait --for condition=Established --timeout=60s -f crds/ >/dev/null
-kubectl explain inferenceservice.spec.scaling --recursive=false | head -n 30
+kubectl explain inferenceservice.spec.scaling
 
 say "starting lexserve-operator (log: $LEXSERVE_CACHE/cluster/operator.log)"
 "$operator" run --kubeconfig "$kubeconfig" --log-format text \
@@ -87,7 +87,8 @@ spec:
 YAML
 echo "waiting for the operator and the simulated pods..."
 for _ in $(seq 1 30); do
-  ready=$(kubectl -n lexserve-demo get lisvc -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}' | grep -o True | wc -l)
+  statuses=$(kubectl -n lexserve-demo get lisvc -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}')
+  ready=$(tr ' ' '\n' <<<"$statuses" | grep -c '^True$' || true)
   [ "$ready" -ge 3 ] && break
   sleep 1
 done

@@ -31,12 +31,18 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     .collect()
 }
 
-/// schemars marks unsigned integers with `format: uint32`/`uint64`, which the apiserver does
-/// not know (it warns on every apply). They become plain integers with `minimum: 0`.
+/// Two fixes to the derived schema:
+/// - schemars marks unsigned integers with `format: uint32`/`uint64`, which the apiserver does
+///   not know (it warns on every apply). They become plain integers with `minimum: 0`.
+/// - Doc comments keep their line breaks, which `kubectl explain` would print mid-sentence.
+///   Lines are joined into paragraphs (a blank line still separates paragraphs).
 fn normalize_formats(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn walk(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(description)) = map.get_mut("description") {
+                    *description = join_lines(description);
+                }
                 let unsigned = map.get("format").and_then(|f| f.as_str()).is_some_and(|f| {
                     matches!(f, "uint" | "uint8" | "uint16" | "uint32" | "uint64")
                 });
@@ -49,6 +55,18 @@ fn normalize_formats(mut crd: CustomResourceDefinition) -> CustomResourceDefinit
             serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
             _ => {}
         }
+    }
+    fn join_lines(text: &str) -> String {
+        text.split("\n\n")
+            .map(|paragraph| {
+                paragraph
+                    .split('\n')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n")
     }
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
