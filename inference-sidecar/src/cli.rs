@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LEXSERVE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
 
-    /// model.uri: file:///path, pvc://claim/path (s3:// and hf:// are not supported by this build yet).
+    /// model.uri: file:///path, pvc://claim/path (s3:// and hf:// are fetched by `fetch`, not served directly).
     #[arg(long, env = "LEXSERVE_MODEL_URI")]
     pub model_uri: Option<String>,
     /// model.format.
@@ -124,7 +124,9 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct FetchArgs {
-    /// Source: file:///path or pvc://claim/path (a file or a directory).
+    /// Source: file:///path or pvc://claim/path (a file or a directory), s3://bucket/key or
+    /// s3://bucket/prefix/ (credentials from AWS_* variables), hf://org/name[@revision] (token
+    /// from HF_TOKEN).
     #[arg(long, env = "LEXSERVE_MODEL_URI")]
     pub uri: String,
     /// Destination directory (created if missing).
@@ -136,4 +138,8 @@ pub struct FetchArgs {
     /// Where PersistentVolumeClaims are mounted.
     #[arg(long, env = "LEXSERVE_PVC_ROOT", default_value = "/mnt/pvc")]
     pub pvc_root: PathBuf,
+    /// Where the outcome goes (`sha256:<hex>` or the error), read back by the operator as the
+    /// init container's termination message. The default is written only if it exists.
+    #[arg(long, env = "LEXSERVE_TERMINATION_LOG")]
+    pub termination_log: Option<PathBuf>,
 }

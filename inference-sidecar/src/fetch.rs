@@ -1,14 +1,31 @@
 //! `fetch`: the init container's job. Copies a model (a file or a directory) from its uri into the
 //! serving volume and verifies its sha256 (see [`crate::digest`] for how a directory is digested).
 //! The copy is verified, not the source: what the server will read is what must match.
+//!
+//! `file://` and `pvc://` are copied from the local filesystem. `s3://` and `hf://` are downloaded
+//! (see [`crate::remote`]) into a staging directory inside the destination, verified there, and only
+//! then moved into place, so a failed download or a digest mismatch leaves nothing for the server to
+//! load.
+//!
+//! The outcome goes to the container's termination log, because that is how it reaches the operator
+//! and `kubectl describe`: `sha256:<hex>` of what was verified on success (the operator records which
+//! model a pod actually serves), the error message on failure.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::cli::FetchArgs;
 use crate::digest::{DigestError, list_files, path_sha256};
+use crate::remote::{self, RemoteError, Staging};
 use crate::uri::{ModelUri, UriError};
+
+/// Where Kubernetes mounts the file whose content becomes the container's termination message.
+pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Kubernetes keeps at most 4096 bytes of a termination message.
+const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
 #[derive(Debug, Error)]
 pub enum FetchError {
@@ -24,6 +41,8 @@ pub enum FetchError {
     },
     #[error(transparent)]
     Digest(#[from] DigestError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("invalid --sha256: must be 64 hexadecimal characters")]
     BadExpectedDigest,
     #[error("sha256 mismatch for {path}: expected {expected}, got {actual} (the copy was removed)")]
@@ -55,9 +74,57 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), FetchError> {
     Ok(())
 }
 
+/// Fetches the model as [`fetch_model`] does, then writes the outcome to the termination log (see
+/// [`termination_log_path`]).
 pub fn fetch(args: &FetchArgs) -> Result<Fetched, FetchError> {
-    let expected = args
-        .sha256
+    let result = fetch_model(args);
+    let (path, explicit) = termination_log_path(args.termination_log.as_deref());
+    write_termination_log(&path, explicit, &termination_message(&result));
+    result
+}
+
+/// The termination log: `--termination-log` (env `LEXSERVE_TERMINATION_LOG`) when set, else
+/// Kubernetes' default path. The second value says whether it was set explicitly.
+pub fn termination_log_path(flag: Option<&Path>) -> (PathBuf, bool) {
+    match flag {
+        Some(path) if !path.as_os_str().is_empty() => (path.to_path_buf(), true),
+        _ => (PathBuf::from(DEFAULT_TERMINATION_LOG), false),
+    }
+}
+
+/// `sha256:<hex>` on success, the error message (cut to what Kubernetes keeps) on failure.
+pub fn termination_message(result: &Result<Fetched, FetchError>) -> String {
+    match result {
+        Ok(fetched) => format!("sha256:{}", fetched.sha256),
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut end = message.len().min(TERMINATION_MESSAGE_LIMIT);
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message
+        }
+    }
+}
+
+/// Writes `message` to the termination log, silently doing nothing when it cannot (outside a pod).
+/// The default path is only written when it already exists (Kubernetes creates it in every
+/// container): run by hand as root, `fetch` must not leave a stray file in `/dev`. An explicitly set
+/// path is created.
+pub fn write_termination_log(path: &Path, create: bool, message: &str) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .create(create)
+        .open(path);
+    if let Ok(mut file) = file {
+        let _ = file.write_all(message.as_bytes());
+    }
+}
+
+fn expected_digest(args: &FetchArgs) -> Result<Option<String>, FetchError> {
+    args.sha256
         .as_deref()
         .map(|d| {
             if d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -66,8 +133,64 @@ pub fn fetch(args: &FetchArgs) -> Result<Fetched, FetchError> {
                 Err(FetchError::BadExpectedDigest)
             }
         })
-        .transpose()?;
-    let source = ModelUri::parse(&args.uri)?.local_path(&args.pvc_root)?;
+        .transpose()
+}
+
+/// Copies or downloads the model and verifies it, without reporting anywhere.
+pub fn fetch_model(args: &FetchArgs) -> Result<Fetched, FetchError> {
+    let expected = expected_digest(args)?;
+    let uri = ModelUri::parse(&args.uri)?;
+    match uri {
+        ModelUri::S3 { .. } | ModelUri::HuggingFace { .. } => {
+            fetch_remote(&uri, &args.dest, expected)
+        }
+        ModelUri::File(_) | ModelUri::Pvc { .. } => fetch_local(&uri, args, expected),
+    }
+}
+
+/// Downloads into a [`Staging`] directory, verifies the digest there, then moves the model into
+/// `dest`. The digest reported is the staged model's: exactly what was downloaded, whatever else
+/// `dest` may already hold.
+fn fetch_remote(
+    uri: &ModelUri,
+    dest: &Path,
+    expected: Option<String>,
+) -> Result<Fetched, FetchError> {
+    let staging = Staging::create(dest)?;
+    let file = remote::download(uri, staging.path())?;
+    let staged = match &file {
+        Some(name) => staging.path().join(name),
+        None => staging.path().to_path_buf(),
+    };
+    let target = match &file {
+        Some(name) => dest.join(name),
+        None => dest.to_path_buf(),
+    };
+    let actual = path_sha256(&staged)?;
+    if let Some(expected) = expected
+        && expected != actual
+    {
+        // Dropping the staging directory removes the download.
+        drop(staging);
+        return Err(FetchError::Mismatch {
+            path: target,
+            expected,
+            actual,
+        });
+    }
+    staging.commit()?;
+    Ok(Fetched {
+        path: target,
+        sha256: actual,
+    })
+}
+
+fn fetch_local(
+    uri: &ModelUri,
+    args: &FetchArgs,
+    expected: Option<String>,
+) -> Result<Fetched, FetchError> {
+    let source = uri.local_path(&args.pvc_root)?;
     let meta = std::fs::metadata(&source).map_err(|_| FetchError::MissingSource(source.clone()))?;
     // A directory's contents land in DEST; a file lands as DEST/<its name>.
     let (target, copied): (PathBuf, Vec<PathBuf>) = if meta.is_dir() {

@@ -13,6 +13,7 @@ pub mod head;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod remote;
 pub mod service;
 pub mod tokenize;
 pub mod units;

@@ -220,23 +220,19 @@ impl ModelService {
                 ),
             });
         }
-        let mut tokenized: Vec<TokenizedText> = Vec::with_capacity(texts.len());
-        for (i, text) in texts.iter().enumerate() {
-            if text.trim().is_empty() {
-                return Err(ServiceError::InvalidInput {
-                    field: format!("{field}[{i}]"),
-                    message: "must not be empty".into(),
-                });
-            }
-            let encoded = model
-                .tokenizer
-                .encode(text)
-                .map_err(|e| ServiceError::InvalidInput {
-                    field: format!("{field}[{i}]"),
-                    message: e.to_string(),
-                })?;
-            tokenized.push(encoded);
-        }
+        // Short requests tokenize inline (microseconds); big ones move off the async workers so one
+        // large body cannot stall every other connection.
+        let total_bytes: usize = texts.iter().map(String::len).sum();
+        let tokenized = if total_bytes > INLINE_TOKENIZE_BYTES {
+            let model = Arc::clone(&model);
+            let texts = texts.to_vec();
+            let field = field.to_string();
+            tokio::task::spawn_blocking(move || tokenize_all(&model.tokenizer, &texts, &field))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("tokenization task failed: {e}")))??
+        } else {
+            tokenize_all(&model.tokenizer, texts, field)?
+        };
         let tokens: Vec<usize> = tokenized.iter().map(TokenizedText::len).collect();
         let truncated: Vec<bool> = tokenized.iter().map(|t| t.truncated).collect();
         let receivers = model.queue.submit(tokenized).map_err(|e| match e {
@@ -298,6 +294,35 @@ impl ModelService {
             notified.await;
         }
     }
+}
+
+/// Above this many bytes of text, tokenization runs on the blocking pool.
+const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
+
+/// Tokenizes every text, rejecting blank ones; errors name the text (`texts[3]`).
+fn tokenize_all(
+    tokenizer: &TextTokenizer,
+    texts: &[String],
+    field: &str,
+) -> Result<Vec<TokenizedText>, ServiceError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            if text.trim().is_empty() {
+                return Err(ServiceError::InvalidInput {
+                    field: format!("{field}[{i}]"),
+                    message: "must not be empty".into(),
+                });
+            }
+            tokenizer
+                .encode(text)
+                .map_err(|e| ServiceError::InvalidInput {
+                    field: format!("{field}[{i}]"),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 pub fn argmax(values: &[f32]) -> Option<(usize, &f32)> {

@@ -5,8 +5,9 @@ use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
-/// Where a model lives. Only `file://` and `pvc://` are readable by this build; the others parse (so a
-/// config that names them is valid) and fail with a clear message when used.
+/// Where a model lives. `file://` and `pvc://` are read in place by `serve`; `s3://` and `hf://` are
+/// downloaded by `fetch` (the init container, see [`crate::remote`]) into a volume that `serve` then
+/// reads, so [`ModelUri::local_path`] refuses them with a message that says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelUri {
     /// An absolute path on the sidecar's filesystem.
@@ -20,8 +21,12 @@ pub enum ModelUri {
         bucket: String,
         key: String,
     },
+    /// A Hugging Face Hub model repository, `hf://org/name[@revision]`.
     HuggingFace {
+        /// `org/name`.
         repo: String,
+        /// A branch, tag or commit; `None` means `main`.
+        revision: Option<String>,
     },
 }
 
@@ -30,7 +35,7 @@ pub enum UriError {
     #[error("invalid model uri {uri:?}: {reason}")]
     Invalid { uri: String, reason: &'static str },
     #[error(
-        "{scheme}:// model uris are not supported by this build yet ({uri}); copy the model into a volume and use file:// or pvc://"
+        "{scheme}:// model uris are downloaded by `lexserve-sidecar fetch` (the init container), not read in place ({uri}); fetch the model into a volume and serve it with file:// or pvc://"
     )]
     Unsupported { scheme: &'static str, uri: String },
 }
@@ -82,13 +87,24 @@ impl ModelUri {
                 })
             }
             "hf" => {
-                if rest.split('/').filter(|p| !p.is_empty()).count() != 2 {
+                let (repo, revision) = match rest.split_once('@') {
+                    Some((repo, revision)) => (repo, Some(revision)),
+                    None => (rest, None),
+                };
+                let parts: Vec<&str> = repo.split('/').filter(|p| !p.is_empty()).collect();
+                if parts.len() != 2 || parts.iter().any(|p| *p == "." || *p == "..") {
                     return Err(invalid(
-                        "hf:// needs an organisation and a name (hf://org/name)",
+                        "hf:// needs an organisation and a name (hf://org/name[@revision])",
+                    ));
+                }
+                if revision.is_some_and(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                    return Err(invalid(
+                        "the revision after '@' must be a branch, tag or commit (hf://org/name@main)",
                     ));
                 }
                 Ok(Self::HuggingFace {
-                    repo: rest.to_string(),
+                    repo: parts.join("/"),
+                    revision: revision.map(str::to_string),
                 })
             }
             _ => Err(invalid(
@@ -120,7 +136,14 @@ impl fmt::Display for ModelUri {
             Self::File(path) => write!(f, "file://{}", path.display()),
             Self::Pvc { claim, path } => write!(f, "pvc://{claim}/{}", path.display()),
             Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
-            Self::HuggingFace { repo } => write!(f, "hf://{repo}"),
+            Self::HuggingFace {
+                repo,
+                revision: None,
+            } => write!(f, "hf://{repo}"),
+            Self::HuggingFace {
+                repo,
+                revision: Some(revision),
+            } => write!(f, "hf://{repo}@{revision}"),
         }
     }
 }
@@ -146,10 +169,23 @@ mod tests {
             ModelUri::parse("s3://b/k"),
             Ok(ModelUri::S3 { .. })
         ));
-        assert!(matches!(
+        assert_eq!(
             ModelUri::parse("hf://sentence-transformers/all-MiniLM-L6-v2"),
-            Ok(ModelUri::HuggingFace { .. })
-        ));
+            Ok(ModelUri::HuggingFace {
+                repo: "sentence-transformers/all-MiniLM-L6-v2".into(),
+                revision: None
+            })
+        );
+        assert_eq!(
+            ModelUri::parse("hf://org/name@refs/pr/1"),
+            Ok(ModelUri::HuggingFace {
+                repo: "org/name".into(),
+                revision: Some("refs/pr/1".into())
+            })
+        );
+        for text in ["hf://org/name@v1.0", "hf://org/name", "s3://b/prefix/"] {
+            assert_eq!(ModelUri::parse(text).unwrap().to_string(), text);
+        }
     }
 
     #[test]
@@ -162,6 +198,9 @@ mod tests {
             "pvc://claim//abs",
             "s3://bucket",
             "hf://justname",
+            "hf://org/name@",
+            "hf://org/../x",
+            "hf://a/b/c",
             "ftp://x/y",
         ] {
             assert!(ModelUri::parse(bad).is_err(), "{bad} should be rejected");
@@ -180,7 +219,7 @@ mod tests {
             s3.local_path(Path::new("/mnt/pvc"))
                 .unwrap_err()
                 .to_string()
-                .contains("not supported by this build yet")
+                .contains("downloaded by `lexserve-sidecar fetch`")
         );
     }
 }

@@ -16,7 +16,10 @@ fn fetch(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .expect("run fetch");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -30,7 +33,11 @@ fn scratch(name: &str) -> std::path::PathBuf {
 fn fetch_copies_a_directory_and_verifies_its_digest() {
     let source = scratch("fetch-src");
     std::fs::create_dir_all(source.join("1_Pooling")).unwrap();
-    std::fs::copy(minilm_dir().join("tokenizer.json"), source.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        minilm_dir().join("tokenizer.json"),
+        source.join("tokenizer.json"),
+    )
+    .unwrap();
     std::fs::copy(
         minilm_dir().join("1_Pooling/config.json"),
         source.join("1_Pooling/config.json"),
@@ -40,7 +47,14 @@ fn fetch_copies_a_directory_and_verifies_its_digest() {
     let dest = scratch("fetch-dest");
 
     let uri = format!("file://{}", source.display());
-    let (code, logs) = fetch(&["--uri", &uri, "--dest", dest.to_str().unwrap(), "--sha256", &digest]);
+    let (code, logs) = fetch(&[
+        "--uri",
+        &uri,
+        "--dest",
+        dest.to_str().unwrap(),
+        "--sha256",
+        &digest,
+    ]);
     assert_eq!(code, Some(0), "{logs}");
     assert!(dest.join("1_Pooling/config.json").is_file());
     assert_eq!(path_sha256(&dest).unwrap(), digest);
@@ -63,7 +77,14 @@ fn fetch_copies_a_directory_and_verifies_its_digest() {
 
     // A wrong digest fails, says so, and leaves nothing half-trusted behind.
     let dest3 = scratch("fetch-dest3");
-    let (code, logs) = fetch(&["--uri", &uri, "--dest", dest3.to_str().unwrap(), "--sha256", &"0".repeat(64)]);
+    let (code, logs) = fetch(&[
+        "--uri",
+        &uri,
+        "--dest",
+        dest3.to_str().unwrap(),
+        "--sha256",
+        &"0".repeat(64),
+    ]);
     assert_eq!(code, Some(1));
     assert!(logs.contains("sha256 mismatch"), "{logs}");
     assert!(!dest3.join("tokenizer.json").exists());
@@ -79,7 +100,14 @@ fn fetch_copies_a_single_file() {
     let source = minilm_dir().join("tokenizer.json");
     let digest = path_sha256(&source).unwrap();
     let uri = format!("file://{}", source.display());
-    let (code, logs) = fetch(&["--uri", &uri, "--dest", dest.to_str().unwrap(), "--sha256", &digest]);
+    let (code, logs) = fetch(&[
+        "--uri",
+        &uri,
+        "--dest",
+        dest.to_str().unwrap(),
+        "--sha256",
+        &digest,
+    ]);
     assert_eq!(code, Some(0), "{logs}");
     assert_eq!(path_sha256(&dest.join("tokenizer.json")).unwrap(), digest);
     let _ = std::fs::remove_dir_all(dest);
@@ -89,8 +117,10 @@ fn fetch_copies_a_single_file() {
 fn fetch_rejects_what_it_cannot_do() {
     let dest = scratch("fetch-unsupported");
     for (uri, message) in [
-        ("s3://bucket/model", "not supported by this build yet"),
-        ("hf://org/name", "not supported by this build yet"),
+        (
+            "s3://bucket/model",
+            "needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ),
         ("file:///does/not/exist", "does not exist"),
         ("relative/path", "invalid model uri"),
     ] {
@@ -133,8 +163,16 @@ runtime:
         ),
     );
     let sidecar = Sidecar::start_with_env(
-        &["--config".into(), config.display().to_string(), "--normalize".into(), "false".into()],
-        &[("ORT_DYLIB_PATH", ort_dylib().to_str().unwrap()), ("LEXSERVE_MODEL_NAME", "from-env")],
+        &[
+            "--config".into(),
+            config.display().to_string(),
+            "--normalize".into(),
+            "false".into(),
+        ],
+        &[
+            ("ORT_DYLIB_PATH", ort_dylib().to_str().unwrap()),
+            ("LEXSERVE_MODEL_NAME", "from-env"),
+        ],
     );
     let client = client();
     sidecar.wait_ready(&client).await;
@@ -149,10 +187,16 @@ runtime:
         .unwrap();
     let v: Vec<f32> = serde_json::from_value(body["data"][0]["embedding"].clone()).unwrap();
     let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    assert!((norm - 1.0).abs() > 1e-3, "--normalize false overrides the file (norm {norm})");
+    assert!(
+        (norm - 1.0).abs() > 1e-3,
+        "--normalize false overrides the file (norm {norm})"
+    );
 
     // An invalid value in the file is a startup error naming the field, exit code 2.
-    write(&config, "model: {uri: 'file:///m', format: onnx}\nruntime: {batching: {maxQueueDelay: soon}}\n");
+    write(
+        &config,
+        "model: {uri: 'file:///m', format: onnx}\nruntime: {batching: {maxQueueDelay: soon}}\n",
+    );
     let output = Command::new(env!("CARGO_BIN_EXE_lexserve-sidecar"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .output()

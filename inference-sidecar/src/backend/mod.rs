@@ -96,6 +96,11 @@ pub fn load_encoder(
     if task == Task::Generate {
         return Err(BackendError::Unsupported("task generate".into()));
     }
+    if files.weights.extension().is_some_and(|e| e == "gguf") {
+        return Err(BackendError::Unsupported(
+            "serving a GGUF model as an encoder".into(),
+        ));
+    }
     match kind {
         BackendKind::Onnx => Ok(Box::new(onnx::OnnxEncoder::load(
             files, task, threads, ort_dylib,

@@ -127,6 +127,10 @@ impl OnnxEncoder {
             .map_err(|e| load_err(path, e))?
             .with_inter_threads(1)
             .map_err(|e| load_err(path, e))?
+            // Spinning intra-op threads keep their cores busy between runs; in a server those cores are
+            // needed by the HTTP side, and the batch boundaries are milliseconds apart anyway.
+            .with_intra_op_spinning(false)
+            .map_err(|e| load_err(path, e))?
             .commit_from_file(path)
             .map_err(|e| load_err(path, e))?;
 

@@ -37,7 +37,8 @@ pub enum SubmitError {
 /// Why an admitted text got no answer.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum BatchError {
-    #[error("inference failed: {0}")]
+    /// The backend's own message (it already says what failed).
+    #[error("{0}")]
     Inference(String),
     #[error("the model worker stopped")]
     WorkerGone,

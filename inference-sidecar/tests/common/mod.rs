@@ -253,3 +253,25 @@ pub const SENTENCES: [&str; 12] = [
     "Rain is expected tomorrow afternoon.",
     "She sells sea shells by the sea shore, and the shells she sells are surely sea shells.",
 ];
+
+/// The fp32 ONNX export scripts/setup-models.sh generates from the safetensors weights.
+pub fn minilm_fp32_onnx() -> PathBuf {
+    let path = models_dir().join("minilm-l6-v2-fp32-onnx/model.onnx");
+    assert!(
+        path.is_file(),
+        "fp32 ONNX MiniLM not found at {}: run inference-sidecar/scripts/setup-models.sh",
+        path.display()
+    );
+    path
+}
+
+pub fn onnx_fp32_embed_args() -> Vec<String> {
+    vec![
+        "--model-uri".into(),
+        format!("file://{}", minilm_fp32_onnx().display()),
+        "--tokenizer".into(),
+        format!("file://{}", minilm_dir().join("tokenizer.json").display()),
+        "--ort-dylib-path".into(),
+        ort_dylib().display().to_string(),
+    ]
+}

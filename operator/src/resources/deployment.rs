@@ -192,7 +192,9 @@ fn restricted_security_context() -> SecurityContext {
     }
 }
 
-/// Where a fetched artifact lands in the pod, as a `file://` URI for the sidecar.
+/// Where a fetched artifact lands in the pod, as a `file://` URI for the sidecar: `fetch` puts
+/// each artifact into a directory of its own (`model/`, `tokenizer/`), which the sidecar resolves
+/// (the model file by its conventional names, `tokenizer.json` inside the tokenizer directory).
 fn local_uri(file: &str) -> String {
     format!("file://{MODELS_DIR}/{file}")
 }
@@ -215,7 +217,7 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
         model.sha256.as_deref(),
     )];
     if let Some(tokenizer) = model.tokenizer.as_deref() {
-        artifacts.push(("fetch-tokenizer", tokenizer, "tokenizer.json", None));
+        artifacts.push(("fetch-tokenizer", tokenizer, "tokenizer", None));
     }
     for (container_name, uri, file, sha256) in artifacts {
         let mut mounts = vec![volume_mount("models", MODELS_DIR, false)];
@@ -303,7 +305,7 @@ fn serve_container(
     if spec.model.tokenizer.is_some() {
         env.push(EnvVar {
             name: "LEXSERVE_TOKENIZER".to_string(),
-            value: Some(local_uri("tokenizer.json")),
+            value: Some(local_uri("tokenizer")),
             ..Default::default()
         });
     }

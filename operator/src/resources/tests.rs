@@ -406,7 +406,7 @@ fn fetch_init_container_mounts_the_claim_and_checks_the_digest() {
     );
     assert_eq!(
         value("LEXSERVE_TOKENIZER").as_deref(),
-        Some("file:///var/lib/lexserve/models/tokenizer.json")
+        Some("file:///var/lib/lexserve/models/tokenizer")
     );
     let sidecar_mounts = sidecar(&c).volume_mounts.clone().expect("mounts");
     assert!(

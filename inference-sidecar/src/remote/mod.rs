@@ -1,0 +1,379 @@
+//! Remote model sources for `fetch`: `s3://` (AWS S3 and S3-compatible stores, see [`s3`]) and `hf://`
+//! (the Hugging Face Hub's HTTP API, see [`hf`]).
+//!
+//! Credentials come from the environment, because that is how the operator hands them over: it
+//! mounts the credentials Secret named in the spec with `envFrom`, so its keys (`AWS_ACCESS_KEY_ID`,
+//! `HF_TOKEN`, ...) arrive as variables and never as arguments that `ps` or the pod spec would show.
+//!
+//! Downloads land in a [`Staging`] directory inside the destination and are moved into place only once
+//! everything has arrived and the caller has verified the digest, so a failed or interrupted fetch
+//! never leaves a half-written model where the server would load it.
+
+pub mod hf;
+pub mod s3;
+pub mod sigv4;
+
+use std::future::Future;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+use crate::uri::ModelUri;
+
+#[derive(Debug, Error)]
+pub enum RemoteError {
+    #[error(
+        "{uri} needs credentials: set {missing} (the operator passes the credentials Secret's keys as environment variables)"
+    )]
+    MissingCredentials { uri: String, missing: String },
+    #[error("invalid {var}={value:?}: {reason}")]
+    InvalidSetting {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("access denied to {uri}: {hint}{detail}")]
+    AccessDenied {
+        uri: String,
+        hint: &'static str,
+        detail: String,
+    },
+    #[error("not found: {uri}{detail}{hint}")]
+    NotFound {
+        uri: String,
+        detail: String,
+        hint: &'static str,
+    },
+    #[error("{uri}: the server answered HTTP {status} for {url}{detail}")]
+    Status {
+        uri: String,
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("cannot download {url}: {reason}")]
+    Request { url: String, reason: String },
+    #[error("{url}: the download stopped after {got} of {expected} bytes")]
+    Truncated {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("{uri}: unexpected answer from {url}: {reason}")]
+    BadResponse {
+        uri: String,
+        url: String,
+        reason: String,
+    },
+    #[error(
+        "{uri}: refusing to write {name:?}: a file name must be a relative path without '.' or '..' segments"
+    )]
+    UnsafeName { uri: String, name: String },
+    #[error("{uri} has no files to download")]
+    Empty { uri: String },
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the HTTP client: {0}")]
+    Client(String),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RemoteError + '_ {
+    move |source| RemoteError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// reqwest's `Display` stops at "error sending request"; the cause (refused, DNS, TLS) is further
+/// down the source chain and is what a person needs to read.
+pub(crate) fn request_error(url: &str, error: &reqwest::Error) -> RemoteError {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    RemoteError::Request {
+        url: url.to_string(),
+        reason,
+    }
+}
+
+/// One client per fetch. No overall timeout (models are gigabytes), but a connection that cannot be
+/// opened, or that stops sending, fails instead of hanging the pod's start forever.
+pub(crate) fn http_client() -> Result<reqwest::Client, RemoteError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .user_agent(concat!("lexserve-sidecar/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| RemoteError::Client(e.to_string()))
+}
+
+/// Reads an environment variable, treating an empty value as unset (an optional Secret key that is
+/// present but blank must not turn into an empty token or endpoint).
+pub(crate) fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Checks that a remote file name (an S3 key below the prefix, a Hub `rfilename`) is a plain relative
+/// path, so that no listing can make `fetch` write outside the destination.
+pub(crate) fn safe_relative_path(uri: &str, name: &str) -> Result<PathBuf, RemoteError> {
+    let unsafe_name = || RemoteError::UnsafeName {
+        uri: uri.to_string(),
+        name: name.to_string(),
+    };
+    if name.is_empty() || name.contains('\\') || name.contains('\0') {
+        return Err(unsafe_name());
+    }
+    let path = PathBuf::from(name);
+    let mut clean = PathBuf::new();
+    for segment in name.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(unsafe_name());
+        }
+        clean.push(segment);
+    }
+    if path.is_absolute()
+        || clean
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(unsafe_name());
+    }
+    Ok(clean)
+}
+
+/// Streams a successful response body into `path` (parents created), checking the length the server
+/// announced, and syncs it so that the later rename publishes complete data.
+pub(crate) async fn write_body(
+    mut response: reqwest::Response,
+    path: &Path,
+) -> Result<u64, RemoteError> {
+    let url = response.url().to_string();
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(io_err(parent))?;
+    }
+    let expected = response.content_length();
+    let mut file = tokio::fs::File::create(path).await.map_err(io_err(path))?;
+    let mut written = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| request_error(&url, &e))?
+    {
+        file.write_all(&chunk).await.map_err(io_err(path))?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await.map_err(io_err(path))?;
+    file.sync_all().await.map_err(io_err(path))?;
+    if let Some(expected) = expected
+        && expected != written
+    {
+        return Err(RemoteError::Truncated {
+            url,
+            expected,
+            got: written,
+        });
+    }
+    Ok(written)
+}
+
+/// The body of an error response, shortened: S3 and the Hub explain themselves there (`<Code>`,
+/// `{"error": ...}`), and that explanation belongs in the message a person reads.
+pub(crate) async fn error_body(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    let text = text.trim();
+    let mut end = text.len().min(512);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Where a remote model is downloaded before it is trusted: `DEST/.lexserve-partial-<pid>`. Inside
+/// the destination, not beside it, because the destination is usually a volume's mount point (which
+/// cannot be replaced by a rename) and a rename only stays atomic within one filesystem.
+/// Dropped without [`Staging::commit`], it removes itself and everything in it.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+const STAGING_PREFIX: &str = ".lexserve-partial-";
+
+impl Staging {
+    /// Creates the destination if needed, removes what an earlier, killed attempt left behind (an
+    /// init container is restarted after a failure), and creates a fresh staging directory.
+    pub fn create(dest: &Path) -> Result<Self, RemoteError> {
+        std::fs::create_dir_all(dest).map_err(io_err(dest))?;
+        for entry in std::fs::read_dir(dest).map_err(io_err(dest))? {
+            let entry = entry.map_err(io_err(dest))?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(STAGING_PREFIX))
+            {
+                let stale = entry.path();
+                std::fs::remove_dir_all(&stale).map_err(io_err(&stale))?;
+            }
+        }
+        let dir = dest.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(io_err(&dir))?;
+        Ok(Self {
+            dir,
+            dest: dest.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Moves every top-level entry of the staging directory into the destination, replacing what is
+    /// there under the same name (a re-fetch of a newer version), then removes the staging directory.
+    pub fn commit(mut self) -> Result<(), RemoteError> {
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let target = self.dest.join(entry.file_name());
+            if let Ok(meta) = std::fs::symlink_metadata(&target) {
+                let removed = if meta.is_dir() {
+                    std::fs::remove_dir_all(&target)
+                } else {
+                    std::fs::remove_file(&target)
+                };
+                removed.map_err(io_err(&target))?;
+            }
+            std::fs::rename(entry.path(), &target).map_err(io_err(&target))?;
+        }
+        std::fs::remove_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs `future` to completion on a runtime of its own. `fetch` is synchronous (it runs before
+/// anything else in the init container); when called from inside a runtime anyway (a test, an
+/// embedding program), the work moves to a scoped thread, because blocking a runtime's thread on
+/// another runtime panics.
+fn block_on<T: Send>(future: impl Future<Output = T> + Send) -> Result<T, RemoteError> {
+    let run = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(future))
+            .map_err(|e| RemoteError::Client(format!("cannot start the async runtime: {e}")))
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(run)
+                .join()
+                .unwrap_or_else(|_| Err(RemoteError::Client("the download thread panicked".into())))
+        })
+    } else {
+        run()
+    }
+}
+
+/// Downloads a remote model into `staging`. Returns the file's name when the uri names a single
+/// file (an S3 object), or `None` when the model is the whole directory (an S3 prefix, a Hub repo).
+pub fn download(uri: &ModelUri, staging: &Path) -> Result<Option<PathBuf>, RemoteError> {
+    match uri {
+        ModelUri::S3 { bucket, key } => {
+            let config = s3::S3Config::from_env(&uri.to_string())?;
+            block_on(async {
+                let client = http_client()?;
+                s3::download(&client, &config, bucket, key, staging).await
+            })?
+        }
+        ModelUri::HuggingFace { repo, revision } => {
+            let config = hf::HfConfig::from_env()?;
+            block_on(async {
+                let client = http_client()?;
+                hf::download(&client, &config, repo, revision.as_deref(), staging).await
+            })?
+            .map(|()| None)
+        }
+        ModelUri::File(_) | ModelUri::Pvc { .. } => Err(RemoteError::BadResponse {
+            uri: uri.to_string(),
+            url: String::new(),
+            reason: "not a remote uri".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_names_must_stay_inside_the_destination() {
+        assert_eq!(
+            safe_relative_path("u", "a/b.onnx").unwrap(),
+            PathBuf::from("a/b.onnx")
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\b",
+            "a/.",
+        ] {
+            assert!(safe_relative_path("u", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn staging_is_removed_unless_committed_and_commit_replaces() {
+        let dest = std::env::temp_dir().join(format!("lexserve-staging-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dest);
+        // Left behind by a killed attempt: removed by the next one.
+        std::fs::create_dir_all(dest.join(".lexserve-partial-1/x")).unwrap();
+        std::fs::write(dest.join("model.onnx"), b"old").unwrap();
+
+        let staging = Staging::create(&dest).unwrap();
+        assert!(!dest.join(".lexserve-partial-1").exists());
+        std::fs::write(staging.path().join("half"), b"h").unwrap();
+        let dir = staging.path().to_path_buf();
+        drop(staging);
+        assert!(!dir.exists());
+        assert_eq!(std::fs::read(dest.join("model.onnx")).unwrap(), b"old");
+
+        let staging = Staging::create(&dest).unwrap();
+        std::fs::write(staging.path().join("model.onnx"), b"new").unwrap();
+        std::fs::create_dir_all(staging.path().join("sub")).unwrap();
+        std::fs::write(staging.path().join("sub/a"), b"a").unwrap();
+        staging.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join("model.onnx")).unwrap(), b"new");
+        assert_eq!(std::fs::read(dest.join("sub/a")).unwrap(), b"a");
+        let names: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        std::fs::remove_dir_all(&dest).unwrap();
+    }
+}
