@@ -20,8 +20,10 @@ pub enum Applied {
     Written,
 }
 
-/// Applies `desired` unless the live child already carries its hash.
-pub async fn apply_if_changed<K>(api: &Api<K>, mut desired: K) -> Result<Applied, Error>
+/// Applies `desired` unless the live child already carries its hash. Returns what was done and
+/// the child as the apiserver has it now (the live one, or the one the apply returned), so the
+/// caller needs no second read.
+pub async fn apply_if_changed<K>(api: &Api<K>, mut desired: K) -> Result<(Applied, K), Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
@@ -30,7 +32,7 @@ where
     if let Some(live) = api.get_opt(&name).await.map_err(Error::kube("get"))?
         && live.annotations().get(SPEC_HASH_ANNOTATION) == Some(&hash)
     {
-        return Ok(Applied::Unchanged);
+        return Ok((Applied::Unchanged, live));
     }
     desired
         .annotations_mut()
@@ -38,10 +40,11 @@ where
     // Force: the operator owns these fields; a conflicting manager (a person's kubectl edit)
     // is overridden, as the spec is the source of truth.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(&desired))
+    let applied = api
+        .patch(&name, &params, &Patch::Apply(&desired))
         .await
         .map_err(Error::kube("apply"))?;
-    Ok(Applied::Written)
+    Ok((Applied::Written, applied))
 }
 
 /// Deletes a child that is no longer wanted, if it exists and the given owner controls it

@@ -136,19 +136,16 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
 
     // Fetch: the GPU situation, when GPUs are requested.
     let gpu = isvc.spec.resources.as_ref().and_then(|r| r.gpu.as_ref());
-    let probe = build_children(isvc, &ctx.config, crate::gpu::RolloutPlan::Surge);
     let fit: Option<GpuFit> = match gpu {
         Some(gpu) => {
-            let pod = probe
-                .deployment
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref());
-            let selector = pod
-                .and_then(|p| p.node_selector.clone())
-                .unwrap_or_default();
-            let tolerations = pod.and_then(|p| p.tolerations.clone()).unwrap_or_default();
-            let nodes = node_gpus(client, &gpu_resource_name(gpu), &selector, &tolerations).await?;
+            let (selector, tolerations) = deployment::placement(isvc);
+            let nodes = node_gpus(
+                client,
+                &gpu_resource_name(gpu),
+                &selector.unwrap_or_default(),
+                &tolerations.unwrap_or_default(),
+            )
+            .await?;
             Some(gpu_fit(u64::from(gpu.count), &nodes))
         }
         None => None,
@@ -163,14 +160,12 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         pdb: desired_pdb,
         hpa: desired_hpa,
         scaled_object: desired_scaled_object,
-    } = if rollout == crate::gpu::RolloutPlan::Surge {
-        probe
-    } else {
-        build_children(isvc, &ctx.config, rollout)
-    };
+    } = build_children(isvc, &ctx.config, rollout);
 
     // Apply what changed; delete what is no longer wanted.
-    let written = |applied: Applied| u64::from(applied == Applied::Written);
+    fn written<K>((applied, _): (Applied, K)) -> u64 {
+        u64::from(applied == Applied::Written)
+    }
     let mut writes = 0u64;
     writes += written(
         apply_if_changed(
@@ -186,13 +181,12 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         )
         .await?,
     );
-    writes += written(
-        apply_if_changed(
-            &Api::<Deployment>::namespaced(client.clone(), &namespace),
-            desired_deployment,
-        )
-        .await?,
-    );
+    let (applied, live_deployment) = apply_if_changed(
+        &Api::<Deployment>::namespaced(client.clone(), &namespace),
+        desired_deployment,
+    )
+    .await?;
+    writes += written((applied, ()));
 
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace);
     writes += match desired_pdb {
@@ -248,10 +242,6 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     }
 
     // Observe and write status.
-    let live_deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
-        .get_opt(&deployment::deployment_name(&name))
-        .await
-        .map_err(Error::kube("get deployment"))?;
     let selector = selector_labels(&name)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -276,7 +266,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     };
     let gpu_resource = gpu.map(gpu_resource_name);
     let observed = Observed {
-        deployment: live_deployment.as_ref(),
+        deployment: Some(&live_deployment),
         pods: &pods,
         hpa: live_hpa.as_ref(),
         gpu_fit: fit.as_ref(),

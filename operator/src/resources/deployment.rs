@@ -89,6 +89,7 @@ pub fn build_deployment(
         ..Default::default()
     });
 
+    let (node_selector, tolerations) = placement(isvc);
     let pod_spec = PodSpec {
         init_containers: Some(fetch_containers),
         containers: vec![serve_container(isvc, &name, &image, gpu)],
@@ -106,8 +107,8 @@ pub fn build_deployment(
         }),
         // The sidecar never talks to the Kubernetes API.
         automount_service_account_token: Some(false),
-        node_selector: node_selector(&fragment, gpu),
-        tolerations: tolerations(&fragment, gpu),
+        node_selector,
+        tolerations,
         affinity: fragment.affinity.clone(),
         priority_class_name: fragment.priority_class_name.clone(),
         service_account_name: fragment.service_account_name.clone(),
@@ -148,6 +149,16 @@ pub fn build_deployment(
         }),
         ..Default::default()
     }
+}
+
+/// Where the pods may run: the node selector and tolerations of the pod template. The
+/// controller uses the same answer to find the nodes whose GPU capacity it checks.
+pub fn placement(
+    isvc: &InferenceService,
+) -> (Option<BTreeMap<String, String>>, Option<Vec<Toleration>>) {
+    let fragment = isvc.spec.pod_template.clone().unwrap_or_default();
+    let gpu = isvc.spec.resources.as_ref().and_then(|r| r.gpu.as_ref());
+    (node_selector(&fragment, gpu), tolerations(&fragment, gpu))
 }
 
 /// Surge when a new pod fits beside the old ones; otherwise replace in place, because a surge
