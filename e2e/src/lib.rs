@@ -15,6 +15,7 @@ pub mod process;
 pub mod prometheus;
 pub mod request_counts;
 pub mod shared;
+pub mod sidecar;
 pub mod wait;
 
 pub use cluster::{ClusterOptions, KubectlOutput, LocalCluster, TestNamespace};

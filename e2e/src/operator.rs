@@ -36,6 +36,7 @@ pub struct OperatorProcess {
     identity: String,
     metrics_port: u16,
     health_port: u16,
+    metrics_api_port: Option<u16>,
 }
 
 /// How an operator is started.
@@ -52,6 +53,14 @@ pub struct OperatorOptions {
     pub lease_name: String,
     /// The lease's duration in seconds.
     pub lease_duration_seconds: u64,
+    /// Prometheus' URL (the load signal); None leaves the operator's default, which does not
+    /// resolve here.
+    pub prometheus_url: Option<String>,
+    /// Serve the external metrics API on a free loopback port.
+    pub metrics_api: bool,
+    /// Check the load signal every `.0` seconds with a grace period of `.1` seconds; None turns
+    /// the checks off (tests that do not run Prometheus).
+    pub scaling_signal: Option<(u64, u64)>,
 }
 
 impl Default for OperatorOptions {
@@ -63,6 +72,9 @@ impl Default for OperatorOptions {
             resync_seconds: 300,
             lease_name: "lexserve-operator".to_string(),
             lease_duration_seconds: 15,
+            prometheus_url: None,
+            metrics_api: false,
+            scaling_signal: None,
         }
     }
 }
@@ -104,6 +116,25 @@ impl OperatorProcess {
         if let Some(ns) = &options.namespace {
             args.extend(["--namespace".to_string(), ns.clone()]);
         }
+        if let Some(url) = &options.prometheus_url {
+            args.extend(["--prometheus-url".to_string(), url.clone()]);
+        }
+        let metrics_api_port = if options.metrics_api {
+            Some(free_port()?)
+        } else {
+            None
+        };
+        args.extend([
+            "--metrics-api-addr".to_string(),
+            metrics_api_port.map_or_else(String::new, |p| format!("127.0.0.1:{p}")),
+        ]);
+        let (interval, grace) = options.scaling_signal.unwrap_or((0, 0));
+        args.extend([
+            "--scaling-signal-interval-seconds".to_string(),
+            interval.to_string(),
+            "--scaling-signal-grace-seconds".to_string(),
+            grace.to_string(),
+        ]);
         let log = cluster
             .log_dir()
             .join(format!("operator-{}.log", options.identity));
@@ -118,6 +149,7 @@ impl OperatorProcess {
             identity: options.identity,
             metrics_port,
             health_port,
+            metrics_api_port,
         };
         let url = format!("http://127.0.0.1:{health_port}/readyz");
         wait::until(
@@ -162,6 +194,11 @@ impl OperatorProcess {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .with_context(|| format!("no {name} in the operator's /metrics"))
+    }
+
+    /// The port of the external metrics API (HTTPS), when started with one.
+    pub fn metrics_api_port(&self) -> Option<u16> {
+        self.metrics_api_port
     }
 
     /// The port of `/healthz` and `/readyz`.

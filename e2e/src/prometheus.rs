@@ -24,6 +24,8 @@ pub struct Target {
 pub struct Prometheus {
     url: String,
     dir: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
     process: Option<Process>,
 }
 
@@ -31,6 +33,21 @@ impl Prometheus {
     /// Starts Prometheus scraping `targets` (and itself, as job `prometheus`) every second, and
     /// waits until it is ready.
     pub async fn start(targets: &[Target]) -> Result<Self> {
+        let jobs = targets
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "job_name": t.job,
+                    "static_configs": [{ "targets": [t.address] }],
+                })
+            })
+            .collect();
+        Self::start_with_jobs(jobs).await
+    }
+
+    /// Starts Prometheus with these scrape configs (plus itself, as job `prometheus`), scraping
+    /// every second, and waits until it is ready.
+    pub async fn start_with_jobs(extra_jobs: Vec<serde_json::Value>) -> Result<Self> {
         let binary = bins::bin("prometheus")?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -46,12 +63,7 @@ impl Prometheus {
             "job_name": "prometheus",
             "static_configs": [{ "targets": [format!("127.0.0.1:{port}")] }],
         })];
-        jobs.extend(targets.iter().map(|t| {
-            serde_json::json!({
-                "job_name": t.job,
-                "static_configs": [{ "targets": [t.address] }],
-            })
-        }));
+        jobs.extend(extra_jobs);
         let config = serde_json::json!({
             "global": { "scrape_interval": "1s", "evaluation_interval": "1s" },
             "scrape_configs": jobs,
@@ -69,13 +81,39 @@ impl Prometheus {
             "--web.enable-lifecycle".to_string(),
             "--log.level=warn".to_string(),
         ];
-        let process = Process::spawn("prometheus", &binary, &args, &dir.join("prometheus.log"))?;
         let url = format!("http://127.0.0.1:{port}");
-        let prometheus = Prometheus {
-            url: url.clone(),
+        let mut prometheus = Prometheus {
+            url,
             dir,
-            process: Some(process),
+            binary,
+            args,
+            process: None,
         };
+        prometheus.resume().await?;
+        Ok(prometheus)
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL), keeping its data: queries fail until [`Self::resume`].
+    pub fn pause(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts it again on the same port and data, and waits until it is ready.
+    pub async fn resume(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        let log = self.dir.join("prometheus.log");
+        self.process = Some(Process::spawn(
+            "prometheus",
+            &self.binary,
+            &self.args,
+            &log,
+        )?);
+        let prometheus = &*self;
+        let url = prometheus.url.clone();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .no_proxy()
@@ -101,7 +139,7 @@ impl Prometheus {
                 crate::cluster::tail(&prometheus.dir.join("prometheus.log"), 20)
             )
         })?;
-        Ok(prometheus)
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT`, the base of the HTTP API.

@@ -19,6 +19,11 @@ pub struct OperatorConfig {
     pub resync: Duration,
     /// The most reconciles running at once.
     pub concurrency: u16,
+    /// How often the leader checks each autoscaled service's load signal; None turns the
+    /// checks (and the `ScalingSignalAvailable` condition) off.
+    pub scaling_signal_interval: Option<Duration>,
+    /// How long a signal must stay missing before the status says so.
+    pub scaling_signal_grace: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -29,6 +34,8 @@ impl Default for OperatorConfig {
             cluster_domain: "cluster.local".to_string(),
             resync: Duration::from_secs(300),
             concurrency: 16,
+            scaling_signal_interval: Some(Duration::from_secs(15)),
+            scaling_signal_grace: Duration::from_secs(60),
         }
     }
 }

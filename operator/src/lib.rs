@@ -8,5 +8,6 @@ pub mod crd;
 pub mod gpu;
 pub mod http;
 pub mod leader;
+pub mod metrics_api;
 pub mod resources;
 pub mod telemetry;

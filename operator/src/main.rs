@@ -13,6 +13,7 @@ use lexserve_operator::config::{DEFAULT_SIDECAR_IMAGE, OperatorConfig};
 use lexserve_operator::controller::context::Context;
 use lexserve_operator::crd::{MAX_CRD_BYTES, render_all};
 use lexserve_operator::leader::{LeaderElector, LeaseTiming};
+use lexserve_operator::metrics_api::signal::LoadSignal;
 use lexserve_operator::telemetry::{Metrics, init_logging};
 
 #[derive(Parser)]
@@ -100,6 +101,53 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LEXSERVE_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Where the `external.metrics.k8s.io` API (HTTPS) is served; empty turns it off (for
+    /// clusters that scale with KEDA only).
+    #[arg(
+        long,
+        env = "LEXSERVE_METRICS_API_ADDR",
+        default_value = "0.0.0.0:6443"
+    )]
+    metrics_api_addr: String,
+    /// The metrics API's serving certificate (PEM); re-read when it changes. Without it, a
+    /// self-signed certificate is generated at start.
+    #[arg(
+        long,
+        env = "LEXSERVE_METRICS_API_CERT_FILE",
+        requires = "metrics_api_key_file"
+    )]
+    metrics_api_cert_file: Option<PathBuf>,
+    /// The key of --metrics-api-cert-file (PEM).
+    #[arg(
+        long,
+        env = "LEXSERVE_METRICS_API_KEY_FILE",
+        requires = "metrics_api_cert_file"
+    )]
+    metrics_api_key_file: Option<PathBuf>,
+    /// Which clients the metrics API accepts: `requestheader` (only the kube-apiserver's front
+    /// proxy, by the CA in kube-system/extension-apiserver-authentication), a path to a CA
+    /// file, or `none`.
+    #[arg(
+        long,
+        env = "LEXSERVE_METRICS_API_CLIENT_AUTH",
+        default_value = "requestheader"
+    )]
+    metrics_api_client_auth: String,
+    /// How often the leader checks each autoscaled InferenceService's load signal for its
+    /// `ScalingSignalAvailable` condition, in seconds; 0 turns the checks off.
+    #[arg(
+        long,
+        env = "LEXSERVE_SCALING_SIGNAL_INTERVAL_SECONDS",
+        default_value_t = 15
+    )]
+    scaling_signal_interval_seconds: u64,
+    /// How long a load signal must stay missing before the status says so, in seconds.
+    #[arg(
+        long,
+        env = "LEXSERVE_SCALING_SIGNAL_GRACE_SECONDS",
+        default_value_t = 60
+    )]
+    scaling_signal_grace_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -193,6 +241,19 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    // The load signal: Prometheus plus a cache of the model-server pods' readiness. Every
+    // replica serves the metrics API (the APIService's Service selects them all); only the
+    // leader turns the signal into conditions.
+    let pods = lexserve_operator::metrics_api::signal::watch_model_pods(
+        client.clone(),
+        args.namespace.as_deref(),
+    )
+    .await;
+    let load_signal = LoadSignal::new(&args.prometheus_url, pods)?;
+    if !args.metrics_api_addr.trim().is_empty() {
+        start_metrics_api(&args, &client, load_signal.clone(), metrics.clone()).await?;
+    }
+
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_else(|_| "localhost".to_string());
@@ -234,6 +295,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cluster_domain: args.cluster_domain.clone(),
         resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
         concurrency: args.concurrency.max(1),
+        scaling_signal_interval: (args.scaling_signal_interval_seconds > 0)
+            .then(|| std::time::Duration::from_secs(args.scaling_signal_interval_seconds)),
+        scaling_signal_grace: std::time::Duration::from_secs(args.scaling_signal_grace_seconds),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -249,6 +313,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         client.clone(),
         args.namespace.clone(),
         ctx,
+        Some(load_signal),
         {
             let mut stop_rx = stop_rx.clone();
             async move {
@@ -285,6 +350,61 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Binds and serves the external metrics API; a bad address, certificate or client CA fails
+/// the start with a message that names it.
+async fn start_metrics_api(
+    args: &RunArgs,
+    client: &kube::Client,
+    signal: LoadSignal,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
+    use lexserve_operator::metrics_api::tls::{ClientAuth, ServingCert, server_config};
+    let addr: SocketAddr = args
+        .metrics_api_addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--metrics-api-addr {:?}: {e}", args.metrics_api_addr))?;
+    let serving = match (&args.metrics_api_cert_file, &args.metrics_api_key_file) {
+        (Some(cert), Some(key)) => ServingCert::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            let namespace = args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string());
+            let service = "lexserve-operator";
+            ServingCert::SelfSigned {
+                names: vec![
+                    "localhost".to_string(),
+                    format!("{service}.{namespace}.svc"),
+                    format!("{service}.{namespace}.svc.{}", args.cluster_domain),
+                ],
+            }
+        }
+    };
+    let auth = match args.metrics_api_client_auth.as_str() {
+        "requestheader" => ClientAuth::RequestHeader,
+        "none" => ClientAuth::None,
+        path => ClientAuth::CaFile(PathBuf::from(path)),
+    };
+    let tls = server_config(client, &serving, &auth)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics API TLS: {e:#}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-api-addr): {e}"))?;
+    info!(%addr, "external metrics API serving");
+    tokio::spawn(async move {
+        if let Err(e) =
+            lexserve_operator::metrics_api::server::serve(listener, tls, signal, metrics).await
+        {
+            error!(error = %e, %addr, "external metrics API stopped");
+        }
+    });
+    Ok(())
 }
 
 fn write_crds(out: &Path, stdout: bool) -> anyhow::Result<()> {

@@ -16,6 +16,16 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
     pub reason: String,
@@ -34,6 +44,10 @@ pub struct Metrics {
     pub duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     pub writes: Family<KindLabels, Counter>,
     pub leader: Gauge,
+    /// External metric requests answered, by HTTP status code.
+    pub metrics_api_requests: Family<CodeLabels, Counter>,
+    /// Scaling-signal checks that found the signal missing, by reason.
+    pub signal_missing: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,8 +85,22 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let metrics_api_requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "metrics_api_requests",
+            "external.metrics.k8s.io value requests answered, by HTTP status code",
+            metrics_api_requests.clone(),
+        );
+        let signal_missing = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "scaling_signal_missing",
+            "Scaling-signal checks that found an InferenceService's load signal missing, by reason",
+            signal_missing.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            metrics_api_requests,
+            signal_missing,
             reconciliations,
             errors,
             duration,
@@ -100,6 +128,15 @@ impl Metrics {
             .get_or_create(&ErrorLabels {
                 kind: kind.to_string(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one answered external metric request.
+    pub fn metrics_api_request(&self, code: &str) {
+        self.metrics_api_requests
+            .get_or_create(&CodeLabels {
+                code: code.to_string(),
             })
             .inc();
     }

@@ -15,6 +15,8 @@ pub enum ConditionType {
     /// Something is wrong that needs attention (a model that fails to load, missing GPUs, a
     /// missing scaling signal).
     Degraded,
+    /// The autoscaler's load signal can be measured (only with `provider: hpa` or `keda`).
+    ScalingSignalAvailable,
 }
 
 impl ConditionType {
@@ -24,6 +26,7 @@ impl ConditionType {
             ConditionType::Ready => "Ready",
             ConditionType::Progressing => "Progressing",
             ConditionType::Degraded => "Degraded",
+            ConditionType::ScalingSignalAvailable => "ScalingSignalAvailable",
         }
     }
 }
@@ -123,6 +126,11 @@ pub fn set_condition(
             last_transition_time: now,
         }),
     }
+}
+
+/// Removes the condition of the given type, if present.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
+    conditions.retain(|c| c.type_ != type_.as_str());
 }
 
 /// The condition of the given type, if present.

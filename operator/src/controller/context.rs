@@ -4,6 +4,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::backoff::Backoff;
+use super::scaling_signal::SignalBoard;
 use crate::config::OperatorConfig;
 use crate::telemetry::Metrics;
 
@@ -14,6 +15,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub backoff: Backoff,
+    /// The last known state of each autoscaled service's load signal.
+    pub signals: SignalBoard,
 }
 
 impl Context {
@@ -28,6 +31,7 @@ impl Context {
             instance,
         };
         Self {
+            signals: SignalBoard::new(config.scaling_signal_grace),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,

@@ -25,10 +25,12 @@ use super::Error;
 use super::apply::{Applied, apply_if_changed, delete_if_owned};
 use super::context::Context;
 use super::gpu_capacity::node_gpus;
-use super::status::{Observed, compute_status, is_settled, reason};
+use super::scaling_signal::{self, autoscaled};
+use super::status::{Observed, ScalingSignal, compute_status, is_settled, reason};
 use crate::api::InferenceService;
 use crate::api::conditions::{ConditionType, DesiredCondition, set_condition};
 use crate::gpu::{GpuFit, gpu_fit, gpu_resource_name, plan_rollout};
+use crate::metrics_api::signal::LoadSignal;
 use crate::resources::labels::{
     COMPONENT_LABEL, FIELD_MANAGER, INFERENCE_SERVICE_LABEL, selector_labels,
 };
@@ -45,6 +47,7 @@ pub async fn run(
     client: Client,
     namespace: Option<String>,
     ctx: Arc<Context>,
+    load_signal: Option<LoadSignal>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<InferenceService> = match &namespace {
@@ -65,7 +68,26 @@ pub async fn run(
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let pods = watcher::Config::default().labels(&format!("{COMPONENT_LABEL}=model-server"));
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    // The load-signal checks re-reconcile a service when what its status should say changes.
+    let (signal_tx, signal_rx) = tokio::sync::mpsc::channel(256);
+    if let (Some(signal), Some(interval)) = (load_signal, ctx.config.scaling_signal_interval) {
+        tokio::spawn(scaling_signal::run(
+            controller.store(),
+            signal,
+            ctx.signals.clone(),
+            ctx.metrics.clone(),
+            interval,
+            signal_tx,
+        ));
+    } else {
+        drop(signal_tx);
+    }
+    let signal_changes = futures::stream::unfold(signal_rx, |mut rx| async move {
+        rx.recv().await.map(|key| (key, rx))
+    });
+    controller
+        .reconcile_on(signal_changes)
         .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
         .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
         .owns(scoped::<Service>(&client, &namespace), owned.clone())
@@ -275,6 +297,17 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         reconcile_problem: deferred_error
             .as_ref()
             .map(|e| (reason::MISSING_DEPENDENCY, e.to_string())),
+        scaling_signal: if !autoscaled(isvc) {
+            ScalingSignal::NotAutoscaled
+        } else {
+            match ctx
+                .signals
+                .condition(&ObjectRef::from_obj(isvc), Instant::now())
+            {
+                Some(known) => ScalingSignal::Known(known),
+                None => ScalingSignal::Unchecked,
+            }
+        },
         now: Time(Timestamp::now()),
     };
     let status = compute_status(isvc, &observed);

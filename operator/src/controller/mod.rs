@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod context;
 pub mod gpu_capacity;
 pub mod inference_service;
+pub mod scaling_signal;
 pub mod status;
 
 #[cfg(test)]

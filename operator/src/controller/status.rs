@@ -7,8 +7,11 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::scaling_signal::SignalCondition;
 use crate::api::InferenceService;
-use crate::api::conditions::{ConditionStatus, ConditionType, DesiredCondition, set_condition};
+use crate::api::conditions::{
+    ConditionStatus, ConditionType, DesiredCondition, remove_condition, set_condition,
+};
 use crate::api::inference_service::{InferenceServiceStatus, ResolvedModel};
 use crate::gpu::GpuFit;
 
@@ -30,6 +33,21 @@ pub mod reason {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
     pub const MISSING_DEPENDENCY: &str = "MissingDependency";
+    pub const LOAD_MEASURED: &str = "LoadMeasured";
+    /// Degraded reasons that come from the load signal (see `SignalMissing::reason`): the
+    /// signal checks re-reconcile the service when they change, so no fast requeue is needed.
+    pub const SIGNAL_REASONS: [&str; 2] = ["PrometheusUnavailable", "LoadSeriesMissing"];
+}
+
+/// What the reconciler knows about an InferenceService's load signal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScalingSignal {
+    /// `provider: none`: no condition.
+    NotAutoscaled,
+    /// Not checked yet (or checks are off): the condition stays as it is.
+    Unchecked,
+    /// The checks' verdict.
+    Known(SignalCondition),
 }
 
 /// What the reconciler observed, for [`compute_status`].
@@ -45,6 +63,8 @@ pub struct Observed<'a> {
     pub url: String,
     /// A problem the reconcile itself ran into (a missing KEDA CRD), as (reason, message).
     pub reconcile_problem: Option<(&'static str, String)>,
+    /// The load signal's state.
+    pub scaling_signal: ScalingSignal,
     pub now: Time,
 }
 
@@ -107,9 +127,19 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
             reason,
             message: message.clone(),
         });
+    let signal_problem = match &observed.scaling_signal {
+        ScalingSignal::Known(SignalCondition::Missing(m)) if m.is_monitoring_problem() => {
+            Some(PodProblem {
+                reason: m.reason(),
+                message: format!("the autoscaler holds its replicas: {m}"),
+            })
+        }
+        _ => None,
+    };
     let problem = pod_problem(observed)
         .or(replica_failure)
-        .or(reconcile_problem);
+        .or(reconcile_problem)
+        .or(signal_problem);
     let deadline_exceeded = dep_status
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
@@ -193,6 +223,35 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
             generation,
             observed.now.clone(),
         );
+    }
+    match &observed.scaling_signal {
+        ScalingSignal::NotAutoscaled => remove_condition(
+            &mut status.conditions,
+            ConditionType::ScalingSignalAvailable,
+        ),
+        ScalingSignal::Unchecked => {}
+        ScalingSignal::Known(signal) => {
+            let condition = match signal {
+                SignalCondition::Available => DesiredCondition::new(
+                    ConditionType::ScalingSignalAvailable,
+                    true,
+                    reason::LOAD_MEASURED,
+                    "the load (waiting plus running requests per ready replica) is measured from Prometheus",
+                ),
+                SignalCondition::Missing(m) => DesiredCondition::new(
+                    ConditionType::ScalingSignalAvailable,
+                    false,
+                    m.reason(),
+                    format!("the autoscaler holds its replicas: {m}"),
+                ),
+            };
+            set_condition(
+                &mut status.conditions,
+                condition,
+                generation,
+                observed.now.clone(),
+            );
+        }
     }
     status
 }
@@ -357,6 +416,8 @@ pub fn is_settled(status: &InferenceServiceStatus) -> bool {
     is_ready(status)
         && find(ConditionType::Progressing)
             .is_some_and(|c| c.status == ConditionStatus::False.as_str())
-        && find(ConditionType::Degraded)
-            .is_some_and(|c| c.status == ConditionStatus::False.as_str())
+        && find(ConditionType::Degraded).is_some_and(|c| {
+            c.status == ConditionStatus::False.as_str()
+                || reason::SIGNAL_REASONS.contains(&c.reason.as_str())
+        })
 }

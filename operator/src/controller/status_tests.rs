@@ -6,10 +6,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
-use super::status::{Observed, compute_status, is_settled, parse_digest, reason};
+use super::scaling_signal::SignalCondition;
+use super::status::{Observed, ScalingSignal, compute_status, is_settled, parse_digest, reason};
 use crate::api::InferenceService;
 use crate::api::conditions::{ConditionType, find_condition};
 use crate::gpu::{NodeGpus, gpu_fit};
+use crate::metrics_api::load::SignalMissing;
 
 fn isvc() -> InferenceService {
     serde_json::from_value(json!({
@@ -48,6 +50,7 @@ fn observe<'a>(d: Option<&'a Deployment>, pods: &'a [Pod]) -> Observed<'a> {
         gpu_resource: None,
         url: "http://minilm.team-a.svc.cluster.local".to_string(),
         reconcile_problem: None,
+        scaling_signal: ScalingSignal::NotAutoscaled,
         now: at(1000),
     }
 }
@@ -253,4 +256,65 @@ fn reconcile_problem_shows_when_pods_are_fine() {
         ("True", reason::MISSING_DEPENDENCY, "no KEDA")
     );
     assert_eq!(condition(&status, ConditionType::Ready).0, "True");
+}
+
+#[test]
+fn a_missing_scaling_signal_is_a_condition_and_degraded_without_a_fast_requeue() {
+    let d = deployment(2, 2, 2);
+    let missing = SignalMissing::PrometheusUnavailable {
+        url: "http://prom:9090".into(),
+        error: "connection refused".into(),
+    };
+    let mut observed = observe(Some(&d), &[]);
+    observed.scaling_signal = ScalingSignal::Known(SignalCondition::Missing(missing));
+    let status = compute_status(&isvc(), &observed);
+    let (state, why, message) = condition(&status, ConditionType::ScalingSignalAvailable);
+    assert_eq!((state, why), ("False", "PrometheusUnavailable"));
+    assert!(message.contains("holds its replicas"), "{message}");
+    assert!(message.contains("http://prom:9090"), "{message}");
+    assert_eq!(
+        condition(&status, ConditionType::Degraded).1,
+        "PrometheusUnavailable"
+    );
+    // Still serving: Ready stays True, and the signal checks (not a 10 s requeue) follow it.
+    assert_eq!(condition(&status, ConditionType::Ready).0, "True");
+    assert!(is_settled(&status));
+}
+
+#[test]
+fn the_scaling_signal_condition_follows_the_checks() {
+    let d = deployment(1, 1, 1);
+    let mut observed = observe(Some(&d), &[]);
+    observed.scaling_signal = ScalingSignal::Known(SignalCondition::Available);
+    let available = compute_status(&isvc(), &observed);
+    assert_eq!(
+        condition(&available, ConditionType::ScalingSignalAvailable).0,
+        "True"
+    );
+    assert_eq!(condition(&available, ConditionType::Degraded).0, "False");
+
+    // Not checked yet: left as it was.
+    let mut stored = isvc();
+    stored.status = Some(available.clone());
+    observed.scaling_signal = ScalingSignal::Unchecked;
+    let kept = compute_status(&stored, &observed);
+    assert_eq!(
+        condition(&kept, ConditionType::ScalingSignalAvailable).0,
+        "True"
+    );
+
+    // No replicas ready is not a monitoring problem: the condition says so, Degraded does not.
+    observed.scaling_signal =
+        ScalingSignal::Known(SignalCondition::Missing(SignalMissing::NoReadyReplicas));
+    let starting = compute_status(&stored, &observed);
+    assert_eq!(
+        condition(&starting, ConditionType::ScalingSignalAvailable).1,
+        "NoReadyReplicas"
+    );
+    assert_eq!(condition(&starting, ConditionType::Degraded).0, "False");
+
+    // provider none: the condition goes.
+    observed.scaling_signal = ScalingSignal::NotAutoscaled;
+    let none = compute_status(&stored, &observed);
+    assert!(find_condition(&none.conditions, ConditionType::ScalingSignalAvailable).is_none());
 }

@@ -25,7 +25,7 @@ pub fn load_query(namespace: &str, inference_service: &str) -> String {
 
 /// Escapes a PromQL string literal. Kubernetes names cannot hold quotes or backslashes, but the
 /// query must be safe whatever it is given.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
