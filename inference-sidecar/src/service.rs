@@ -13,6 +13,8 @@ use crate::batching::queue::BatchLimits;
 use crate::batching::worker::serve_batches;
 use crate::batching::{BatchError, BatchQueue, SubmitError};
 use crate::config::{ServeConfig, Task};
+use crate::generation::Generator;
+use crate::generation::engine::Engine;
 use crate::head::Inference;
 use crate::metrics::{Metrics, ModelLabels};
 use crate::pipeline::Pipeline;
@@ -50,6 +52,8 @@ pub struct LoadedModel {
 enum Readiness {
     Loading,
     Ready(Arc<LoadedModel>),
+    /// A decoder served by the generation engine.
+    Generating(Arc<Generator>),
     Failed(String),
 }
 
@@ -78,9 +82,16 @@ struct InFlight<'a>(&'a ModelService);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.leave();
+    }
+}
+
+/// Work in flight that outlives a handler's borrow (a token stream): SIGTERM's drain waits for it.
+pub struct InFlightWork(Arc<ModelService>);
+
+impl Drop for InFlightWork {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -115,21 +126,54 @@ impl ModelService {
         *guard = readiness;
     }
 
-    /// Runs on the backend thread: load, warm up, then serve batches until shutdown.
+    fn leave(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn mark_loaded(&self) {
+        self.metrics
+            .model_loaded
+            .get_or_create(&ModelLabels {
+                model: self.name.clone(),
+                version: self.version.clone(),
+            })
+            .set(1);
+        tracing::info!(model = %self.name, version = %self.version, "model loaded and warmed up");
+    }
+
+    /// Runs on the backend thread: load, warm up, then serve batches (or generation steps) until
+    /// shutdown.
     fn load_and_serve(&self, config: &ServeConfig) {
+        if config.task == Task::Generate {
+            match catch_load(|| Engine::load(config, Arc::clone(&self.metrics))) {
+                Ok((engine, generator)) => {
+                    self.mark_loaded();
+                    self.set_readiness(Readiness::Generating(generator));
+                    // A panic in the engine must not leave a server that looks ready and hangs.
+                    let run =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run()));
+                    if run.is_err() {
+                        tracing::error!("the generation engine crashed");
+                        self.set_readiness(Readiness::Failed(
+                            "the generation engine crashed; see the logs".into(),
+                        ));
+                    }
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "model failed to load");
+                    self.set_readiness(Readiness::Failed(reason));
+                }
+            }
+            return;
+        }
         let loaded = catch_load(|| self.load(config));
         match loaded {
             Ok((model, mut pipeline)) => {
                 let pad_id = model.tokenizer.pad_id();
                 let queue = model.queue.clone();
-                self.metrics
-                    .model_loaded
-                    .get_or_create(&ModelLabels {
-                        model: self.name.clone(),
-                        version: self.version.clone(),
-                    })
-                    .set(1);
-                tracing::info!(model = %self.name, version = %self.version, "model loaded and warmed up");
+                self.mark_loaded();
                 self.set_readiness(Readiness::Ready(Arc::new(model)));
                 if self.draining.load(Ordering::SeqCst) {
                     queue.close();
@@ -164,15 +208,46 @@ impl ModelService {
         Ok((model, pipeline))
     }
 
-    /// `Ok` when ready; otherwise why not.
-    pub fn ready(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+    /// `Ok` when the server takes work (`/ready`); otherwise why not.
+    pub fn check_ready(&self) -> Result<(), ServiceError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(ServiceError::Draining);
         }
         match &*self.readiness.read().unwrap_or_else(|p| p.into_inner()) {
-            Readiness::Ready(model) => Ok(Arc::clone(model)),
+            Readiness::Ready(_) | Readiness::Generating(_) => Ok(()),
             Readiness::Loading => Err(ServiceError::NotReady("the model is loading".into())),
             Readiness::Failed(reason) => Err(ServiceError::NotReady(reason.clone())),
+        }
+    }
+
+    /// The loaded encoder when ready; otherwise why not.
+    pub fn ready(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+        self.check_ready()?;
+        match &*self.readiness.read().unwrap_or_else(|p| p.into_inner()) {
+            Readiness::Ready(model) => Ok(Arc::clone(model)),
+            Readiness::Generating(_) => Err(ServiceError::WrongTask(
+                "this model's task is generate; use /generate or /v1/completions".into(),
+            )),
+            Readiness::Loading => Err(ServiceError::NotReady("the model is loading".into())),
+            Readiness::Failed(reason) => Err(ServiceError::NotReady(reason.clone())),
+        }
+    }
+
+    /// The generation engine's handle when ready, with a token that keeps SIGTERM's drain waiting
+    /// until the caller drops it (at the end of its response or stream).
+    pub fn generator(self: &Arc<Self>) -> Result<(Arc<Generator>, InFlightWork), ServiceError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let work = InFlightWork(Arc::clone(self));
+        self.check_ready()?;
+        match &*self.readiness.read().unwrap_or_else(|p| p.into_inner()) {
+            Readiness::Generating(generator) => Ok((Arc::clone(generator), work)),
+            _ => Err(ServiceError::WrongTask(
+                format!(
+                    "this model's task is {:?}; this route needs a generate model",
+                    self.task
+                )
+                .to_lowercase(),
+            )),
         }
     }
 

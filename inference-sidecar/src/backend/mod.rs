@@ -22,7 +22,7 @@ pub enum BackendError {
     Outputs(String),
     #[error("inference failed: {0}")]
     Inference(String),
-    #[error("{0} is not supported by this build yet")]
+    #[error("{0}")]
     Unsupported(String),
 }
 
@@ -93,13 +93,17 @@ pub fn load_encoder(
     threads: usize,
     ort_dylib: Option<&std::path::Path>,
 ) -> Result<Box<dyn Encoder>, BackendError> {
+    // Decoders are served by the generation engine (`crate::generation`), not through this trait.
     if task == Task::Generate {
-        return Err(BackendError::Unsupported("task generate".into()));
+        return Err(BackendError::Unsupported(
+            "task generate is served by the generation engine, not an encoder backend".into(),
+        ));
     }
     if files.weights.extension().is_some_and(|e| e == "gguf") {
-        return Err(BackendError::Unsupported(
-            "serving a GGUF model as an encoder".into(),
-        ));
+        let task = format!("{task:?}").to_lowercase();
+        return Err(BackendError::Unsupported(format!(
+            "a GGUF model is a decoder: serve it with task generate, not {task}"
+        )));
     }
     match kind {
         BackendKind::Onnx => Ok(Box::new(onnx::OnnxEncoder::load(

@@ -15,7 +15,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 
 use super::error::ApiError;
-use super::{native, openai, v2};
+use super::{completions, generate, native, openai, v2};
 use crate::config::{BackendKind, ServeConfig};
 use crate::metrics::{Metrics, RouteLabels};
 use crate::service::ModelService;
@@ -41,11 +41,16 @@ pub struct AppState {
 }
 
 /// Routes whose latency is the service's latency (health checks and scrapes would only dilute it).
-const INFERENCE_ROUTES: [&str; 4] = [
+/// For streams, the time to the response's headers (the stream's own timing is in the token metrics).
+const INFERENCE_ROUTES: [&str; 8] = [
     "/embed",
     "/predict",
     "/v1/embeddings",
     "/v2/models/{name}/infer",
+    "/generate",
+    "/generate_stream",
+    "/v1/completions",
+    "/v1/chat/completions",
 ];
 
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -103,6 +108,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/embed", post(native::embed))
         .route("/predict", post(native::predict))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/generate", post(generate::generate))
+        .route("/generate_stream", post(generate::generate_stream))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))

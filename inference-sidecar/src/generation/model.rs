@@ -1,0 +1,580 @@
+//! The decoder forward: a llama-family network from GGUF weights (quantized matmuls through candle),
+//! written for serving. One call runs a batch of rows that belong to different sequences, each at its
+//! own position (prefill chunks and decode tokens together); keys and values go to, and are read from,
+//! each sequence's blocks in the paged cache. `forward_uncached` recomputes a whole sequence with plain
+//! causal attention and no cache: the reference the paged path is tested against.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+
+use candle_core::quantized::{QMatMul, gguf_file};
+use candle_core::{D, DType, Device, Module, Tensor};
+use thiserror::Error;
+
+use super::block_allocator::BlockId;
+use super::kv_cache::{KvShape, PagedKvCache};
+use super::paged_attention::{SeqSpan, paged_attention};
+use super::q4_1_matmul::Q4_1Matrix;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("the GGUF file has no usable {key}: {message}")]
+    Metadata { key: String, message: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+/// Hyperparameters read from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+}
+
+pub type Metadata = HashMap<String, gguf_file::Value>;
+
+pub fn meta_u32(metadata: &Metadata, key: &str) -> Result<u32, ModelError> {
+    let value = metadata.get(key).ok_or_else(|| ModelError::Metadata {
+        key: key.to_string(),
+        message: "missing".into(),
+    })?;
+    // Writers differ in which integer type they use.
+    value
+        .to_u32()
+        .or_else(|_| value.to_u64().map(|v| v as u32))
+        .or_else(|_| value.to_i32().map(|v| v as u32))
+        .map_err(|e| ModelError::Metadata {
+            key: key.to_string(),
+            message: e.to_string(),
+        })
+}
+
+fn meta_f32(metadata: &Metadata, key: &str) -> Option<f32> {
+    metadata.get(key).and_then(|v| v.to_f32().ok())
+}
+
+impl DecoderConfig {
+    pub fn from_metadata(metadata: &Metadata) -> Result<Self, ModelError> {
+        let arch = metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(ModelError::Unsupported(format!(
+                "architecture {arch:?} (this server runs llama-family GGUF decoders)"
+            )));
+        }
+        let key = |k: &str| format!("llama.{k}");
+        let hidden = meta_u32(metadata, &key("embedding_length"))? as usize;
+        let heads = meta_u32(metadata, &key("attention.head_count"))? as usize;
+        let kv_heads =
+            meta_u32(metadata, &key("attention.head_count_kv")).map_or(heads, |v| v as usize);
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || !hidden.is_multiple_of(heads)
+        {
+            return Err(ModelError::Unsupported(format!(
+                "{heads} attention heads over {kv_heads} KV heads and {hidden} dimensions"
+            )));
+        }
+        let head_dim = hidden / heads;
+        let rope_dim =
+            meta_u32(metadata, &key("rope.dimension_count")).map_or(head_dim, |v| v as usize);
+        if rope_dim != head_dim {
+            return Err(ModelError::Unsupported(format!(
+                "partial rotary embeddings ({rope_dim} of {head_dim} dimensions)"
+            )));
+        }
+        let vocab = match meta_u32(metadata, &key("vocab_size")) {
+            Ok(v) => v as usize,
+            Err(_) => metadata
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.to_vec().ok())
+                .map_or(0, Vec::len),
+        };
+        Ok(Self {
+            layers: meta_u32(metadata, &key("block_count"))? as usize,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            context_length: meta_u32(metadata, &key("context_length"))? as usize,
+            rope_base: meta_f32(metadata, &key("rope.freq_base")).unwrap_or(10_000.0),
+            rms_eps: meta_f32(metadata, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        })
+    }
+
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape {
+            layers: self.layers,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+}
+
+/// Rotary position embedding tables, GGML's "normal" (interleaved pairs) layout, which is what
+/// llama.cpp's converter arranges the q and k weights for.
+struct Rope {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    fn new(head_dim: usize, base: f32, positions: usize) -> Self {
+        let half = head_dim / 2;
+        let theta: Vec<f32> = (0..half)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            for t in &theta {
+                let angle = p as f32 * t;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Self { half, cos, sin }
+    }
+
+    /// Rotates `x` (`[rows, heads, head_dim]`) in place, row `r` at `positions[r]`.
+    fn apply(&self, x: &mut [f32], heads: usize, positions: &[usize]) {
+        let head_dim = 2 * self.half;
+        for (row, &p) in x.chunks_mut(heads * head_dim).zip(positions) {
+            let cos = &self.cos[p * self.half..(p + 1) * self.half];
+            let sin = &self.sin[p * self.half..(p + 1) * self.half];
+            for head in row.chunks_mut(head_dim) {
+                for i in 0..self.half {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * cos[i] - b * sin[i];
+                    head[2 * i + 1] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+
+    /// The tables for positions `0..n` as `[n, head_dim / 2]` tensors (for candle's `rope_i`).
+    fn tensors(&self, n: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let cos = Tensor::from_slice(&self.cos[..n * self.half], (n, self.half), device)?;
+        let sin = Tensor::from_slice(&self.sin[..n * self.half], (n, self.half), device)?;
+        Ok((cos, sin))
+    }
+}
+
+/// A weight matrix applied to `[rows, in]` activations: Q4_1 through the project's own kernel
+/// (bit-for-bit candle's arithmetic, faster), anything else through candle.
+enum Linear {
+    Q4_1(Q4_1Matrix),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn new(tensor: candle_core::quantized::QTensor, weights: Weights) -> candle_core::Result<Self> {
+        if weights == Weights::Dequantized {
+            return Ok(Self::Candle(QMatMul::Tensor(
+                tensor.dequantize(&Device::Cpu)?,
+            )));
+        }
+        match Q4_1Matrix::from_qtensor(&tensor)? {
+            Some(matrix) => Ok(Self::Q4_1(matrix)),
+            None => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Candle(m) => m.forward(x),
+            Self::Q4_1(m) => {
+                let (rows, _) = x.dims2()?;
+                let data = x.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(m.matmul(&data, rows), (rows, m.out_features()), x.device())
+            }
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    fn mlp(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+        let h = candle_nn::ops::rms_norm(x, &self.ffn_norm, eps)?;
+        let gate = candle_nn::ops::silu(&self.gate.forward(&h)?)?;
+        self.down.forward(&(gate * self.up.forward(&h)?)?)
+    }
+}
+
+/// One sequence's part of a batch.
+#[derive(Debug, Clone)]
+pub struct SeqChunk<'a> {
+    /// Tokens fed this step: a prefill chunk, or the one token sampled last.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`: the sequence's tokens before it are in the cache.
+    pub start: usize,
+    /// The sequence's block table, covering `start + tokens.len()` positions.
+    pub blocks: &'a [BlockId],
+    /// Whether the logits after the chunk's last token are wanted (the chunk ends the known tokens).
+    pub logits: bool,
+}
+
+pub struct DecoderModel {
+    pub config: DecoderConfig,
+    device: Device,
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    rope: Rope,
+}
+
+/// How the weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// As stored (Q4_1, Q8_0, ...): what serving uses.
+    #[default]
+    Quantized,
+    /// Expanded to f32 at load. The quantized matmuls round their input rows to int8, so two
+    /// computations that differ in the last bit can differ by a rounding step downstream; with f32
+    /// weights they cannot, which makes exact comparisons of two forward paths possible.
+    Dequantized,
+}
+
+impl DecoderModel {
+    pub fn load<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        weights: Weights,
+    ) -> Result<Self, ModelError> {
+        let config = DecoderConfig::from_metadata(&content.metadata)?;
+        let device = Device::Cpu;
+        let mut tensor = |name: &str| content.tensor(reader, name, &device);
+        let embeddings = tensor("token_embd.weight")?.dequantize(&device)?;
+        let norm = tensor("output_norm.weight")?.dequantize(&device)?;
+        // Small models tie the output projection to the embeddings.
+        let output = match tensor("output.weight") {
+            Ok(t) => t,
+            Err(_) => tensor("token_embd.weight")?,
+        };
+        let output = match weights {
+            Weights::Quantized => QMatMul::from_qtensor(output)?,
+            Weights::Dequantized => QMatMul::Tensor(output.dequantize(&device)?),
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let mut q = |part: &str| -> candle_core::Result<Linear> {
+                Linear::new(tensor(&format!("blk.{i}.{part}.weight"))?, weights)
+            };
+            let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
+            let (gate, up, down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
+            layers.push(Layer {
+                attn_norm: tensor(&format!("blk.{i}.attn_norm.weight"))?.dequantize(&device)?,
+                ffn_norm: tensor(&format!("blk.{i}.ffn_norm.weight"))?.dequantize(&device)?,
+                wq,
+                wk,
+                wv,
+                wo,
+                gate,
+                up,
+                down,
+            });
+        }
+        let rope = Rope::new(config.head_dim, config.rope_base, config.context_length);
+        Ok(Self {
+            config,
+            device,
+            embeddings,
+            layers,
+            norm,
+            output,
+            rope,
+        })
+    }
+
+    fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        self.embeddings.index_select(&ids, 0)
+    }
+
+    /// Logits `[rows, vocab]` for the hidden states of `rows`.
+    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+        let h = candle_nn::ops::rms_norm(hidden, &self.norm, self.config.rms_eps)?;
+        self.output.forward(&h)?.to_dtype(DType::F32)?.to_vec2()
+    }
+
+    /// Runs one step for `chunks`, storing their keys and values in `cache`. Returns the logits after
+    /// the last token of each chunk that asks for them, in chunk order.
+    pub fn forward(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut PagedKvCache,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let c = &self.config;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(chunks.len());
+        let mut logit_rows = Vec::new();
+        for chunk in chunks {
+            let first = ids.len();
+            ids.extend_from_slice(chunk.tokens);
+            positions.extend(chunk.start..chunk.start + chunk.tokens.len());
+            spans.push(SeqSpan {
+                rows: first..ids.len(),
+                start: chunk.start,
+                blocks: chunk.blocks,
+            });
+            if chunk.logits && !chunk.tokens.is_empty() {
+                logit_rows.push(ids.len() as u32 - 1);
+            }
+        }
+        if let Some(&p) = positions.iter().max()
+            && p >= c.context_length
+        {
+            return Err(ModelError::Unsupported(format!(
+                "position {p} is past the model's context of {}",
+                c.context_length
+            )));
+        }
+        let rows = ids.len();
+        let row_len = c.kv_heads * c.head_dim;
+        let mut x = self.embed(&ids)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
+            let mut q = layer.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = layer.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = layer.wv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            self.rope.apply(&mut q, c.heads, &positions);
+            self.rope.apply(&mut k, c.kv_heads, &positions);
+            for span in &spans {
+                for (row, position) in span.rows.clone().zip(span.start..) {
+                    let at = row * row_len..(row + 1) * row_len;
+                    cache.write(l, span.blocks, position, &k[at.clone()], &v[at]);
+                }
+            }
+            let attn = paged_attention(&q, c.heads, &spans, cache, l);
+            let attn = Tensor::from_vec(attn, (rows, c.hidden), &self.device)?;
+            x = (x + layer.wo.forward(&attn)?)?;
+            x = (&x + layer.mlp(&x, c.rms_eps)?)?;
+        }
+        if logit_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = logit_rows.len();
+        let last = x.index_select(&Tensor::from_vec(logit_rows, n, &self.device)?, 0)?;
+        Ok(self.logits(&last)?)
+    }
+
+    /// Logits after every position of `tokens`, recomputed from scratch with ordinary causal attention
+    /// (candle matmuls over contiguous keys): no cache, no blocks.
+    pub fn forward_uncached(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let c = &self.config;
+        let t = tokens.len();
+        let group = c.heads / c.kv_heads;
+        let (cos, sin) = self.rope.tensors(t, &self.device)?;
+        let mut mask = vec![0f32; t * t];
+        for i in 0..t {
+            for j in i + 1..t {
+                mask[i * t + j] = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (t, t), &self.device)?
+            .unsqueeze(0)?
+            .repeat((group, 1, 1))?
+            .reshape((1, 1, group * t, t))?;
+        let mut x = self.embed(tokens)?;
+        for layer in &self.layers {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
+            let heads = |w: &Linear, n: usize| -> candle_core::Result<Tensor> {
+                w.forward(&h)?
+                    .reshape((1, t, n, c.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = candle_nn::rotary_emb::rope_i(&heads(&layer.wq, c.heads)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&heads(&layer.wk, c.kv_heads)?, &cos, &sin)?;
+            let v = heads(&layer.wv, c.kv_heads)?;
+            // Query heads that share a KV head are stacked along the rows.
+            let q = q.reshape((1, c.kv_heads, group * t, c.head_dim))?;
+            let scores = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
+            let scores = scores.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let attn = probs
+                .matmul(&v)?
+                .reshape((1, c.heads, t, c.head_dim))?
+                .transpose(1, 2)?
+                .reshape((t, c.hidden))?;
+            x = (x + layer.wo.forward(&attn)?)?;
+            x = (&x + layer.mlp(&x, c.rms_eps)?)?;
+        }
+        Ok(self.logits(&x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small llama with deterministic pseudo-random f32 weights: 2 layers, 6 query heads over 2 KV
+    /// heads of 8 dimensions.
+    fn tiny_model() -> DecoderModel {
+        let config = DecoderConfig {
+            layers: 2,
+            hidden: 48,
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 8,
+            vocab: 50,
+            context_length: 64,
+            rope_base: 10_000.0,
+            rms_eps: 1e-5,
+        };
+        let device = Device::Cpu;
+        let mut state = 1u64;
+        let mut weights = |rows: usize, cols: usize| {
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+                })
+                .collect();
+            Tensor::from_vec(data, (rows, cols), &device).unwrap()
+        };
+        let h = config.hidden;
+        let kv = config.kv_heads * config.head_dim;
+        let ones = Tensor::ones(h, DType::F32, &device).unwrap();
+        let layers = (0..config.layers)
+            .map(|_| Layer {
+                attn_norm: ones.clone(),
+                wq: Linear::Candle(QMatMul::Tensor(weights(h, h))),
+                wk: Linear::Candle(QMatMul::Tensor(weights(kv, h))),
+                wv: Linear::Candle(QMatMul::Tensor(weights(kv, h))),
+                wo: Linear::Candle(QMatMul::Tensor(weights(h, h))),
+                ffn_norm: ones.clone(),
+                gate: Linear::Candle(QMatMul::Tensor(weights(64, h))),
+                up: Linear::Candle(QMatMul::Tensor(weights(64, h))),
+                down: Linear::Candle(QMatMul::Tensor(weights(h, 64))),
+            })
+            .collect();
+        DecoderModel {
+            embeddings: weights(config.vocab, h),
+            output: QMatMul::Tensor(weights(config.vocab, h)),
+            norm: ones,
+            layers,
+            rope: Rope::new(config.head_dim, config.rope_base, config.context_length),
+            device,
+            config,
+        }
+    }
+
+    #[test]
+    fn paged_forward_equals_uncached_forward_on_a_tiny_model() {
+        let model = tiny_model();
+        let tokens: Vec<u32> = vec![3, 17, 9, 41, 0, 22, 8, 8, 30];
+        let full = model.forward_uncached(&tokens).unwrap();
+        let mut cache = PagedKvCache::new(model.config.kv_shape(), 2, 16);
+        let blocks: Vec<BlockId> = vec![7, 3, 12, 0, 9];
+        // Prefill 4, then one token at a time.
+        let mut got = model
+            .forward(
+                &[SeqChunk {
+                    tokens: &tokens[..4],
+                    start: 0,
+                    blocks: &blocks,
+                    logits: true,
+                }],
+                &mut cache,
+            )
+            .unwrap();
+        for p in 4..tokens.len() {
+            let next = model
+                .forward(
+                    &[SeqChunk {
+                        tokens: &tokens[p..=p],
+                        start: p,
+                        blocks: &blocks,
+                        logits: true,
+                    }],
+                    &mut cache,
+                )
+                .unwrap();
+            got.extend(next);
+        }
+        for (i, logits) in got.iter().enumerate() {
+            let reference = &full[3 + i];
+            for (a, b) in logits.iter().zip(reference) {
+                assert!((a - b).abs() < 1e-4, "position {}: {a} vs {b}", 3 + i);
+            }
+        }
+    }
+
+    #[test]
+    fn rope_matches_candles_interleaved_rope() {
+        let (heads, t, d) = (3, 5, 8);
+        let rope = Rope::new(d, 100_000.0, 16);
+        let x: Vec<f32> = (0..heads * t * d)
+            .map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0)
+            .collect();
+        // Ours works on [t, heads, d]; candle's on [1, heads, t, d].
+        let mut ours = x.clone();
+        let positions: Vec<usize> = (0..t).collect();
+        rope.apply(&mut ours, heads, &positions);
+        let device = Device::Cpu;
+        let (cos, sin) = rope.tensors(t, &device).unwrap();
+        let theirs = Tensor::from_vec(x, (1, t, heads, d), &device)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let theirs = candle_nn::rotary_emb::rope_i(&theirs, &cos, &sin)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_norms() {
+        let rope = Rope::new(4, 10_000.0, 8);
+        let mut x = vec![1.0, 0.0, 0.0, 1.0];
+        rope.apply(&mut x, 1, &[0]);
+        assert_eq!(x, vec![1.0, 0.0, 0.0, 1.0], "position 0 is the identity");
+        let mut y = vec![1.0, 2.0, 3.0, 4.0];
+        rope.apply(&mut y, 1, &[5]);
+        let norm = |v: &[f32]| (v[0] * v[0] + v[1] * v[1], v[2] * v[2] + v[3] * v[3]);
+        let (a, b) = norm(&y);
+        assert!((a - 5.0).abs() < 1e-4 && (b - 25.0).abs() < 1e-4, "{y:?}");
+        // The first pair turns by 5 radians (theta_0 = 1).
+        assert!((y[0] - (5f32.cos() - 2.0 * 5f32.sin())).abs() < 1e-5);
+    }
+}

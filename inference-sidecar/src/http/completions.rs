@@ -1,0 +1,404 @@
+//! OpenAI-compatible generation: `/v1/completions` and `/v1/chat/completions`, whole answers or
+//! `stream: true` (server-sent chunks ending in `data: [DONE]`), with usage counts.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::body::parse_json;
+use super::error::ApiError;
+use super::generate::{
+    GenerationOptions, OptionFields, Started, build_request, collect, submit, tokenize_prompt,
+};
+use super::server::AppState;
+use super::sse::{Mapped, token_stream};
+use crate::generation::GenerationEvent;
+use crate::generation::chat_template::ChatMessage;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The options both OpenAI routes take.
+#[derive(Debug, Deserialize)]
+pub struct SamplingFields {
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Not in OpenAI's API; accepted as vLLM and TGI do.
+    pub top_k: Option<u64>,
+    pub seed: Option<u64>,
+    pub stop: Option<OneOrMany>,
+    pub n: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: OneOrMany,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestMessage {
+    pub role: String,
+    pub content: MessageContent,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<RequestMessage>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+const fn fields(prompt: &'static str) -> OptionFields {
+    OptionFields {
+        max_new_tokens: "max_tokens",
+        temperature: "temperature",
+        top_k: "top_k",
+        top_p: "top_p",
+        stop: "stop",
+        prompt,
+    }
+}
+
+/// OpenAI samples at temperature 1 unless told otherwise.
+const OPENAI_DEFAULT_TEMPERATURE: f64 = 1.0;
+
+fn check_common(state: &AppState, sampling: &SamplingFields) -> Result<(), ApiError> {
+    if let Some(model) = &sampling.model
+        && model != &state.service.name
+    {
+        return Err(ApiError::NotFound(format!(
+            "model {model:?} is not served here (this server serves {:?})",
+            state.service.name
+        )));
+    }
+    if let Some(n) = sampling.n
+        && n != 1
+    {
+        return Err(ApiError::Invalid {
+            field: Some("n".into()),
+            message: "only n = 1 is supported; send one request per completion".into(),
+        });
+    }
+    Ok(())
+}
+
+fn options(sampling: &SamplingFields) -> GenerationOptions {
+    GenerationOptions {
+        max_new_tokens: sampling.max_completion_tokens.or(sampling.max_tokens),
+        temperature: sampling.temperature,
+        top_k: sampling.top_k,
+        top_p: sampling.top_p,
+        seed: sampling.seed,
+        stop: sampling
+            .stop
+            .as_ref()
+            .map(|s| match s {
+                OneOrMany::One(s) => vec![s.clone()],
+                OneOrMany::Many(v) => v.clone(),
+            })
+            .unwrap_or_default(),
+    }
+}
+
+async fn start(
+    state: &AppState,
+    prompt: String,
+    sampling: &SamplingFields,
+    prompt_field: &'static str,
+) -> Result<Started, ApiError> {
+    let (generator, work) = state.service.generator()?;
+    let prompt_ids = tokenize_prompt(&generator, prompt, prompt_field).await?;
+    let request = build_request(
+        &generator,
+        prompt_ids,
+        options(sampling),
+        OPENAI_DEFAULT_TEMPERATURE,
+        &fields(prompt_field),
+    )?;
+    submit(&generator, request, work)
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+fn request_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{prefix}-{:x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether a completion's text chunk, a chat delta, differ only in their shape: one mapper serves
+/// both routes.
+#[derive(Clone, Copy)]
+enum Shape {
+    Completion,
+    Chat,
+}
+
+fn stream_response(
+    state: &AppState,
+    started: Started,
+    shape: Shape,
+    include_usage: bool,
+) -> Response {
+    let (object, id) = match shape {
+        Shape::Completion => ("text_completion", request_id("cmpl")),
+        Shape::Chat => ("chat.completion.chunk", request_id("chatcmpl")),
+    };
+    let model = state.service.name.clone();
+    let created = state.started_unix.max(now_unix());
+    let chunk = move |choice: Value, usage: Option<Value>| {
+        let mut body = json!({
+            "id": id,
+            "object": object,
+            "created": created,
+            "model": model,
+            "choices": if choice.is_null() { json!([]) } else { json!([choice]) },
+        });
+        if let Some(usage) = usage {
+            body["usage"] = usage;
+        }
+        Event::default().data(body.to_string())
+    };
+    let mut first = true;
+    let map = move |event: GenerationEvent| match event {
+        GenerationEvent::Token { text, finish, .. } => {
+            let mut events = Vec::new();
+            if matches!(shape, Shape::Chat) && first {
+                events.push(chunk(
+                    json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
+                    None,
+                ));
+            }
+            first = false;
+            let reason = finish.map(|f| f.reason.openai());
+            if !text.is_empty() || reason.is_some() {
+                let choice = match shape {
+                    Shape::Completion => {
+                        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason})
+                    }
+                    Shape::Chat if text.is_empty() => {
+                        json!({"index": 0, "delta": {}, "finish_reason": reason})
+                    }
+                    Shape::Chat => {
+                        json!({"index": 0, "delta": {"content": text}, "finish_reason": reason})
+                    }
+                };
+                events.push(chunk(choice, None));
+            }
+            if let Some(finish) = finish
+                && include_usage
+            {
+                events.push(chunk(
+                    Value::Null,
+                    Some(usage(finish.prompt_tokens, finish.generated_tokens)),
+                ));
+            }
+            Mapped {
+                events,
+                end: finish.is_some(),
+            }
+        }
+        GenerationEvent::Failed(message) => {
+            Mapped {
+                events: vec![Event::default().data(
+                    json!({"error": {"message": message, "type": "server_error"}}).to_string(),
+                )],
+                end: true,
+            }
+        }
+    };
+    token_stream(
+        started.receiver,
+        started.work,
+        map,
+        vec![Event::default().data("[DONE]")],
+    )
+    .into_response()
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: CompletionRequest = parse_json(&headers, body)?;
+    check_common(&state, &request.sampling)?;
+    let mut prompts = request.prompt.into_vec();
+    if prompts.len() != 1 {
+        return Err(ApiError::Invalid {
+            field: Some("prompt".into()),
+            message: "exactly one prompt per request is supported".into(),
+        });
+    }
+    let prompt = prompts.remove(0);
+    let started = start(&state, prompt, &request.sampling, "prompt").await?;
+    if request.sampling.stream {
+        let include_usage = request
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        return Ok(stream_response(
+            &state,
+            started,
+            Shape::Completion,
+            include_usage,
+        ));
+    }
+    let done = collect(started).await?;
+    Ok(Json(json!({
+        "id": request_id("cmpl"),
+        "object": "text_completion",
+        "created": now_unix(),
+        "model": state.service.name,
+        "choices": [{
+            "index": 0,
+            "text": done.text,
+            "logprobs": null,
+            "finish_reason": done.finish_reason.openai(),
+        }],
+        "usage": usage(done.prompt_tokens, done.generated_tokens),
+    }))
+    .into_response())
+}
+
+fn chat_messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::Invalid {
+            field: Some("messages".into()),
+            message: "must contain at least one message".into(),
+        });
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let content = match m.content {
+                MessageContent::Text(text) => text,
+                MessageContent::Parts(parts) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.into_iter().enumerate() {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            _ => {
+                                return Err(ApiError::Invalid {
+                                    field: Some(format!("messages[{i}].content[{j}]")),
+                                    message: "only text parts are supported".into(),
+                                });
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(ChatMessage {
+                role: m.role,
+                content,
+            })
+        })
+        .collect()
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: ChatRequest = parse_json(&headers, body)?;
+    check_common(&state, &request.sampling)?;
+    let messages = chat_messages(request.messages)?;
+    let (generator, _check) = state.service.generator()?;
+    let prompt = generator
+        .chat_prompt(&messages)
+        .map_err(|message| ApiError::Invalid {
+            field: Some("messages".into()),
+            message,
+        })?;
+    let started = start(&state, prompt, &request.sampling, "messages").await?;
+    if request.sampling.stream {
+        let include_usage = request
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        return Ok(stream_response(&state, started, Shape::Chat, include_usage));
+    }
+    let done = collect(started).await?;
+    Ok(Json(json!({
+        "id": request_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": now_unix(),
+        "model": state.service.name,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": done.text},
+            "logprobs": null,
+            "finish_reason": done.finish_reason.openai(),
+        }],
+        "usage": usage(done.prompt_tokens, done.generated_tokens),
+    }))
+    .into_response())
+}

@@ -1,0 +1,72 @@
+//! Server-sent events for token streams. The stream owns the request's event receiver and its
+//! in-flight token: when the client disconnects, axum drops the stream, the receiver closes, and the
+//! engine frees the sequence's cache blocks at its next step; SIGTERM's drain waits for the token.
+
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use futures::stream::{self, StreamExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::generation::GenerationEvent;
+use crate::service::InFlightWork;
+
+/// What a route makes of one engine event: SSE events to send, and whether the stream ends.
+pub struct Mapped {
+    pub events: Vec<Event>,
+    pub end: bool,
+}
+
+struct StreamState<M> {
+    receiver: UnboundedReceiver<GenerationEvent>,
+    /// Held until the stream is polled past its last event, so that a drain waits for the end.
+    _work: InFlightWork,
+    map: M,
+    /// Sent after the end (`data: [DONE]`).
+    tail: Vec<Event>,
+    ended: bool,
+}
+
+/// Streams `receiver` through `map`, then `tail`.
+pub fn token_stream<M>(
+    receiver: UnboundedReceiver<GenerationEvent>,
+    work: InFlightWork,
+    map: M,
+    tail: Vec<Event>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    M: FnMut(GenerationEvent) -> Mapped + Send + 'static,
+{
+    let state = Some(StreamState {
+        receiver,
+        _work: work,
+        map,
+        tail,
+        ended: false,
+    });
+    let events = stream::unfold(state, |state| async move {
+        let mut state = state?;
+        if state.ended {
+            return None;
+        }
+        let events = match state.receiver.recv().await {
+            Some(event) => {
+                let Mapped { mut events, end } = (state.map)(event);
+                if end {
+                    events.append(&mut state.tail);
+                    state.ended = true;
+                }
+                events
+            }
+            // The engine went away without finishing: end the stream rather than hang.
+            None => {
+                state.ended = true;
+                std::mem::take(&mut state.tail)
+            }
+        };
+        Some((events, Some(state)))
+    })
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

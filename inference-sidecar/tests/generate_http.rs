@@ -1,0 +1,521 @@
+//! The sidecar serving SmolLM2 as a real process over HTTP: every generation route, their errors,
+//! server-sent event framing, cancellation when a client disconnects (blocks freed, read from
+//! /metrics), 429 when the queue is full, and SIGTERM draining streams in flight. No timed assertions.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{FRANCE_CHATML, FRANCE_GOLDEN, Sidecar, client, metric_value, smollm2_args};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn start(extra: &[&str]) -> (Sidecar, reqwest::Client) {
+    let mut args = smollm2_args();
+    args.extend(["--threads", "2", "--max-new-tokens", "256"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let sidecar = Sidecar::start(&args);
+    let client = client();
+    sidecar.wait_ready(&client).await;
+    (sidecar, client)
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
+    let response = client.post(url).json(&body).send().await.expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A chat that SmolLM2 answers at length (its template's default system turn sends it into a long
+/// French list), for tests that need a stream still running.
+fn long_chat(max_tokens: u64) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": true,
+    })
+}
+
+/// Reads server-sent events (`data:` payloads) from a streaming response.
+struct Events {
+    body: futures::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    buffer: String,
+}
+
+impl Events {
+    fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's data, or None at the end of the stream.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = frame
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                    .collect();
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return Some(data.join("\n"));
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Some(Err(e)) => panic!("stream broke: {e}"),
+                None => {
+                    assert!(
+                        self.buffer.trim().is_empty(),
+                        "trailing bytes: {:?}",
+                        self.buffer
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn all(mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next().await {
+            events.push(e);
+        }
+        events
+    }
+}
+
+async fn stream(client: &reqwest::Client, url: String, body: Value) -> Events {
+    Events::new(client.post(url).json(&body).send().await.expect("request"))
+}
+
+async fn metrics(client: &reqwest::Client, sidecar: &Sidecar) -> String {
+    client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls /metrics until `sample` equals `value` (bounded; the bound is a hang guard, not a timing
+/// assertion).
+async fn wait_metric(client: &reqwest::Client, sidecar: &Sidecar, sample: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = metrics(client, sidecar).await;
+        if metric_value(&text, sample) == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sample} never became {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn generation_routes_answer_and_errors_name_the_field() {
+    let (sidecar, client) = start(&[]).await;
+
+    let (status, body) = post(
+        &client,
+        sidecar.url("/generate"),
+        json!({"inputs": FRANCE_CHATML, "parameters": {"max_new_tokens": 32}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generated_text"], "The capital of France is Paris.");
+    assert_eq!(body["details"]["token_ids"], json!(FRANCE_GOLDEN));
+    assert_eq!(body["details"]["finish_reason"], "eos_token");
+    assert_eq!(body["details"]["generated_tokens"], 8);
+    let prompt_tokens = body["details"]["prompt_tokens"].as_u64().unwrap();
+
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"model": "smollm2", "prompt": FRANCE_CHATML, "temperature": 0, "max_tokens": 32}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(
+        body["choices"][0]["text"],
+        "The capital of France is Paris."
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 8, "total_tokens": prompt_tokens + 8})
+    );
+
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"prompt": [FRANCE_CHATML], "temperature": 0, "max_tokens": 3, "stop": "France"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["text"], "The capital of");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+
+    // The chat route applies the GGUF's template, default system turn included.
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v1/chat/completions"),
+        json!({"messages": [{"role": "system", "content": "You are a geography teacher."}, {"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}], "temperature": 0, "max_tokens": 24}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    // The same prompt rendered by hand gives the same answer and the same counts.
+    let rendered = "<|im_start|>system\nYou are a geography teacher.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let (status, by_hand) = post(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"prompt": rendered, "temperature": 0, "max_tokens": 24}),
+    )
+    .await;
+    assert_eq!(status, 200, "{by_hand}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        by_hand["choices"][0]["text"]
+    );
+    assert_eq!(body["usage"], by_hand["usage"]);
+
+    let (status, models) = post(&client, sidecar.url("/v1/models"), json!({})).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{models}");
+    let models: Value = client
+        .get(sidecar.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "smollm2");
+
+    let cases = [
+        (
+            "/generate",
+            json!({"inputs": "hi", "parameters": {"temperature": -1}}),
+            422,
+            Some("parameters.temperature"),
+        ),
+        (
+            "/generate",
+            json!({"inputs": "hi", "parameters": {"max_new_tokens": 100000}}),
+            422,
+            Some("parameters.max_new_tokens"),
+        ),
+        (
+            "/generate",
+            json!({"inputs": "hi", "parameters": {"top_p": 0}}),
+            422,
+            Some("parameters.top_p"),
+        ),
+        (
+            "/generate",
+            json!({"inputs": "hi", "parameters": {"top_k": 0}}),
+            422,
+            Some("parameters.top_k"),
+        ),
+        (
+            "/generate",
+            json!({"inputs": "hi", "parameters": {"stop": [""]}}),
+            422,
+            Some("parameters.stop[0]"),
+        ),
+        ("/generate", json!({"inputs": 3}), 422, Some("inputs")),
+        ("/generate", json!({"inputs": ""}), 422, Some("inputs")),
+        (
+            "/generate",
+            json!({"inputs": "word ".repeat(6000)}),
+            413,
+            Some("inputs"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 100000}),
+            422,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "n": 2}),
+            422,
+            Some("n"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ["a", "b"]}),
+            422,
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "model": "gpt-4"}),
+            404,
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": []}),
+            422,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            422,
+            Some("messages[0].content[0]"),
+        ),
+        ("/embed", json!({"texts": ["hi"]}), 400, None),
+    ];
+    for (route, body, code, field) in cases {
+        let (status, answer) = post(&client, sidecar.url(route), body.clone()).await;
+        assert_eq!(status.as_u16(), code, "{route} {body}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+        if let Some(field) = field {
+            assert_eq!(answer["field"], field, "{route} {body}: {answer}");
+        }
+    }
+    let response = client
+        .post(sidecar.url("/generate"))
+        .header("content-type", "application/json")
+        .body("{\"inputs\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn streams_are_framed_as_server_sent_events() {
+    let (sidecar, client) = start(&[]).await;
+
+    // Native: one event per token; the last carries the whole text and the details.
+    let events = stream(
+        &client,
+        sidecar.url("/generate_stream"),
+        json!({"inputs": FRANCE_CHATML, "parameters": {"max_new_tokens": 32}}),
+    )
+    .await
+    .all()
+    .await;
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(events.len(), FRANCE_GOLDEN.len());
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|e| e["token"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, FRANCE_GOLDEN.map(u64::from));
+    let text: String = events
+        .iter()
+        .map(|e| e["token"]["text"].as_str().unwrap())
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["generated_text"], text);
+    assert_eq!(text, "The capital of France is Paris.");
+    assert_eq!(last["details"]["finish_reason"], "eos_token");
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e.get("generated_text").is_none())
+    );
+
+    // OpenAI completions: text chunks, a final chunk with the finish reason, usage, then [DONE].
+    let events = stream(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"prompt": FRANCE_CHATML, "temperature": 0, "max_tokens": 32, "stream": true, "stream_options": {"include_usage": true}}),
+    )
+    .await
+    .all()
+    .await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, "The capital of France is Paris.");
+    // The last token's chunk carries the finish reason; the usage chunk follows it.
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    assert!(
+        chunks[..chunks.len() - 2]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null())
+    );
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 8);
+
+    // Chat: the first delta names the role, content deltas follow, then the finish, then [DONE].
+    let events = stream(&client, sidecar.url("/v1/chat/completions"), long_chat(12))
+        .await
+        .all()
+        .await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!content.is_empty());
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+    let ids: Vec<&Value> = chunks.iter().map(|c| &c["id"]).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one id per stream");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_frees_its_blocks() {
+    let (sidecar, client) = start(&[]).await;
+    let mut events = stream(&client, sidecar.url("/v1/chat/completions"), long_chat(200)).await;
+    for _ in 0..3 {
+        assert!(events.next().await.is_some());
+    }
+    let text = metrics(&client, &sidecar).await;
+    assert_eq!(
+        metric_value(&text, "lexserve_requests_running"),
+        Some(1.0),
+        "{text}"
+    );
+    let usage = metric_value(&text, "lexserve_kv_cache_usage_ratio").unwrap();
+    assert!(usage > 0.0, "{text}");
+    drop(events);
+    wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
+    wait_metric(&client, &sidecar, "lexserve_requests_running", 0.0).await;
+    let text = metrics(&client, &sidecar).await;
+    let generated = metric_value(&text, "lexserve_generated_tokens_total").unwrap();
+    assert!(
+        generated < 200.0,
+        "the generation stopped early: {generated} tokens"
+    );
+
+    // The same for a plain (non-streaming) request whose client gives up.
+    let short_client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let mut body = long_chat(200);
+    body["stream"] = json!(false);
+    let result = short_client
+        .post(sidecar.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await;
+    assert!(result.is_err(), "the request was meant to time out");
+    wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
+    wait_metric(&client, &sidecar, "lexserve_requests_running", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let (sidecar, client) =
+        start(&["--max-concurrent-sequences", "1", "--max-queue-size", "1"]).await;
+    let mut running = stream(&client, sidecar.url("/v1/chat/completions"), long_chat(200)).await;
+    assert!(running.next().await.is_some());
+    // The second waits for the first (one sequence at a time); the queue holds one.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let url = sidecar.url("/v1/chat/completions");
+        async move { client.post(url).json(&long_chat(200)).send().await }
+    });
+    wait_metric(&client, &sidecar, "lexserve_queue_size", 1.0).await;
+    let response = client
+        .post(sidecar.url("/generate"))
+        .json(&json!({"inputs": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("queue"), "{body}");
+    drop(running);
+    let waiting = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        waiting.status(),
+        200,
+        "the queued request runs once the first is gone"
+    );
+    drop(waiting);
+    wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_streams_in_flight_finish() {
+    // A drain limit far above what the stream needs, so that only a bug can cut it.
+    let (mut sidecar, client) = start(&["--drain-timeout", "600s"]).await;
+    let mut events = stream(&client, sidecar.url("/v1/chat/completions"), long_chat(24)).await;
+    assert!(events.next().await.is_some());
+    sidecar.sigterm();
+    // Readiness turns false and new work is refused while the stream goes on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client
+            .get(sidecar.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stopped being ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = post(&client, sidecar.url("/generate"), json!({"inputs": "hi"})).await;
+    assert_eq!(status, 503, "{body}");
+    let mut rest = Vec::new();
+    while let Some(event) = events.next().await {
+        rest.push(event);
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("[DONE]"),
+        "the stream ran to its end"
+    );
+    let finish: Value = serde_json::from_str(&rest[rest.len() - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    assert_eq!(sidecar.wait_exit(Duration::from_secs(60)), Some(0));
+}
