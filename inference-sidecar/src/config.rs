@@ -166,6 +166,9 @@ pub struct BatchingConfig {
     pub max_queue_delay: Duration,
     /// Most texts waiting; more are refused with 429.
     pub max_queue_size: usize,
+    /// Measure the most efficient batch size at warm-up and stop batches growing past it: on
+    /// when `maxBatchTokens` is not set (a set value is taken as the user's decision).
+    pub tune_batch_size: bool,
 }
 
 impl Default for BatchingConfig {
@@ -175,6 +178,7 @@ impl Default for BatchingConfig {
             max_batch_requests: 32,
             max_queue_delay: Duration::ZERO,
             max_queue_size: 256,
+            tune_batch_size: true,
         }
     }
 }
@@ -317,7 +321,10 @@ impl ServeConfig {
                 .map_err(|e| invalid("runtime.batching.maxQueueDelay", e.to_string()))?,
             None => defaults.max_queue_delay,
         };
+        let tune_batch_size =
+            args.max_batch_tokens.is_none() && batching.max_batch_tokens.is_none();
         let batching = BatchingConfig {
+            tune_batch_size,
             max_batch_tokens: positive(
                 "runtime.batching.maxBatchTokens",
                 args.max_batch_tokens
@@ -487,7 +494,8 @@ runtime:
                 max_batch_tokens: 4096,
                 max_batch_requests: 8,
                 max_queue_delay: Duration::from_millis(2),
-                max_queue_size: 64
+                max_queue_size: 64,
+                tune_batch_size: false,
             }
         );
         assert_eq!(config.generation.kv_cache_memory_bytes, 64 << 20);

@@ -188,12 +188,18 @@ impl ModelService {
     }
 
     fn load(&self, config: &ServeConfig) -> Result<(LoadedModel, Pipeline), String> {
-        let pipeline = Pipeline::load(config).map_err(|e| e.to_string())?;
+        let mut pipeline = Pipeline::load(config).map_err(|e| e.to_string())?;
+        let efficient_batch_tokens = if config.batching.tune_batch_size {
+            tune_batch_size(&mut pipeline, config)
+        } else {
+            usize::MAX
+        };
         let queue = BatchQueue::new(
             BatchLimits {
                 max_batch_tokens: config.batching.max_batch_tokens,
                 max_batch_requests: config.batching.max_batch_requests,
                 max_queue_delay: config.batching.max_queue_delay,
+                efficient_batch_tokens,
             },
             config.batching.max_queue_size,
             Arc::clone(&self.metrics),
@@ -411,4 +417,46 @@ pub fn argmax(values: &[f32]) -> Option<(usize, &f32)> {
 fn catch_load<T>(load: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
         .unwrap_or_else(|_| Err("loading the model panicked".into()))
+}
+
+/// A sample text of about 64 tokens for the batch-size sweep: longer than most queries, so the
+/// measured budget holds for the texts that pay the most for big batches.
+const TUNING_TEXT: &str = "Serving a language model well means batching requests so that one \
+    forward pass answers many of them, but on a processor a batch can also grow too large for the \
+    caches, and then each text in it costs more than it would in a smaller batch, which is why the \
+    server measures this once when it starts.";
+
+/// Runs the warm-up sweep ([`crate::batching::tune`]) and returns the efficient token budget
+/// (`usize::MAX`, no cap, if it could not be measured).
+fn tune_batch_size(pipeline: &mut Pipeline, config: &ServeConfig) -> usize {
+    let Ok(sample) = pipeline.tokenizer.encode(TUNING_TEXT) else {
+        return usize::MAX;
+    };
+    let pad_id = pipeline.tokenizer.pad_id();
+    let tuned = crate::batching::tune::measure(
+        pipeline.encoder.as_mut(),
+        &pipeline.head,
+        &sample,
+        pad_id,
+        config.batching.max_batch_requests.min(32),
+        std::time::Duration::from_millis(1500),
+    );
+    match tuned {
+        Some(t) => {
+            let table: Vec<String> = t
+                .throughput
+                .iter()
+                .map(|(b, r)| format!("{b}:{r:.0}/s"))
+                .collect();
+            tracing::info!(
+                batch = t.batch,
+                tokens = t.tokens,
+                sample_tokens = sample.len(),
+                measured = %table.join(" "),
+                "efficient batch size measured; batches stop growing past its padded tokens"
+            );
+            t.tokens
+        }
+        None => usize::MAX,
+    }
 }

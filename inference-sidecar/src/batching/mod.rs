@@ -3,6 +3,7 @@
 //! take batches from it as [`queue::plan`] decides and answer each text through a oneshot channel.
 
 pub mod queue;
+pub mod tune;
 pub mod worker;
 
 use std::collections::VecDeque;
@@ -175,6 +176,7 @@ mod tests {
                 max_batch_tokens: 100,
                 max_batch_requests: 8,
                 max_queue_delay: Duration::ZERO,
+                efficient_batch_tokens: usize::MAX,
             },
             capacity,
             Arc::new(Metrics::new()),

@@ -11,9 +11,21 @@ use std::time::{Duration, Instant};
 /// Limits that shape a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
+    /// The most padded tokens in a batch; also the longest text admitted at all.
     pub max_batch_tokens: usize,
     pub max_batch_requests: usize,
     pub max_queue_delay: Duration,
+    /// Padded tokens beyond which a batch gets slower per text on this machine (measured at
+    /// warm-up, see [`super::tune`]); batches stop growing there. It only shapes batches: a text
+    /// longer than this still runs, alone. `usize::MAX` when not measured.
+    pub efficient_batch_tokens: usize,
+}
+
+impl BatchLimits {
+    /// The token budget batches are formed with.
+    pub fn batch_token_budget(&self) -> usize {
+        self.max_batch_tokens.min(self.efficient_batch_tokens)
+    }
 }
 
 /// A text waiting for a batch.
@@ -40,12 +52,13 @@ pub enum NextStep {
 pub fn batch_len<T>(queue: &VecDeque<Pending<T>>, limits: &BatchLimits) -> (usize, bool) {
     let mut longest = 0usize;
     let mut count = 0usize;
+    let budget = limits.batch_token_budget();
     for entry in queue {
         if count == limits.max_batch_requests {
             return (count, true);
         }
         let candidate_longest = longest.max(entry.tokens);
-        if count > 0 && candidate_longest * (count + 1) > limits.max_batch_tokens {
+        if count > 0 && candidate_longest * (count + 1) > budget {
             return (count, true);
         }
         longest = candidate_longest;
@@ -93,7 +106,25 @@ mod tests {
             max_batch_tokens: tokens,
             max_batch_requests: requests,
             max_queue_delay: Duration::from_millis(delay_ms),
+            efficient_batch_tokens: usize::MAX,
         }
+    }
+
+    #[test]
+    fn the_efficient_size_shapes_batches_without_refusing_long_texts() {
+        let now = Instant::now();
+        let mut l = limits(16384, 32, 0);
+        l.efficient_batch_tokens = 300;
+        // Texts of 75 tokens: 4 fit 300, the fifth would make 375.
+        let q = queue(&[75; 10], now);
+        assert_eq!(batch_len(&q, &l), (4, true));
+        // Short texts: many more per batch.
+        let q = queue(&[10; 40], now);
+        assert_eq!(batch_len(&q, &l), (30, true));
+        // A text longer than the efficient size still runs, alone.
+        let q = queue(&[500, 10], now);
+        assert_eq!(plan(&q, &l, now, false), NextStep::Run(1));
+        assert_eq!(l.batch_token_budget(), 300);
     }
 
     #[test]

@@ -612,16 +612,20 @@ impl Engine {
             prompt_tokens,
             generated_tokens: generated,
         });
-        let sent = client
-            .events
-            .send(GenerationEvent::Token {
-                id: token,
-                text,
-                finish,
-            })
-            .is_ok();
-        // A finished sequence, or one whose client is gone, leaves now.
-        if finish.is_some() || !sent {
+        let event = GenerationEvent::Token {
+            id: token,
+            text,
+            finish,
+        };
+        if finish.is_some() {
+            // A finished sequence leaves before its client hears the last token: its blocks are
+            // back in the pool, and the gauges say so, by the time anyone reacts to the end.
+            let events = client.events.clone();
+            self.retire(id);
+            self.update_gauges();
+            let _ = events.send(event);
+        } else if client.events.send(event).is_err() {
+            // The client is gone: the sequence leaves now.
             self.retire(id);
         }
     }
