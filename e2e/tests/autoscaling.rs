@@ -647,11 +647,17 @@ async fn hpa_scales_real_sidecars_on_their_load_and_holds_when_prometheus_is_gon
         anyhow::ensure!(degraded.0 == "True" && degraded.1 == "PrometheusUnavailable", "Degraded: {degraded:?}");
         let (metric, _) = read_metric(cluster, &ns_name).await;
         anyhow::ensure!(metric.is_err(), "the metric must be an error without Prometheus, got {metric:?}");
-        // Longer than the scale-down stabilization window (10 s) plus two HPA syncs (5 s each).
-        let hold_until = paused + Duration::from_secs(30);
+        // The replicas the HPA had when its last metric read succeeded: it may have moved on
+        // that (noisy, real) data in the sync right before Prometheus went away, so the baseline
+        // is taken now, after at least one sync without a signal. From here on only missing
+        // data is left, and the load is gone: a made-up zero would scale to 1 within the
+        // scale-down window (10 s) plus a sync (5 s). The hold is watched for 30 s.
+        let held = observe(&client, &ns_name).await.spec_replicas;
+        anyhow::ensure!(held >= 2, "the HPA had already scaled down to {held} before the hold started");
+        let hold_until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < hold_until {
             let o = observe(&client, &ns_name).await;
-            anyhow::ensure!(o.spec_replicas == MAX_REPLICAS, "the HPA did not hold: {} replicas", o.spec_replicas);
+            anyhow::ensure!(o.spec_replicas == held, "the HPA did not hold: {} replicas, was {held}", o.spec_replicas);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns_name).get(NAME).await?;
@@ -662,7 +668,7 @@ async fn hpa_scales_real_sidecars_on_their_load_and_holds_when_prometheus_is_gon
             .into_iter()
             .find(|c| c.type_ == "ScalingActive")
             .map(|c| (c.status, c.reason.unwrap_or_default()));
-        timeline.mark(format!("held {MAX_REPLICAS} replicas for 30s without a signal; HPA ScalingActive {active:?}"));
+        timeline.mark(format!("held {held} replicas for 30s without a signal; HPA ScalingActive {active:?}"));
         anyhow::ensure!(
             matches!(&active, Some((status, reason)) if status == "False" && reason == "FailedGetExternalMetric"),
             "the HPA should report it cannot get the metric: {active:?}"
