@@ -98,7 +98,7 @@ impl Metrics {
         );
         registry.register(
             "lexserve_requests_running",
-            "Texts in the batch the backend is running now",
+            "Texts being worked on outside the queue: tokenized, in the running batch, or answered (with lexserve_queue_size, a request counts from admission to answer)",
             requests_running.clone(),
         );
         // The OpenMetrics encoder appends `_total` to counters.

@@ -86,6 +86,43 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Texts of one encoder request counted in `lexserve_requests_running` while the request is being
+/// worked on outside the batch queue: tokenizing before it, and collecting the answers after it.
+/// While the texts wait in the queue they count in `lexserve_queue_size` instead, and while their
+/// batch runs the worker counts them. So, with the two gauges summed, a request counts as load
+/// from admission to its answer: under CPU saturation the time spent tokenizing and answering
+/// is load too, and the autoscaler must see it.
+struct RunningTexts<'a> {
+    metrics: &'a Metrics,
+    counted: i64,
+}
+
+impl<'a> RunningTexts<'a> {
+    fn start(metrics: &'a Metrics, texts: usize) -> Self {
+        let counted = texts as i64;
+        metrics.requests_running.inc_by(counted);
+        Self { metrics, counted }
+    }
+
+    /// The texts go into the queue (counted there, then by the worker).
+    fn hand_over(&mut self) {
+        self.metrics.requests_running.dec_by(self.counted);
+        self.counted = 0;
+    }
+
+    /// The answers are back: counted again until the request is done.
+    fn take_back(&mut self, texts: usize) {
+        self.counted = texts as i64;
+        self.metrics.requests_running.inc_by(self.counted);
+    }
+}
+
+impl Drop for RunningTexts<'_> {
+    fn drop(&mut self) {
+        self.metrics.requests_running.dec_by(self.counted);
+    }
+}
+
 /// Work in flight that outlives a handler's borrow (a token stream): SIGTERM's drain waits for it.
 pub struct InFlightWork(Arc<ModelService>);
 
@@ -301,6 +338,7 @@ impl ModelService {
                 ),
             });
         }
+        let mut running = RunningTexts::start(&self.metrics, texts.len());
         // Short requests tokenize inline (microseconds); big ones move off the async workers so one
         // large body cannot stall every other connection.
         let total_bytes: usize = texts.iter().map(String::len).sum();
@@ -316,6 +354,7 @@ impl ModelService {
         };
         let tokens: Vec<usize> = tokenized.iter().map(TokenizedText::len).collect();
         let truncated: Vec<bool> = tokenized.iter().map(|t| t.truncated).collect();
+        running.hand_over();
         let receivers = model.queue.submit(tokenized).map_err(|e| match e {
             SubmitError::QueueFull { .. } => ServiceError::Overloaded(e.to_string()),
             SubmitError::TooManyTexts { .. } => ServiceError::TooLarge {
@@ -336,6 +375,7 @@ impl ModelService {
             let reply = receiver.await.unwrap_or(Err(BatchError::WorkerGone));
             results.push(reply.map_err(|e| ServiceError::Internal(e.to_string()))?);
         }
+        running.take_back(results.len());
         if let Some(labels) = (task == Task::Classify).then_some(&model.labels) {
             for result in &results {
                 if let Inference::Classification { probabilities } = result

@@ -3,7 +3,7 @@
 //! interpreted here; fetching them is [`super::signal`]'s job.
 //!
 //! The answer is one item per ready replica, valued at that replica's waiting plus running
-//! requests. The HPA sums the items and, with an `AverageValue` target, wants
+//! requests (a ready replica not scraped yet counts at the others' average). The HPA sums the items and, with an `AverageValue` target, wants
 //! `ceil(sum / targetLoadPerReplica)` replicas: the total load over the load one replica should
 //! carry. Replicas that are not ready (loading, draining) receive no new traffic, so their
 //! gauges are left out rather than counted as idle capacity.
@@ -45,9 +45,10 @@ pub struct PodLoad {
 /// The load of an InferenceService: what the metrics API answers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadReading {
-    /// One entry per ready replica that reports, sorted by pod name.
+    /// One entry per ready replica, sorted by pod name.
     pub pods: Vec<PodLoad>,
-    /// Ready replicas without series yet (just started, or not scraped): left out of the answer.
+    /// Ready replicas without series yet (just started, or not scraped): in `pods` at the
+    /// average of those that report.
     pub unreported: Vec<String>,
 }
 
@@ -57,7 +58,7 @@ impl LoadReading {
         self.pods.iter().map(|p| p.load).sum()
     }
 
-    /// The load per reporting ready replica.
+    /// The load per ready replica.
     pub fn per_replica(&self) -> f64 {
         if self.pods.is_empty() {
             0.0
@@ -153,6 +154,15 @@ pub fn reading(
             ready: ready_pods.len(),
         });
     }
+    // A ready replica not scraped yet (it just started) already takes its share of the traffic:
+    // leaving it out would count it as idle, a made-up zero that can talk the HPA into scaling
+    // down in the middle of a scale-up. It is counted at the reporting replicas' average.
+    let average = pods.iter().map(|p| p.load).sum::<f64>() / pods.len() as f64;
+    pods.extend(unreported.iter().map(|pod| PodLoad {
+        pod: pod.clone(),
+        load: average,
+    }));
+    pods.sort_by(|a, b| a.pod.cmp(&b.pod));
     Ok(LoadReading { pods, unreported })
 }
 
@@ -236,9 +246,15 @@ mod tests {
     }
 
     #[test]
-    fn a_ready_replica_not_yet_scraped_is_reported_as_such() {
-        let r = reading(&samples(&[("p1", 3.0)]), &ready(&["p1", "new"]), "q").expect("reading");
-        assert_eq!(r.total(), 3.0);
+    fn a_ready_replica_not_yet_scraped_counts_at_the_average_not_zero() {
+        let r = reading(
+            &samples(&[("p1", 3.0), ("p2", 5.0)]),
+            &ready(&["p1", "p2", "new"]),
+            "q",
+        )
+        .expect("reading");
+        assert_eq!(r.total(), 12.0);
+        assert_eq!(r.pods.len(), 3);
         assert_eq!(r.unreported, vec!["new".to_string()]);
     }
 
@@ -272,7 +288,8 @@ mod tests {
             "q",
         )
         .expect("reading");
-        assert_eq!(r.total(), 2.0);
+        // p1 and p2 are not believed; they count at p3's value, not at their own.
+        assert_eq!(r.total(), 6.0);
         assert_eq!(r.unreported, vec!["p1".to_string(), "p2".to_string()]);
     }
 
