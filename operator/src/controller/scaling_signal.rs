@@ -158,11 +158,11 @@ pub async fn run(
             .filter(|i| autoscaled(i))
             .collect();
         tracing::debug!(services = services.len(), "checking scaling signals");
-        board.retain(|k| {
-            services
-                .iter()
-                .any(|i| &ObjectRef::from_obj(i.as_ref()) == k)
-        });
+        let current: std::collections::HashSet<ObjectRef<InferenceService>> = services
+            .iter()
+            .map(|i| ObjectRef::from_obj(i.as_ref()))
+            .collect();
+        board.retain(|k| current.contains(k));
         let checks = futures::stream::iter(services).map(|isvc| {
             let signal = signal.clone();
             async move {
