@@ -1,7 +1,7 @@
 //! Text generation: a llama-family GGUF decoder served with continuous batching over a paged KV cache.
 //!
 //! - [`model`]: the decoder forward (batched rows from many sequences, each at its own position).
-//! - [`q4_1_matmul`]: Q4_1 weight products (candle has no SIMD kernel for them on x86).
+//! - [`quant_matmul`]: Q4_1 and Q8_0 weight products, batched (candle has no SIMD Q4_1 kernel on x86).
 //! - [`kv_cache`], [`block_allocator`], [`paged_attention`]: the cache in fixed-size blocks.
 //! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
 //! - [`engine`]: the loop that owns the model and the cache and streams tokens to clients.
@@ -13,7 +13,7 @@ pub mod engine;
 pub mod kv_cache;
 pub mod model;
 pub mod paged_attention;
-pub mod q4_1_matmul;
+pub mod quant_matmul;
 pub mod sampling;
 pub mod scheduler;
 pub mod stopping;

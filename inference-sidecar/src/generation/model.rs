@@ -14,7 +14,7 @@ use thiserror::Error;
 use super::block_allocator::BlockId;
 use super::kv_cache::{KvShape, PagedKvCache};
 use super::paged_attention::{SeqSpan, paged_attention};
-use super::q4_1_matmul::Q4_1Matrix;
+use super::quant_matmul::QuantMatrix;
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -175,11 +175,13 @@ impl Rope {
     }
 }
 
-/// A weight matrix applied to `[rows, in]` activations: Q4_1 through the project's own kernel
-/// (bit-for-bit candle's arithmetic, faster), anything else through candle.
+/// A weight matrix applied to `[rows, in]` activations: Q4_1 and Q8_0 through the project's own
+/// kernel, anything else through candle; `Stacked` runs several matrices of the same input (a fused
+/// projection whose parts could not be stacked into one) and puts their outputs side by side.
 enum Linear {
-    Q4_1(Q4_1Matrix),
+    Quant(QuantMatrix),
     Candle(QMatMul),
+    Stacked(Vec<Linear>),
 }
 
 impl Linear {
@@ -189,19 +191,53 @@ impl Linear {
                 tensor.dequantize(&Device::Cpu)?,
             )));
         }
-        match Q4_1Matrix::from_qtensor(&tensor)? {
-            Some(matrix) => Ok(Self::Q4_1(matrix)),
+        match QuantMatrix::from_qtensor(&tensor)? {
+            Some(matrix) => Ok(Self::Quant(matrix)),
             None => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
         }
+    }
+
+    /// Projections of the same input (q, k and v; gate and up) as one matrix whose output features
+    /// are theirs in order: one product per step instead of several, with more columns to spread
+    /// over the cores.
+    fn stacked(
+        tensors: Vec<candle_core::quantized::QTensor>,
+        weights: Weights,
+    ) -> candle_core::Result<Self> {
+        let parts = tensors
+            .into_iter()
+            .map(|t| Self::new(t, weights))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if parts.iter().all(|p| matches!(p, Self::Quant(_))) {
+            let matrices = parts
+                .into_iter()
+                .map(|p| match p {
+                    Self::Quant(m) => m,
+                    _ => unreachable!("checked above"),
+                })
+                .collect();
+            return Ok(match QuantMatrix::stack(matrices) {
+                Ok(m) => Self::Quant(m),
+                Err(matrices) => Self::Stacked(matrices.into_iter().map(Self::Quant).collect()),
+            });
+        }
+        Ok(Self::Stacked(parts))
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
-            Self::Q4_1(m) => {
+            Self::Quant(m) => {
                 let (rows, _) = x.dims2()?;
                 let data = x.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&data, rows), (rows, m.out_features()), x.device())
+            }
+            Self::Stacked(parts) => {
+                let outs = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&outs, 1)
             }
         }
     }
@@ -209,22 +245,38 @@ impl Linear {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// q, k and v stacked: `heads * head_dim + 2 * kv_heads * head_dim` output features.
+    qkv: Linear,
     wo: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// gate and up stacked: twice the feed-forward width.
+    gate_up: Linear,
     down: Linear,
 }
 
 impl Layer {
     fn mlp(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
         let h = candle_nn::ops::rms_norm(x, &self.ffn_norm, eps)?;
-        let gate = candle_nn::ops::silu(&self.gate.forward(&h)?)?;
-        self.down.forward(&(gate * self.up.forward(&h)?)?)
+        let gate_up = self.gate_up.forward(&h)?;
+        let width = gate_up.dim(1)? / 2;
+        let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, width)?)?;
+        self.down
+            .forward(&(gate * gate_up.narrow(1, width, width)?)?)
     }
+}
+
+/// Splits `[rows, hidden + 2 * kv]` (q, k and v side by side) into the three, row-major each.
+fn split_qkv(qkv: &[f32], rows: usize, hidden: usize, kv: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let width = hidden + 2 * kv;
+    let mut q = Vec::with_capacity(rows * hidden);
+    let mut k = Vec::with_capacity(rows * kv);
+    let mut v = Vec::with_capacity(rows * kv);
+    for row in qkv.chunks_exact(width) {
+        q.extend_from_slice(&row[..hidden]);
+        k.extend_from_slice(&row[hidden..hidden + kv]);
+        v.extend_from_slice(&row[hidden + kv..]);
+    }
+    (q, k, v)
 }
 
 /// One sequence's part of a batch.
@@ -246,7 +298,7 @@ pub struct DecoderModel {
     embeddings: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     rope: Rope,
 }
 
@@ -278,26 +330,22 @@ impl DecoderModel {
             Ok(t) => t,
             Err(_) => tensor("token_embd.weight")?,
         };
-        let output = match weights {
-            Weights::Quantized => QMatMul::from_qtensor(output)?,
-            Weights::Dequantized => QMatMul::Tensor(output.dequantize(&device)?),
-        };
+        let output = Linear::new(output, weights)?;
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
-            let mut q = |part: &str| -> candle_core::Result<Linear> {
-                Linear::new(tensor(&format!("blk.{i}.{part}.weight"))?, weights)
-            };
-            let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
-            let (gate, up, down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
+            let mut part = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
+            let qkv = vec![part("attn_q")?, part("attn_k")?, part("attn_v")?];
+            let gate_up = vec![part("ffn_gate")?, part("ffn_up")?];
+            let (wo, down) = (part("attn_output")?, part("ffn_down")?);
+            let qkv = Linear::stacked(qkv, weights)?;
+            let gate_up = Linear::stacked(gate_up, weights)?;
+            let (wo, down) = (Linear::new(wo, weights)?, Linear::new(down, weights)?);
             layers.push(Layer {
                 attn_norm: tensor(&format!("blk.{i}.attn_norm.weight"))?.dequantize(&device)?,
                 ffn_norm: tensor(&format!("blk.{i}.ffn_norm.weight"))?.dequantize(&device)?,
-                wq,
-                wk,
-                wv,
+                qkv,
                 wo,
-                gate,
-                up,
+                gate_up,
                 down,
             });
         }
@@ -327,6 +375,17 @@ impl DecoderModel {
     /// Runs one step for `chunks`, storing their keys and values in `cache`. Returns the logits after
     /// the last token of each chunk that asks for them, in chunk order.
     pub fn forward(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut PagedKvCache,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        // The whole step runs on one of rayon's workers, so that the step's few hundred parallel
+        // loops are split among the workers directly instead of each one being handed to the pool
+        // from outside and waited for (a thread wake-up per loop, several percent of a decode step).
+        rayon::scope(|_| self.forward_on_pool(chunks, cache))
+    }
+
+    fn forward_on_pool(
         &self,
         chunks: &[SeqChunk<'_>],
         cache: &mut PagedKvCache,
@@ -362,9 +421,8 @@ impl DecoderModel {
         let mut x = self.embed(&ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
-            let mut q = layer.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut k = layer.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let v = layer.wv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let (mut q, mut k, v) = split_qkv(&qkv, rows, c.hidden, row_len);
             self.rope.apply(&mut q, c.heads, &positions);
             self.rope.apply(&mut k, c.kv_heads, &positions);
             for span in &spans {
@@ -406,15 +464,17 @@ impl DecoderModel {
         let mut x = self.embed(tokens)?;
         for layer in &self.layers {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
-            let heads = |w: &Linear, n: usize| -> candle_core::Result<Tensor> {
-                w.forward(&h)?
+            let qkv = layer.qkv.forward(&h)?;
+            let kv = c.kv_heads * c.head_dim;
+            let heads = |from: usize, n: usize| -> candle_core::Result<Tensor> {
+                qkv.narrow(1, from, n * c.head_dim)?
                     .reshape((1, t, n, c.head_dim))?
                     .transpose(1, 2)?
                     .contiguous()
             };
-            let q = candle_nn::rotary_emb::rope_i(&heads(&layer.wq, c.heads)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&heads(&layer.wk, c.kv_heads)?, &cos, &sin)?;
-            let v = heads(&layer.wv, c.kv_heads)?;
+            let q = candle_nn::rotary_emb::rope_i(&heads(0, c.heads)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&heads(c.hidden, c.kv_heads)?, &cos, &sin)?;
+            let v = heads(c.hidden + kv, c.kv_heads)?;
             // Query heads that share a KV head are stacked along the rows.
             let q = q.reshape((1, c.kv_heads, group * t, c.head_dim))?;
             let scores = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
@@ -469,19 +529,23 @@ mod tests {
         let layers = (0..config.layers)
             .map(|_| Layer {
                 attn_norm: ones.clone(),
-                wq: Linear::Candle(QMatMul::Tensor(weights(h, h))),
-                wk: Linear::Candle(QMatMul::Tensor(weights(kv, h))),
-                wv: Linear::Candle(QMatMul::Tensor(weights(kv, h))),
+                qkv: Linear::Stacked(vec![
+                    Linear::Candle(QMatMul::Tensor(weights(h, h))),
+                    Linear::Candle(QMatMul::Tensor(weights(kv, h))),
+                    Linear::Candle(QMatMul::Tensor(weights(kv, h))),
+                ]),
                 wo: Linear::Candle(QMatMul::Tensor(weights(h, h))),
                 ffn_norm: ones.clone(),
-                gate: Linear::Candle(QMatMul::Tensor(weights(64, h))),
-                up: Linear::Candle(QMatMul::Tensor(weights(64, h))),
+                gate_up: Linear::Stacked(vec![
+                    Linear::Candle(QMatMul::Tensor(weights(64, h))),
+                    Linear::Candle(QMatMul::Tensor(weights(64, h))),
+                ]),
                 down: Linear::Candle(QMatMul::Tensor(weights(h, 64))),
             })
             .collect();
         DecoderModel {
             embeddings: weights(config.vocab, h),
-            output: QMatMul::Tensor(weights(config.vocab, h)),
+            output: Linear::Candle(QMatMul::Tensor(weights(config.vocab, h))),
             norm: ones,
             layers,
             rope: Rope::new(config.head_dim, config.rope_base, config.context_length),
