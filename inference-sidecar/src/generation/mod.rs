@@ -23,3 +23,18 @@ pub use engine::{
     Finish, FinishReason, GenerationEvent, GenerationRequest, Generator, GeneratorLimits,
     SubmitError,
 };
+
+/// Deterministic pseudo-random values in `[-amplitude / 2, amplitude / 2)` from a 64-bit linear
+/// congruential generator seeded with `seed`: test inputs that are the same on every run.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64, amplitude: f32) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * amplitude
+        })
+        .collect()
+}

@@ -412,15 +412,7 @@ mod tests {
 
     /// Deterministic pseudo-random values in [-1, 1).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
+        super::super::test_values(n, seed, 2.0)
     }
 
     /// The cache, the block tables, and each sequence's keys and values (`[positions, kv_heads, d]`).
