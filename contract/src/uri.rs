@@ -1,12 +1,28 @@
-//! Model URIs as written in `spec.model.uri` / `spec.model.tokenizer`.
+//! Model URIs as written in `spec.model.uri` / `spec.model.tokenizer`: the grammar the CRD's
+//! pattern admits ([`MODEL_URI_PATTERN`]) and the parser the sidecar runs ([`ModelUri::parse`]),
+//! side by side so that they say the same thing (tested below).
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
+/// A model or tokenizer location, as the apiserver checks it:
+/// - `file:///<absolute path>`
+/// - `pvc://<claim>[/<relative path>]`, the claim a DNS subdomain, no `..` in the path
+/// - `s3://<bucket>/<key>`, the bucket an S3 bucket name (3–63 of `a-z 0-9 . -`)
+/// - `hf://<org>/<name>[@<revision>]`
+pub const MODEL_URI_PATTERN: &str = concat!(
+    r"^(",
+    r"file:///.+",
+    r"|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/([^/]*[^/.][^/]*|\.|\.\.\.+))*/?",
+    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+",
+    r"|hf://[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*(@[^\s@]+)?",
+    r")$"
+);
+
 /// Where a model lives. `file://` and `pvc://` are read in place by `serve`; `s3://` and `hf://` are
-/// downloaded by `fetch` (the init container, see [`crate::remote`]) into a volume that `serve` then
+/// downloaded by `fetch` (the init container) into a volume that `serve` then
 /// reads, so [`ModelUri::local_path`] refuses them with a message that says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelUri {
@@ -62,6 +78,11 @@ impl ModelUri {
                 if claim.is_empty() {
                     return Err(invalid("pvc:// needs a claim name (pvc://<claim>/<path>)"));
                 }
+                if !is_dns_subdomain(claim) {
+                    return Err(invalid(
+                        "a pvc:// claim name is a DNS subdomain: lowercase letters, digits, '-' and '.'",
+                    ));
+                }
                 let path = PathBuf::from(path);
                 if path
                     .components()
@@ -81,6 +102,11 @@ impl ModelUri {
                 if bucket.is_empty() || key.is_empty() {
                     return Err(invalid("s3:// needs a bucket and a key (s3://bucket/key)"));
                 }
+                if !is_bucket_name(bucket) {
+                    return Err(invalid(
+                        "an s3:// bucket name is 3 to 63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit",
+                    ));
+                }
                 Ok(Self::S3 {
                     bucket: bucket.to_string(),
                     key: key.to_string(),
@@ -91,13 +117,15 @@ impl ModelUri {
                     Some((repo, revision)) => (repo, Some(revision)),
                     None => (rest, None),
                 };
-                let parts: Vec<&str> = repo.split('/').filter(|p| !p.is_empty()).collect();
-                if parts.len() != 2 || parts.iter().any(|p| *p == "." || *p == "..") {
+                let parts: Vec<&str> = repo.split('/').collect();
+                if parts.len() != 2 || !parts.iter().all(|p| is_hf_name(p)) {
                     return Err(invalid(
                         "hf:// needs an organisation and a name (hf://org/name[@revision])",
                     ));
                 }
-                if revision.is_some_and(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                if revision.is_some_and(|r| {
+                    r.is_empty() || r.contains(char::is_whitespace) || r.contains('@')
+                }) {
                     return Err(invalid(
                         "the revision after '@' must be a branch, tag or commit (hf://org/name@main)",
                     ));
@@ -128,6 +156,39 @@ impl ModelUri {
             }),
         }
     }
+}
+
+/// An S3 bucket name (the rules every S3 region enforces), so that a crafted URI cannot turn the
+/// bucket into another host when the bucket goes into a virtual-hosted URL.
+fn is_bucket_name(bucket: &str) -> bool {
+    let bytes = bucket.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A PersistentVolumeClaim name: a DNS subdomain (lowercase alphanumerics, `-`, `.`).
+fn is_dns_subdomain(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A Hugging Face organisation or repository name.
+fn is_hf_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl fmt::Display for ModelUri {
@@ -166,7 +227,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            ModelUri::parse("s3://b/k"),
+            ModelUri::parse("s3://bucket/k"),
             Ok(ModelUri::S3 { .. })
         ));
         assert_eq!(
@@ -183,7 +244,7 @@ mod tests {
                 revision: Some("refs/pr/1".into())
             })
         );
-        for text in ["hf://org/name@v1.0", "hf://org/name", "s3://b/prefix/"] {
+        for text in ["hf://org/name@v1.0", "hf://org/name", "s3://bucket/prefix/"] {
             assert_eq!(ModelUri::parse(text).unwrap().to_string(), text);
         }
     }
@@ -202,8 +263,89 @@ mod tests {
             "hf://org/../x",
             "hf://a/b/c",
             "ftp://x/y",
+            "s3://Bad_Bucket/k",
+            "s3://evil.example.com:443/k",
+            "s3://ab/k",
+            "pvc://Claim/x",
+            "pvc://claim.with.dots./x",
         ] {
             assert!(ModelUri::parse(bad).is_err(), "{bad} should be rejected");
+            assert!(
+                !pattern().is_match(bad),
+                "{bad} should not match the CRD pattern"
+            );
+        }
+    }
+
+    fn pattern() -> regex::Regex {
+        regex::Regex::new(MODEL_URI_PATTERN).expect("the pattern compiles")
+    }
+
+    /// The contract: what the CRD's pattern admits, the parser reads. Each piece of the grammar
+    /// is combined with the others, corners included.
+    #[test]
+    fn everything_the_pattern_admits_parses() {
+        let mut admitted = 0;
+        let claims = ["m", "models", "team.models-1", "a-b"];
+        let paths = [
+            "",
+            "/",
+            "/x",
+            "/a/b/",
+            "/./x",
+            "/...",
+            "/v1.0/model.onnx",
+            "/a..b",
+        ];
+        let buckets = ["abc", "my.bucket-1", "a1b"];
+        let keys = ["k", "prefix/", "a/b/model.onnx", "../x"];
+        let hf = [
+            "org/name",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "_o/n.x",
+        ];
+        let revisions = ["", "@main", "@v1.0", "@refs/pr/1", "@0123abc"];
+        let mut candidates: Vec<String> = vec![
+            "file:///models/minilm".into(),
+            "file:///m/model.onnx".into(),
+            "file:////double".into(),
+        ];
+        for c in claims {
+            for p in paths {
+                candidates.push(format!("pvc://{c}{p}"));
+            }
+        }
+        for b in buckets {
+            for k in keys {
+                candidates.push(format!("s3://{b}/{k}"));
+            }
+        }
+        for h in hf {
+            for r in revisions {
+                candidates.push(format!("hf://{h}{r}"));
+            }
+        }
+        for uri in &candidates {
+            if pattern().is_match(uri) {
+                admitted += 1;
+                assert!(
+                    ModelUri::parse(uri).is_ok(),
+                    "{uri} is admitted but does not parse: {:?}",
+                    ModelUri::parse(uri)
+                );
+            }
+        }
+        assert!(
+            admitted >= candidates.len() - 4,
+            "the corpus is mostly valid URIs"
+        );
+        for refused in [
+            "pvc://claim/../etc",
+            "pvc://claim//abs",
+            "file://relative",
+            "hf://org/..",
+        ] {
+            assert!(!pattern().is_match(refused), "{refused} should not match");
         }
     }
 
@@ -214,7 +356,7 @@ mod tests {
             uri.local_path(Path::new("/mnt/pvc")).unwrap(),
             PathBuf::from("/mnt/pvc/models/minilm")
         );
-        let s3 = ModelUri::parse("s3://b/k").unwrap();
+        let s3 = ModelUri::parse("s3://bucket/k").unwrap();
         assert!(
             s3.local_path(Path::new("/mnt/pvc"))
                 .unwrap_err()

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{BackendKind, ModelFormat, Pooling, Quantize, Task};
+use lexserve_contract::names::{drain, env, flag, http, path};
+use lexserve_contract::{Backend, ModelFormat, ModelTask, Pooling, Quantize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,26 +32,26 @@ pub enum Command {
 #[command(name = "serve")]
 pub struct ServeArgs {
     /// YAML or JSON file with `model` and `runtime` blocks (the InferenceService spec shape).
-    #[arg(long, env = "LEXSERVE_CONFIG")]
+    #[arg(long = flag::CONFIG, env = env::CONFIG)]
     pub config: Option<PathBuf>,
     /// Address for the API and /metrics.
-    #[arg(long, env = "LEXSERVE_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long = flag::LISTEN, env = env::LISTEN, default_value_t = http::default_listen())]
     pub listen: String,
 
     /// model.uri: file:///path, pvc://claim/path (s3:// and hf:// are fetched by `fetch`, not served directly).
-    #[arg(long, env = "LEXSERVE_MODEL_URI")]
+    #[arg(long, env = env::MODEL_URI)]
     pub model_uri: Option<String>,
     /// model.format.
     #[arg(long = "model-format", env = "LEXSERVE_MODEL_FORMAT", value_enum)]
     pub format: Option<ModelFormat>,
     /// model.task.
     #[arg(long, env = "LEXSERVE_TASK", value_enum)]
-    pub task: Option<Task>,
+    pub task: Option<ModelTask>,
     /// model.tokenizer: uri of a tokenizer.json (default: the one next to the model).
-    #[arg(long, env = "LEXSERVE_TOKENIZER")]
+    #[arg(long, env = env::TOKENIZER)]
     pub tokenizer: Option<String>,
     /// model.sha256: digest the model must have (see `fetch` for how a directory is digested).
-    #[arg(long = "model-sha256", env = "LEXSERVE_MODEL_SHA256")]
+    #[arg(long = "model-sha256", env = env::MODEL_SHA256)]
     pub sha256: Option<String>,
     /// model.labels, comma-separated (classifiers).
     #[arg(long, env = "LEXSERVE_LABELS", value_delimiter = ',')]
@@ -64,7 +65,7 @@ pub struct ServeArgs {
 
     /// runtime.backend (default: onnx for format onnx, candle otherwise).
     #[arg(long, env = "LEXSERVE_BACKEND", value_enum)]
-    pub backend: Option<BackendKind>,
+    pub backend: Option<Backend>,
     /// runtime.threads: compute threads (default: all CPUs).
     #[arg(long, env = "LEXSERVE_THREADS")]
     pub threads: Option<u64>,
@@ -80,7 +81,8 @@ pub struct ServeArgs {
     /// runtime.batching.maxQueueDelay: Go duration the oldest text may wait for a fuller batch (default 0s).
     #[arg(long, env = "LEXSERVE_MAX_QUEUE_DELAY")]
     pub max_queue_delay: Option<String>,
-    /// runtime.batching.maxQueueSize: texts waiting before new requests get 429 (default 256).
+    /// runtime.batching.maxQueueSize (encoders: texts) or runtime.generation.maxQueueSize
+    /// (generation: requests): how many may wait before new requests get 429 (default 256).
     #[arg(long, env = "LEXSERVE_MAX_QUEUE_SIZE")]
     pub max_queue_size: Option<u64>,
     /// runtime.generation.maxConcurrentSequences.
@@ -101,16 +103,16 @@ pub struct ServeArgs {
     pub max_step_tokens: Option<u64>,
 
     /// Name the model is served under (default: from the uri).
-    #[arg(long, env = "LEXSERVE_MODEL_NAME")]
+    #[arg(long, env = env::MODEL_NAME)]
     pub model_name: Option<String>,
     /// Version reported in metrics and metadata (default: the sha256 prefix, else "1").
-    #[arg(long, env = "LEXSERVE_MODEL_VERSION")]
+    #[arg(long, env = env::MODEL_VERSION)]
     pub model_version: Option<String>,
     /// The ONNX Runtime shared library (libonnxruntime.so) the onnx backend loads.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
+    #[arg(long, env = env::ORT_DYLIB_PATH)]
     pub ort_dylib_path: Option<PathBuf>,
     /// Where PersistentVolumeClaims are mounted: pvc://claim/path is read from <root>/claim/path.
-    #[arg(long, env = "LEXSERVE_PVC_ROOT", default_value = "/mnt/pvc")]
+    #[arg(long = flag::PVC_ROOT, env = env::PVC_ROOT, default_value = path::PVC_ROOT)]
     pub pvc_root: PathBuf,
     /// Largest request body accepted (bytes); larger bodies get 413.
     #[arg(long, env = "LEXSERVE_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
@@ -122,7 +124,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LEXSERVE_MAX_INPUT_TOKENS")]
     pub max_input_tokens: Option<u64>,
     /// After SIGTERM, how long work in flight may take before the server exits anyway.
-    #[arg(long, env = "LEXSERVE_DRAIN_TIMEOUT", default_value = "30s")]
+    #[arg(long, env = env::DRAIN_TIMEOUT, default_value = drain::DRAIN_TIMEOUT_TEXT)]
     pub drain_timeout: String,
 }
 
@@ -131,19 +133,19 @@ pub struct FetchArgs {
     /// Source: file:///path or pvc://claim/path (a file or a directory), s3://bucket/key or
     /// s3://bucket/prefix/ (credentials from AWS_* variables), hf://org/name[@revision] (token
     /// from HF_TOKEN).
-    #[arg(long, env = "LEXSERVE_MODEL_URI")]
+    #[arg(long = flag::URI, env = env::MODEL_URI)]
     pub uri: String,
     /// Destination directory (created if missing).
-    #[arg(long, env = "LEXSERVE_FETCH_DEST")]
+    #[arg(long = flag::DEST, env = env::FETCH_DEST)]
     pub dest: PathBuf,
     /// Expected sha256: of the file, or the directory digest described in `fetch`'s docs.
-    #[arg(long, env = "LEXSERVE_MODEL_SHA256")]
+    #[arg(long = flag::SHA256, env = env::MODEL_SHA256)]
     pub sha256: Option<String>,
     /// Where PersistentVolumeClaims are mounted.
-    #[arg(long, env = "LEXSERVE_PVC_ROOT", default_value = "/mnt/pvc")]
+    #[arg(long = flag::PVC_ROOT, env = env::PVC_ROOT, default_value = path::PVC_ROOT)]
     pub pvc_root: PathBuf,
     /// Where the outcome goes (`sha256:<hex>` or the error), read back by the operator as the
     /// init container's termination message. The default is written only if it exists.
-    #[arg(long, env = "LEXSERVE_TERMINATION_LOG")]
+    #[arg(long, env = env::TERMINATION_LOG)]
     pub termination_log: Option<PathBuf>,
 }

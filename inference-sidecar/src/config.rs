@@ -9,12 +9,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lexserve_contract::duration::parse_duration;
+use lexserve_contract::model::MIN_CLASSIFY_LABELS;
+use lexserve_contract::runtime::defaults;
+use lexserve_contract::{ModelSpec, RuntimeSpec};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::cli::ServeArgs;
-use crate::units::{parse_duration, parse_quantity};
-use crate::uri::ModelUri;
+pub use crate::uri::ModelUri;
+/// The spec's types, from the operator↔sidecar contract.
+pub use lexserve_contract::{
+    Backend as BackendKind, ModelFormat, ModelTask as Task, Pooling, Quantize,
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -39,90 +46,9 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelFormat {
-    Onnx,
-    Safetensors,
-    Gguf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Embed,
-    Classify,
-    Generate,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    Mean,
-    Cls,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    Onnx,
-    Candle,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Quantize {
-    #[default]
-    None,
-    Int8,
-}
-
-/// `spec.model`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelSpec {
-    pub uri: Option<String>,
-    pub format: Option<ModelFormat>,
-    pub task: Option<Task>,
-    pub tokenizer: Option<String>,
-    pub sha256: Option<String>,
-    pub labels: Option<Vec<String>>,
-    pub pooling: Option<Pooling>,
-    pub normalize: Option<bool>,
-}
-
-/// `spec.runtime.batching`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchingSpec {
-    pub max_batch_tokens: Option<u64>,
-    pub max_batch_requests: Option<u64>,
-    pub max_queue_delay: Option<String>,
-    pub max_queue_size: Option<u64>,
-}
-
-/// `spec.runtime.generation` (read and validated here; used by the generation engine).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerationSpec {
-    pub max_concurrent_sequences: Option<u64>,
-    pub kv_cache_memory: Option<String>,
-    pub block_size: Option<u64>,
-    pub max_new_tokens: Option<u64>,
-}
-
-/// `spec.runtime`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RuntimeSpec {
-    pub backend: Option<BackendKind>,
-    pub threads: Option<u64>,
-    pub batching: Option<BatchingSpec>,
-    pub generation: Option<GenerationSpec>,
-    pub quantize: Option<Quantize>,
-}
-
-/// The config file as written.
+/// The config file as written: the InferenceService's `spec.model` and `spec.runtime`, with the
+/// contract's own types. Both blocks are optional so that flags alone can configure a sidecar run
+/// by hand; a block that is there is complete, as in a manifest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigFile {
@@ -143,14 +69,24 @@ impl ConfigFile {
     }
 
     /// YAML is a superset of JSON, but serde_json's messages are better for JSON files, so the first
-    /// character decides which parser reports.
+    /// character decides which parser reports. Errors name the field's path (`model.format`).
     pub fn parse(text: &str) -> Result<Self, String> {
+        fn located<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        }
         if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| e.to_string())
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(&mut de).map_err(located)
         } else if text.trim().is_empty() {
             Ok(Self::default())
         } else {
-            serde_yaml::from_str(text).map_err(|e| e.to_string())
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+                .map_err(located)
         }
     }
 }
@@ -174,10 +110,10 @@ pub struct BatchingConfig {
 impl Default for BatchingConfig {
     fn default() -> Self {
         Self {
-            max_batch_tokens: 16384,
-            max_batch_requests: 32,
+            max_batch_tokens: defaults::MAX_BATCH_TOKENS as usize,
+            max_batch_requests: defaults::MAX_BATCH_REQUESTS as usize,
             max_queue_delay: Duration::ZERO,
-            max_queue_size: 256,
+            max_queue_size: defaults::MAX_QUEUE_SIZE as usize,
             tune_batch_size: true,
         }
     }
@@ -196,6 +132,8 @@ pub struct GenerationConfig {
     /// Tokens fed to the model per step (prompt chunks plus one per decoding sequence): bounds how long
     /// a long prompt can hold up the tokens of sequences already streaming.
     pub max_step_tokens: usize,
+    /// Requests waiting for a place in the running batch; more are refused with 429.
+    pub max_queue_size: usize,
 }
 
 /// Everything `serve` needs, after merging file, flags and defaults.
@@ -235,9 +173,11 @@ fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
 }
 
 impl ServeConfig {
-    /// Merges the file (if any) with the flags; a flag that is set wins over the file.
+    /// Merges the file (if any) with the flags; a flag that is set wins over the file. The checks
+    /// are those of the CRD (its schema and CEL rules), so that what the apiserver admits is what
+    /// this accepts: `everything_admitted_is_accepted` in the e2e crate runs the examples through both.
     pub fn resolve(file: ConfigFile, args: &ServeArgs) -> Result<Self, ConfigError> {
-        let model = file.model.unwrap_or_default();
+        let model = file.model;
         let runtime = file.runtime.unwrap_or_default();
         let batching = runtime.batching.unwrap_or_default();
         let generation = runtime.generation.unwrap_or_default();
@@ -245,26 +185,32 @@ impl ServeConfig {
         let uri_text = args
             .model_uri
             .clone()
-            .or(model.uri)
+            .or_else(|| model.as_ref().map(|m| m.uri.clone()))
             .ok_or_else(|| invalid("model.uri", "is required (config file or --model-uri)"))?;
         let model_uri =
             ModelUri::parse(&uri_text).map_err(|e| invalid("model.uri", e.to_string()))?;
         let tokenizer = args
             .tokenizer
             .clone()
-            .or(model.tokenizer)
+            .or_else(|| model.as_ref().and_then(|m| m.tokenizer.clone()))
             .map(|t| ModelUri::parse(&t))
             .transpose()
             .map_err(|e| invalid("model.tokenizer", e.to_string()))?;
 
         let format = args
             .format
-            .or(model.format)
+            .or(model.as_ref().map(|m| m.format))
             .or_else(|| infer_format(&model_uri))
             .ok_or_else(|| invalid("model.format", "is required (onnx, safetensors or gguf)"))?;
-        let task = args.task.or(model.task).unwrap_or(Task::Embed);
+        let task = args
+            .task
+            .or(model.as_ref().map(|m| m.task))
+            .unwrap_or(Task::Embed);
 
-        let sha256 = args.sha256.clone().or(model.sha256);
+        let sha256 = args
+            .sha256
+            .clone()
+            .or_else(|| model.as_ref().and_then(|m| m.sha256.clone()));
         if let Some(digest) = &sha256
             && (digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()))
         {
@@ -272,10 +218,16 @@ impl ServeConfig {
         }
         let sha256 = sha256.map(|d| d.to_ascii_lowercase());
 
-        let labels = args.labels.clone().or(model.labels);
+        let labels = args
+            .labels
+            .clone()
+            .or_else(|| model.as_ref().and_then(|m| m.labels.clone()));
         if let Some(labels) = &labels {
-            if labels.is_empty() {
-                return Err(invalid("model.labels", "must not be empty when set"));
+            if labels.len() < MIN_CLASSIFY_LABELS {
+                return Err(invalid(
+                    "model.labels",
+                    format!("needs at least {MIN_CLASSIFY_LABELS} labels when set"),
+                ));
             }
             if labels.iter().any(|l| l.trim().is_empty()) {
                 return Err(invalid("model.labels", "labels must not be blank"));
@@ -285,92 +237,116 @@ impl ServeConfig {
             }
         }
 
-        let backend = args.backend.or(runtime.backend).unwrap_or(match format {
-            ModelFormat::Onnx => BackendKind::Onnx,
-            ModelFormat::Safetensors | ModelFormat::Gguf => BackendKind::Candle,
-        });
-        match (backend, format) {
-            (BackendKind::Onnx, ModelFormat::Onnx)
-            | (BackendKind::Candle, ModelFormat::Safetensors | ModelFormat::Gguf) => {}
-            (BackendKind::Onnx, _) => {
-                return Err(invalid("runtime.backend", "onnx needs model.format onnx"));
-            }
-            (BackendKind::Candle, ModelFormat::Onnx) => {
-                return Err(invalid(
-                    "runtime.backend",
-                    "candle cannot run model.format onnx",
-                ));
-            }
+        let backend = args.backend.or(runtime.backend).unwrap_or(format.backend());
+        if backend != format.backend() {
+            return Err(invalid(
+                "runtime.backend",
+                match format {
+                    ModelFormat::Onnx => "must be onnx when model.format is onnx",
+                    _ => "must be candle when model.format is safetensors or gguf",
+                },
+            ));
         }
         let quantize = args.quantize.or(runtime.quantize).unwrap_or_default();
-        if quantize == Quantize::Int8 && backend != BackendKind::Onnx {
+        if quantize == Quantize::Int8 && format != ModelFormat::Onnx {
             return Err(invalid(
                 "runtime.quantize",
-                "int8 needs the onnx backend (it selects the model's int8 ONNX file)",
+                "int8 selects an int8 ONNX file and needs model.format onnx",
             ));
         }
 
-        let threads = match args.threads.or(runtime.threads) {
+        let threads = match args.threads.or(runtime.threads.map(u64::from)) {
             Some(n) => positive("runtime.threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
 
-        let defaults = BatchingConfig::default();
         let max_queue_delay = match args.max_queue_delay.clone().or(batching.max_queue_delay) {
-            Some(text) => parse_duration(&text)
-                .map_err(|e| invalid("runtime.batching.maxQueueDelay", e.to_string()))?,
-            None => defaults.max_queue_delay,
+            Some(text) => {
+                let delay = parse_duration(&text)
+                    .map_err(|e| invalid("runtime.batching.maxQueueDelay", e.to_string()))?;
+                if delay > defaults::MAX_QUEUE_DELAY_BOUND {
+                    return Err(invalid(
+                        "runtime.batching.maxQueueDelay",
+                        format!("must be at most {}", defaults::MAX_QUEUE_DELAY_BOUND_TEXT),
+                    ));
+                }
+                delay
+            }
+            None => Duration::ZERO,
         };
         let tune_batch_size =
             args.max_batch_tokens.is_none() && batching.max_batch_tokens.is_none();
-        let batching = BatchingConfig {
+        let setting = |flag: Option<u64>, spec: Option<u32>, default: u32| {
+            flag.or(spec.map(u64::from)).unwrap_or(u64::from(default))
+        };
+        let batching_config = BatchingConfig {
             tune_batch_size,
             max_batch_tokens: positive(
                 "runtime.batching.maxBatchTokens",
-                args.max_batch_tokens
-                    .or(batching.max_batch_tokens)
-                    .unwrap_or(defaults.max_batch_tokens as u64),
+                setting(
+                    args.max_batch_tokens,
+                    batching.max_batch_tokens,
+                    defaults::MAX_BATCH_TOKENS,
+                ),
             )?,
             max_batch_requests: positive(
                 "runtime.batching.maxBatchRequests",
-                args.max_batch_requests
-                    .or(batching.max_batch_requests)
-                    .unwrap_or(defaults.max_batch_requests as u64),
+                setting(
+                    args.max_batch_requests,
+                    batching.max_batch_requests,
+                    defaults::MAX_BATCH_REQUESTS,
+                ),
             )?,
             max_queue_delay,
             max_queue_size: positive(
                 "runtime.batching.maxQueueSize",
-                args.max_queue_size
-                    .or(batching.max_queue_size)
-                    .unwrap_or(defaults.max_queue_size as u64),
+                setting(
+                    args.max_queue_size,
+                    batching.max_queue_size,
+                    defaults::MAX_QUEUE_SIZE,
+                ),
             )?,
         };
 
-        let kv_text = args
+        let kv_cache_memory = args
             .kv_cache_memory
             .clone()
+            .map(lexserve_contract::Quantity)
             .or(generation.kv_cache_memory)
-            .unwrap_or_else(|| "256Mi".to_string());
+            .unwrap_or_else(|| defaults::KV_CACHE_MEMORY.into());
         let generation = GenerationConfig {
             max_concurrent_sequences: positive(
                 "runtime.generation.maxConcurrentSequences",
-                args.max_concurrent_sequences
-                    .or(generation.max_concurrent_sequences)
-                    .unwrap_or(16),
+                setting(
+                    args.max_concurrent_sequences,
+                    generation.max_concurrent_sequences,
+                    defaults::MAX_CONCURRENT_SEQUENCES,
+                ),
             )?,
-            kv_cache_memory_bytes: parse_quantity(&kv_text)
+            kv_cache_memory_bytes: kv_cache_memory
+                .value()
                 .map_err(|e| invalid("runtime.generation.kvCacheMemory", e.to_string()))?,
             block_size: positive(
                 "runtime.generation.blockSize",
-                args.block_size.or(generation.block_size).unwrap_or(16),
+                setting(args.block_size, generation.block_size, defaults::BLOCK_SIZE),
             )?,
             max_new_tokens: positive(
                 "runtime.generation.maxNewTokens",
-                args.max_new_tokens
-                    .or(generation.max_new_tokens)
-                    .unwrap_or(256),
+                setting(
+                    args.max_new_tokens,
+                    generation.max_new_tokens,
+                    defaults::MAX_NEW_TOKENS,
+                ),
             )?,
             max_step_tokens: positive("--max-step-tokens", args.max_step_tokens.unwrap_or(256))?,
+            max_queue_size: positive(
+                "runtime.generation.maxQueueSize",
+                setting(
+                    args.max_queue_size,
+                    generation.max_queue_size,
+                    defaults::MAX_QUEUE_SIZE,
+                ),
+            )?,
         };
 
         let model_name = match &args.model_name {
@@ -391,12 +367,15 @@ impl ServeConfig {
             tokenizer,
             sha256,
             labels,
-            pooling: args.pooling.or(model.pooling),
-            normalize: args.normalize.or(model.normalize).unwrap_or(true),
+            pooling: args.pooling.or(model.as_ref().and_then(|m| m.pooling)),
+            normalize: args
+                .normalize
+                .or(model.as_ref().and_then(|m| m.normalize))
+                .unwrap_or(defaults::NORMALIZE),
             backend,
             threads,
             quantize,
-            batching,
+            batching: batching_config,
             generation,
             model_name,
             model_version,
@@ -505,11 +484,18 @@ runtime:
     #[test]
     fn json_files_work_too() {
         let file = ConfigFile::parse(
-            r#"{"model": {"uri": "file:///m/model.onnx", "task": "embed"}, "runtime": {"quantize": "int8"}}"#,
+            r#"{"model": {"uri": "file:///m/model.onnx", "format": "onnx", "task": "embed"}, "runtime": {"quantize": "int8"}}"#,
         )
         .unwrap();
         let config = ServeConfig::resolve(file, &args(&[])).unwrap();
         assert_eq!(config.format, ModelFormat::Onnx);
+        // Flags alone: the format follows the file name.
+        let by_flags = ServeConfig::resolve(
+            ConfigFile::default(),
+            &args(&["--model-uri", "file:///m/x.gguf"]),
+        )
+        .unwrap();
+        assert_eq!(by_flags.format, ModelFormat::Gguf);
         assert_eq!(config.backend, BackendKind::Onnx);
         assert_eq!(config.quantize, Quantize::Int8);
         assert_eq!(config.model_name, "m");
@@ -567,34 +553,55 @@ runtime:
     fn invalid_values_name_their_field() {
         let cases = [
             (
-                "model: {uri: 'file:///m', format: onnx}\nruntime: {batching: {maxQueueDelay: 2}}",
+                "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {batching: {maxQueueDelay: 2}}",
                 "maxQueueDelay",
             ),
             (
-                "model: {uri: 'file:///m', format: onnx}\nruntime: {batching: {maxBatchTokens: 0}}",
+                "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {batching: {maxBatchTokens: 0}}",
                 "maxBatchTokens",
             ),
             (
-                "model: {uri: 'file:///m', format: onnx}\nruntime: {threads: 0}",
+                "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {threads: 0}",
                 "runtime.threads",
             ),
-            ("model: {uri: 'relative', format: onnx}", "model.uri"),
-            ("model: {format: onnx}", "model.uri"),
-            ("model: {uri: 'file:///m'}", "model.format"),
             (
-                "model: {uri: 'file:///m', format: onnx, sha256: 'abc'}",
+                "model: {uri: 'relative', format: onnx, task: embed}",
+                "model.uri",
+            ),
+            (
+                "model: {format: onnx, task: embed}",
+                "model: missing field `uri`",
+            ),
+            (
+                "model: {uri: 'file:///m', task: embed}",
+                "model: missing field `format`",
+            ),
+            (
+                "model: {uri: 'file:///m', format: onnx, task: classify, labels: [only]}",
+                "model.labels",
+            ),
+            (
+                "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {batching: {maxQueueDelay: 2m}}",
+                "maxQueueDelay: must be at most 1m",
+            ),
+            (
+                "model: {uri: 's3://b/k', format: onnx, task: embed}",
+                "bucket name",
+            ),
+            (
+                "model: {uri: 'file:///m', format: onnx, task: embed, sha256: 'abc'}",
                 "model.sha256",
             ),
             (
-                "model: {uri: 'file:///m', format: onnx}\nruntime: {backend: candle}",
+                "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {backend: candle}",
                 "runtime.backend",
             ),
             (
-                "model: {uri: 'file:///m', format: safetensors}\nruntime: {quantize: int8}",
+                "model: {uri: 'file:///m', format: safetensors, task: embed}\nruntime: {quantize: int8}",
                 "runtime.quantize",
             ),
             (
-                "model: {uri: 'file:///m', format: onnx}\nruntime: {generation: {kvCacheMemory: lots}}",
+                "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {generation: {kvCacheMemory: lots}}",
                 "kvCacheMemory",
             ),
         ];
@@ -607,9 +614,36 @@ runtime:
         }
     }
 
+    /// Quantities as the apiserver admits them (an exponent, a bare integer), and the generation
+    /// queue bound, which has its own field.
+    #[test]
+    fn generation_settings_read_like_kubernetes() {
+        for (kv, bytes) in [
+            ("1e9", 1_000_000_000u64),
+            ("1073741824", 1 << 30),
+            ("0.5Gi", 1 << 29),
+        ] {
+            let file = ConfigFile::parse(&format!(
+                "model: {{uri: 'file:///m/x.gguf', format: gguf, task: generate}}\nruntime: {{generation: {{kvCacheMemory: {kv}, maxQueueSize: 7}}}}"
+            ))
+            .unwrap();
+            let config = ServeConfig::resolve(file, &args(&[])).unwrap();
+            assert_eq!(config.generation.kv_cache_memory_bytes, bytes, "{kv}");
+            assert_eq!(config.generation.max_queue_size, 7);
+        }
+        let file =
+            ConfigFile::parse("model: {uri: 'file:///m/x.gguf', format: gguf, task: generate}")
+                .unwrap();
+        let config = ServeConfig::resolve(file, &args(&[])).unwrap();
+        assert_eq!(config.generation.kv_cache_memory_bytes, 256 << 20);
+        assert_eq!(config.generation.max_queue_size, 256);
+    }
+
     #[test]
     fn unknown_enum_values_are_rejected_by_the_parser() {
-        let err = ConfigFile::parse("model: {uri: 'file:///m', format: pickle}").unwrap_err();
+        let err = ConfigFile::parse("model: {uri: 'file:///m', format: pickle, task: embed}")
+            .unwrap_err();
         assert!(err.contains("pickle"), "{err}");
+        assert!(err.starts_with("model.format: "), "{err}");
     }
 }

@@ -17,5 +17,5 @@ pub mod pipeline;
 pub mod remote;
 pub mod service;
 pub mod tokenize;
-pub mod units;
-pub mod uri;
+/// Model URIs: the contract's grammar, shared with the operator.
+pub use lexserve_contract::uri;

@@ -195,7 +195,7 @@ runtime:
     // An invalid value in the file is a startup error naming the field, exit code 2.
     write(
         &config,
-        "model: {uri: 'file:///m', format: onnx}\nruntime: {batching: {maxQueueDelay: soon}}\n",
+        "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {batching: {maxQueueDelay: soon}}\n",
     );
     let output = Command::new(env!("CARGO_BIN_EXE_lexserve-sidecar"))
         .args(["serve", "--config", config.to_str().unwrap()])

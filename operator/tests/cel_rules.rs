@@ -116,13 +116,13 @@ fn cases() -> Vec<RuleCase> {
         // InferenceService: spec-level rules.
         RuleCase {
             kind: InferenceService,
-            message: "spec.runtime.backend must be onnx when spec.model.format is onnx",
+            message: "runtime.backend must be onnx when model.format is onnx",
             accept: vec![spec(json!({"runtime": {"backend": "onnx"}}))],
             reject: vec![spec(json!({"runtime": {"backend": "candle"}}))],
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.runtime.backend must be candle when spec.model.format is safetensors or gguf",
+            message: "runtime.backend must be candle when model.format is safetensors or gguf",
             accept: vec![spec(
                 json!({"model": {"format": "safetensors"}, "runtime": {"backend": "candle"}}),
             )],
@@ -132,7 +132,7 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.runtime.generation is only valid when spec.model.task is generate",
+            message: "runtime.generation is only valid when model.task is generate",
             accept: vec![spec(json!({
                 "model": {"format": "gguf", "task": "generate"},
                 "runtime": {"generation": {"maxConcurrentSequences": 8}}
@@ -143,7 +143,7 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.runtime.batching applies to embed and classify; use spec.runtime.generation when spec.model.task is generate",
+            message: "runtime.batching applies to embed and classify; use runtime.generation when model.task is generate",
             accept: vec![spec(
                 json!({"runtime": {"batching": {"maxBatchTokens": 4096}}}),
             )],
@@ -154,22 +154,38 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.runtime.quantize: int8 is not valid for spec.model.format gguf, whose weights are already quantized",
+            message: "runtime.quantize int8 selects an int8 ONNX file and needs model.format onnx (gguf weights are already quantized; safetensors encoders run in fp32)",
             accept: vec![
                 spec(json!({"runtime": {"quantize": "int8"}})),
                 spec(
                     json!({"model": {"format": "gguf", "task": "generate"}, "runtime": {"quantize": "none"}}),
                 ),
+                spec(json!({"model": {"format": "safetensors"}, "runtime": {"quantize": "none"}})),
             ],
-            reject: vec![spec(json!({
-                "model": {"format": "gguf", "task": "generate"},
-                "runtime": {"quantize": "int8"}
-            }))],
+            reject: vec![
+                spec(json!({
+                    "model": {"format": "gguf", "task": "generate"},
+                    "runtime": {"quantize": "int8"}
+                })),
+                spec(json!({"model": {"format": "safetensors"}, "runtime": {"quantize": "int8"}})),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "runtime.batching.maxQueueDelay must be at most 1m",
+            accept: vec![
+                spec(json!({"runtime": {"batching": {"maxQueueDelay": "2ms"}}})),
+                spec(json!({"runtime": {"batching": {"maxQueueDelay": "1m"}}})),
+            ],
+            reject: vec![
+                spec(json!({"runtime": {"batching": {"maxQueueDelay": "1m1s"}}})),
+                spec(json!({"runtime": {"batching": {"maxQueueDelay": "2h"}}})),
+            ],
         },
         // InferenceService: model rules.
         RuleCase {
             kind: InferenceService,
-            message: "spec.model.task generate needs a decoder: spec.model.format must be gguf",
+            message: "model.task generate needs a decoder: model.format must be gguf",
             accept: vec![spec(
                 json!({"model": {"format": "gguf", "task": "generate"}}),
             )],
@@ -177,7 +193,7 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.model.format gguf holds a decoder: spec.model.task must be generate",
+            message: "model.format gguf holds a decoder: model.task must be generate",
             accept: vec![spec(
                 json!({"model": {"format": "gguf", "task": "generate"}}),
             )],
@@ -185,7 +201,7 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.model.labels is only valid when spec.model.task is classify",
+            message: "model.labels is only valid when model.task is classify",
             accept: vec![spec(
                 json!({"model": {"task": "classify", "labels": ["neg", "pos"]}}),
             )],
@@ -195,7 +211,7 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.model.credentialsSecret is only used with s3:// and hf:// URIs",
+            message: "model.credentialsSecret is only used with s3:// and hf:// URIs",
             accept: vec![
                 spec(
                     json!({"model": {"uri": "s3://bucket/model.onnx", "credentialsSecret": {"name": "s3"}}}),
@@ -210,10 +226,18 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
-            message: "spec.model.pooling applies to embed and classify, not generate",
+            message: "model.pooling applies to embed and classify, not generate",
             accept: vec![spec(json!({"model": {"pooling": "cls"}}))],
             reject: vec![spec(
                 json!({"model": {"format": "gguf", "task": "generate", "pooling": "mean"}}),
+            )],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "model.normalize applies to embed and classify, not generate",
+            accept: vec![spec(json!({"model": {"normalize": false}}))],
+            reject: vec![spec(
+                json!({"model": {"format": "gguf", "task": "generate", "normalize": true}}),
             )],
         },
         // InferenceService: GPUs.

@@ -117,8 +117,75 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Deserializes into the typed kind (enums, required fields, types) and runs the CEL rules on
-/// the raw object, defaults applied as the apiserver would.
+/// The schema's value checks that kube's CEL validator leaves to the apiserver (patterns, sizes,
+/// bounds), with the apiserver's own wording, so an invalid example's `# expect:` line holds for
+/// both this check and a real apiserver (`e2e/tests/cluster.rs`).
+fn schema_errors(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    let number = |key: &str| schema.get(key).and_then(Value::as_f64);
+    match value {
+        Value::Object(fields) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (name, child) in fields {
+                    if let Some(child_schema) = props.get(name) {
+                        let child_path = if path.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{path}.{name}")
+                        };
+                        schema_errors(child_schema, child, &child_path, errors);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(min) = number("minItems").filter(|m| (items.len() as f64) < *m) {
+                errors.push(format!("{path} in body should have at least {min} items"));
+            }
+            if let Some(max) = number("maxItems").filter(|m| (items.len() as f64) > *m) {
+                errors.push(format!("{path} in body should have at most {max} items"));
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    schema_errors(item_schema, item, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        Value::String(text) => {
+            if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+                let regex = regex::Regex::new(pattern).expect("the CRD's patterns compile");
+                if !regex.is_match(text) {
+                    errors.push(format!("{path} in body should match '{pattern}'"));
+                }
+            }
+            let chars = text.chars().count() as f64;
+            if let Some(min) = number("minLength").filter(|m| chars < *m) {
+                errors.push(format!(
+                    "{path} in body should be at least {min} chars long"
+                ));
+            }
+            if let Some(max) = number("maxLength").filter(|m| chars > *m) {
+                errors.push(format!("{path} in body should be at most {max} chars long"));
+            }
+        }
+        Value::Number(n) => {
+            let n = n.as_f64().unwrap_or_default();
+            if let Some(min) = number("minimum").filter(|m| n < *m) {
+                errors.push(format!(
+                    "{path} in body should be greater than or equal to {min}"
+                ));
+            }
+            if let Some(max) = number("maximum").filter(|m| n > *m) {
+                errors.push(format!(
+                    "{path} in body should be less than or equal to {max}"
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Deserializes into the typed kind (enums, required fields, types), checks the schema's value
+/// rules, and runs the CEL rules on the raw object, defaults applied as the apiserver would.
 fn check_manifest(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let raw: Value = serde_yaml::from_str(&text).map_err(|e| format!("not YAML: {e}"))?;
@@ -145,6 +212,11 @@ fn check_manifest(path: &Path) -> Result<(), String> {
             .expect("schema"),
     )
     .map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    schema_errors(&schema, &raw, "", &mut errors);
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
     Validator::new()
         .validate(&schema, &raw, None)
         .map_err(|errors| {

@@ -202,7 +202,7 @@ impl EngineConfig {
             block_size: g.block_size,
             kv_cache_bytes: g.kv_cache_memory_bytes,
             max_new_tokens: g.max_new_tokens,
-            max_waiting: config.batching.max_queue_size,
+            max_waiting: g.max_queue_size,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The `model` and `runtime` blocks are also the sidecar's config file: the operator writes them
 //! into the ConfigMap unchanged, so a user can run `lexserve-sidecar serve` by hand from the same
-//! block they put in a manifest.
+//! block they put in a manifest. Their types, defaults and the CEL rules that involve only them are
+//! the operator↔sidecar contract (`lexserve-contract`), shared with the sidecar.
 
 use std::collections::BTreeMap;
 
@@ -11,10 +12,14 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
+pub use lexserve_contract::{
+    Backend, BatchingSpec, GenerationSpec, ModelFormat, ModelSpec, ModelTask, Pooling, Quantize,
+    RuntimeSpec, SecretReference,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{DURATION_PATTERN, MODEL_URI_PATTERN, preserve_unknown_object};
+use super::schema::{MODEL_URI_PATTERN, preserve_unknown_object};
 
 /// The GPU resource name used when none is given.
 pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -40,18 +45,7 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = Rule::new("!has(self.runtime) || !has(self.runtime.backend) || self.model.format != 'onnx' || self.runtime.backend == 'onnx'")
-        .message("spec.runtime.backend must be onnx when spec.model.format is onnx"),
-    validation = Rule::new("!has(self.runtime) || !has(self.runtime.backend) || self.model.format == 'onnx' || self.runtime.backend == 'candle'")
-        .message("spec.runtime.backend must be candle when spec.model.format is safetensors or gguf"),
-    validation = Rule::new("!has(self.runtime) || !has(self.runtime.generation) || self.model.task == 'generate'")
-        .message("spec.runtime.generation is only valid when spec.model.task is generate"),
-    validation = Rule::new("!has(self.runtime) || !has(self.runtime.batching) || self.model.task != 'generate'")
-        .message("spec.runtime.batching applies to embed and classify; use spec.runtime.generation when spec.model.task is generate"),
-    validation = Rule::new("!has(self.runtime) || !has(self.runtime.quantize) || self.runtime.quantize == 'none' || self.model.format != 'gguf'")
-        .message("spec.runtime.quantize: int8 is not valid for spec.model.format gguf, whose weights are already quantized"),
-)]
+#[schemars(transform = lexserve_contract::rules::add_serving_rules)]
 pub struct InferenceServiceSpec {
     /// The model to serve: where it lives, its format and its task.
     pub model: ModelSpec,
@@ -71,174 +65,6 @@ pub struct InferenceServiceSpec {
     /// Model monitoring settings (reserved for input drift detection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
-}
-
-/// Where a model lives and what it does.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = Rule::new("self.task != 'generate' || self.format == 'gguf'")
-        .message("spec.model.task generate needs a decoder: spec.model.format must be gguf"),
-    validation = Rule::new("self.format != 'gguf' || self.task == 'generate'")
-        .message("spec.model.format gguf holds a decoder: spec.model.task must be generate"),
-    validation = Rule::new("!has(self.labels) || self.task == 'classify'")
-        .message("spec.model.labels is only valid when spec.model.task is classify"),
-    validation = Rule::new("!has(self.credentialsSecret) || self.uri.startsWith('s3://') || self.uri.startsWith('hf://')")
-        .message("spec.model.credentialsSecret is only used with s3:// and hf:// URIs"),
-    validation = Rule::new("!has(self.pooling) || self.task != 'generate'")
-        .message("spec.model.pooling applies to embed and classify, not generate"),
-)]
-pub struct ModelSpec {
-    /// Where the model lives: `file:///path` (a path in the image or on the node),
-    /// `pvc://<claim>/<path>` (a PersistentVolumeClaim in the same namespace), `s3://bucket/key`
-    /// or `hf://<org>/<name>[@revision]`. The `fetch` init container copies it into the pod.
-    #[schemars(length(max = 2048), pattern(MODEL_URI_PATTERN))]
-    pub uri: String,
-    /// The weights' format: `onnx` (ONNX Runtime), `safetensors` (a BERT-family encoder run by
-    /// candle) or `gguf` (a llama-family decoder run by candle).
-    pub format: ModelFormat,
-    /// What the model does: `embed` (sentence embeddings), `classify` (labels with
-    /// probabilities) or `generate` (text generation).
-    pub task: ModelTask,
-    /// Where the tokenizer (`tokenizer.json`) lives, when it is not beside the model. Same schemes
-    /// as `uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), pattern(MODEL_URI_PATTERN))]
-    pub tokenizer: Option<String>,
-    /// The expected SHA-256 of the model (lowercase hex). The init container refuses a model
-    /// whose digest differs; the resolved digest is reported in `status.model`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[a-f0-9]{64}$"))]
-    pub sha256: Option<String>,
-    /// Class names in the order of the classifier's outputs (`classify` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 2, max = 1024), inner(length(min = 1, max = 253)))]
-    pub labels: Option<Vec<String>>,
-    /// How token embeddings become one vector: `mean` or `cls`. Defaults to the model's own
-    /// pooling config, else `mean`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pooling: Option<Pooling>,
-    /// Whether embeddings are L2-normalized. Defaults to true for `embed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub normalize: Option<bool>,
-    /// A Secret in the same namespace with credentials for `s3://` (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, optional `AWS_ENDPOINT_URL`) or `hf://` (`HF_TOKEN`) URIs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_secret: Option<LocalObjectReference>,
-}
-
-/// The format of a model's weights.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelFormat {
-    Onnx,
-    Safetensors,
-    Gguf,
-}
-
-/// What a model does.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelTask {
-    Embed,
-    Classify,
-    Generate,
-}
-
-/// How token embeddings are pooled into one sentence embedding.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    Mean,
-    Cls,
-}
-
-/// How the sidecar runs the model.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct RuntimeSpec {
-    /// The sidecar image, overriding the operator's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024))]
-    pub image: Option<String>,
-    /// The inference engine: `onnx` (ONNX Runtime) for `onnx` models, `candle` for
-    /// `safetensors` and `gguf`. Defaults from the model's format.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<Backend>,
-    /// Threads the engine may use. Defaults to the CPU limit, else the node's cores.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 256))]
-    pub threads: Option<u32>,
-    /// Dynamic batching of encoder requests (`embed`, `classify`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batching: Option<BatchingSpec>,
-    /// Continuous batching and the KV cache for `generate`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<GenerationSpec>,
-    /// Weight quantization: `none` or `int8` (an int8 ONNX file, or candle's quantized matmul).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quantize: Option<Quantize>,
-}
-
-/// The inference engine.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Onnx,
-    Candle,
-}
-
-/// Weight quantization.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Quantize {
-    None,
-    Int8,
-}
-
-/// Encoder batching: requests wait in a bounded queue and are grouped into batches by a token
-/// budget; each batch is padded to its longest member.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchingSpec {
-    /// The most tokens in one batch, padding included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1048576))]
-    pub max_batch_tokens: Option<u32>,
-    /// The most requests in one batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 4096))]
-    pub max_batch_requests: Option<u32>,
-    /// How long the first request of a batch may wait for others to join (a Go duration such as
-    /// `2ms`). Zero sends a batch as soon as the engine is free.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), pattern(DURATION_PATTERN))]
-    pub max_queue_delay: Option<String>,
-    /// The most requests waiting; beyond it the sidecar answers 429 with `Retry-After`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1048576))]
-    pub max_queue_size: Option<u32>,
-}
-
-/// Generation: continuous batching over a paged KV cache.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerationSpec {
-    /// The most sequences decoded together in one step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub max_concurrent_sequences: Option<u32>,
-    /// Memory for the KV cache (a quantity such as `512Mi`); it sets how many blocks exist.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kv_cache_memory: Option<Quantity>,
-    /// Tokens per KV cache block.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub block_size: Option<u32>,
-    /// The most tokens one request may generate; requests asking for more are rejected.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 131072))]
-    pub max_new_tokens: Option<u32>,
 }
 
 /// Resources of each replica.

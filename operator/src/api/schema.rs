@@ -2,12 +2,8 @@
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 
-/// A Go-style duration as Kubernetes CEL's `duration()` parses it ("30s", "10m", "1h30m").
-/// Days are not accepted because `duration()` does not accept them either.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
-
-/// A model or tokenizer location: the schemes the `fetch` init container understands.
-pub const MODEL_URI_PATTERN: &str = r"^(file|pvc|s3|hf)://.+$";
+pub use lexserve_contract::duration::DURATION_PATTERN;
+pub use lexserve_contract::uri::MODEL_URI_PATTERN;
 
 /// A DNS-1123 label: the names that become parts of Kubernetes object names and labels.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";

@@ -74,6 +74,7 @@ fn default_duration() -> String {
 /// The candidate model, shaped like an InferenceService's model, runtime and resources.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = lexserve_contract::rules::add_serving_rules)]
 pub struct CandidateSpec {
     /// The candidate model.
     pub model: ModelSpec,

@@ -15,10 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::resources::load_query::escape;
+use lexserve_contract::names::label;
 
-/// The two gauges the load is made of, summed.
-pub const LOAD_METRICS: [&str; 2] = ["lexserve_queue_size", "lexserve_requests_running"];
+use crate::resources::load_query::load_selector;
 
 /// PromQL for the load of each pod of one InferenceService:
 /// `sum by (pod) ({__name__=~"lexserve_queue_size|lexserve_requests_running",namespace="NS",inference_service="NAME"})`.
@@ -27,10 +26,9 @@ pub const LOAD_METRICS: [&str; 2] = ["lexserve_queue_size", "lexserve_requests_r
 /// trigger runs, so both providers see the same load.
 pub fn per_pod_load_query(namespace: &str, inference_service: &str) -> String {
     format!(
-        "sum by (pod) ({{__name__=~\"{}\",namespace=\"{}\",inference_service=\"{}\"}})",
-        LOAD_METRICS.join("|"),
-        escape(namespace),
-        escape(inference_service)
+        "sum by ({}) ({})",
+        label::POD,
+        load_selector(namespace, inference_service)
     )
 }
 

@@ -11,7 +11,7 @@ use crate::api::InferenceService;
 use crate::api::inference_service::{ModelSpec, RuntimeSpec};
 
 /// The key of the config file in the ConfigMap, and its file name in the pod.
-pub const CONFIG_FILE: &str = "config.yaml";
+pub use lexserve_contract::names::path::CONFIG_FILE;
 
 /// The sidecar's config file.
 #[derive(Serialize)]
@@ -21,14 +21,16 @@ struct SidecarConfig<'a> {
     runtime: Option<&'a RuntimeSpec>,
 }
 
-/// The config file's text.
+/// The config file's text for an InferenceService.
 pub fn sidecar_config_yaml(isvc: &InferenceService) -> String {
-    let config = SidecarConfig {
-        model: &isvc.spec.model,
-        runtime: isvc.spec.runtime.as_ref(),
-    };
+    serving_config_yaml(&isvc.spec.model, isvc.spec.runtime.as_ref())
+}
+
+/// The config file's text for any object that runs a model (an InferenceService, a shadow's
+/// candidate): the two blocks, unchanged.
+pub fn serving_config_yaml(model: &ModelSpec, runtime: Option<&RuntimeSpec>) -> String {
     // Serializing plain data with owned strings cannot fail.
-    serde_yaml::to_string(&config).unwrap_or_default()
+    serde_yaml::to_string(&SidecarConfig { model, runtime }).unwrap_or_default()
 }
 
 /// The ConfigMap's name for an InferenceService.

@@ -18,7 +18,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
-use super::config_map::{CONFIG_FILE, config_hash, config_map_name};
+use lexserve_contract::names::{command, drain, env, flag, http, path};
+use lexserve_contract::uri::ModelUri;
+
+use super::config_map::{config_hash, config_map_name};
 use super::labels::{CONFIG_HASH_ANNOTATION, selector_labels};
 use super::{autoscaled, child_meta, fixed_replicas};
 use crate::api::InferenceService;
@@ -27,13 +30,7 @@ use crate::config::OperatorConfig;
 use crate::gpu::{RolloutPlan, gpu_resource_name};
 
 /// The port the sidecar listens on (HTTP API and `/metrics`).
-pub const HTTP_PORT: i32 = 8080;
-/// Where the sidecar's config file is mounted.
-const CONFIG_DIR: &str = "/etc/lexserve";
-/// Where the fetched model lives in the pod.
-const MODELS_DIR: &str = "/var/lib/lexserve/models";
-/// Where `pvc://<claim>/...` volumes are mounted for the fetch container.
-const PVC_ROOT: &str = "/mnt/pvc";
+pub const HTTP_PORT: i32 = http::PORT as i32;
 /// The unprivileged user the sidecar runs as (the distroless `nonroot` user).
 const RUN_AS_USER: i64 = 65532;
 /// The node label the NVIDIA GPU feature discovery sets to the GPU model.
@@ -70,7 +67,10 @@ pub fn build_deployment(
     pod_annotations.extend([
         ("prometheus.io/scrape".to_string(), "true".to_string()),
         ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
-        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        (
+            "prometheus.io/path".to_string(),
+            http::METRICS_PATH.to_string(),
+        ),
         (CONFIG_HASH_ANNOTATION.to_string(), config_hash(isvc)),
     ]);
 
@@ -114,8 +114,8 @@ pub fn build_deployment(
         service_account_name: fragment.service_account_name.clone(),
         image_pull_secrets: fragment.image_pull_secrets.clone(),
         // Long enough for in-flight requests to drain after SIGTERM (the sidecar's own drain
-        // timeout is 30s).
-        termination_grace_period_seconds: Some(45),
+        // timeout), with room for the process to exit.
+        termination_grace_period_seconds: Some(drain::TERMINATION_GRACE_SECONDS),
         ..Default::default()
     };
 
@@ -206,8 +206,8 @@ fn restricted_security_context() -> SecurityContext {
 /// Where a fetched artifact lands in the pod, as a `file://` URI for the sidecar: `fetch` puts
 /// each artifact into a directory of its own (`model/`, `tokenizer/`), which the sidecar resolves
 /// (the model file by its conventional names, `tokenizer.json` inside the tokenizer directory).
-fn local_uri(file: &str) -> String {
-    format!("file://{MODELS_DIR}/{file}")
+fn local_uri(artifact: &str) -> String {
+    ModelUri::File(path::artifact_dir(artifact).into()).to_string()
 }
 
 /// The init containers that fetch the model (and its tokenizer, when it lives elsewhere), and
@@ -224,14 +224,14 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
     let mut artifacts = vec![(
         "fetch-model",
         model.uri.as_str(),
-        "model",
+        path::MODEL_ARTIFACT,
         model.sha256.as_deref(),
     )];
     if let Some(tokenizer) = model.tokenizer.as_deref() {
-        artifacts.push(("fetch-tokenizer", tokenizer, "tokenizer", None));
+        artifacts.push(("fetch-tokenizer", tokenizer, path::TOKENIZER_ARTIFACT, None));
     }
-    for (container_name, uri, file, sha256) in artifacts {
-        let mut mounts = vec![volume_mount("models", MODELS_DIR, false)];
+    for (container_name, uri, artifact, sha256) in artifacts {
+        let mut mounts = vec![volume_mount("models", path::MODELS_DIR, false)];
         if let Some(claim) = pvc_claim(uri) {
             let volume_name = format!("pvc-{claim}");
             if !claims.contains(&claim) {
@@ -247,21 +247,21 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
             }
             mounts.push(volume_mount(
                 &volume_name,
-                &format!("{PVC_ROOT}/{claim}"),
+                &format!("{}/{claim}", path::PVC_ROOT),
                 true,
             ));
         }
         let mut args = vec![
-            "fetch".to_string(),
-            "--uri".to_string(),
+            command::FETCH.to_string(),
+            flag::arg(flag::URI),
             uri.to_string(),
-            "--dest".to_string(),
-            format!("{MODELS_DIR}/{file}"),
-            "--pvc-root".to_string(),
-            PVC_ROOT.to_string(),
+            flag::arg(flag::DEST),
+            path::artifact_dir(artifact),
+            flag::arg(flag::PVC_ROOT),
+            path::PVC_ROOT.to_string(),
         ];
         if let Some(sha) = sha256 {
-            args.extend(["--sha256".to_string(), sha.to_string()]);
+            args.extend([flag::arg(flag::SHA256), sha.to_string()]);
         }
         let env_from = model.credentials_secret.as_ref().map(|secret| {
             vec![EnvFromSource {
@@ -287,11 +287,12 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
     (containers, volumes)
 }
 
-/// The claim name of a `pvc://<claim>/<path>` URI.
+/// The claim name of a `pvc://<claim>/<path>` URI (the contract's grammar decides what a claim is).
 pub fn pvc_claim(uri: &str) -> Option<String> {
-    let rest = uri.strip_prefix("pvc://")?;
-    let claim = rest.split('/').next()?;
-    (!claim.is_empty()).then(|| claim.to_string())
+    match ModelUri::parse(uri) {
+        Ok(ModelUri::Pvc { claim, .. }) => Some(claim),
+        _ => None,
+    }
 }
 
 fn serve_container(
@@ -303,26 +304,26 @@ fn serve_container(
     let spec = &isvc.spec;
     let mut env = vec![
         EnvVar {
-            name: "LEXSERVE_MODEL_URI".to_string(),
-            value: Some(local_uri("model")),
+            name: env::MODEL_URI.to_string(),
+            value: Some(local_uri(path::MODEL_ARTIFACT)),
             ..Default::default()
         },
         EnvVar {
-            name: "LEXSERVE_MODEL_NAME".to_string(),
+            name: env::MODEL_NAME.to_string(),
             value: Some(name.to_string()),
             ..Default::default()
         },
     ];
     if spec.model.tokenizer.is_some() {
         env.push(EnvVar {
-            name: "LEXSERVE_TOKENIZER".to_string(),
-            value: Some(local_uri("tokenizer")),
+            name: env::TOKENIZER.to_string(),
+            value: Some(local_uri(path::TOKENIZER_ARTIFACT)),
             ..Default::default()
         });
     }
     if let Some(generation) = isvc.metadata.generation {
         env.push(EnvVar {
-            name: "LEXSERVE_MODEL_VERSION".to_string(),
+            name: env::MODEL_VERSION.to_string(),
             value: Some(generation.to_string()),
             ..Default::default()
         });
@@ -330,48 +331,48 @@ fn serve_container(
 
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.to_string()),
-        port: IntOrString::String("http".to_string()),
+        port: IntOrString::String(http::PORT_NAME.to_string()),
         ..Default::default()
     };
     Container {
         name: "sidecar".to_string(),
         image: Some(image.to_string()),
         args: Some(vec![
-            "serve".to_string(),
-            "--config".to_string(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-            "--listen".to_string(),
-            format!("0.0.0.0:{HTTP_PORT}"),
+            command::SERVE.to_string(),
+            flag::arg(flag::CONFIG),
+            path::config_file(),
+            flag::arg(flag::LISTEN),
+            http::default_listen(),
         ]),
         env: Some(env),
         ports: Some(vec![ContainerPort {
-            name: Some("http".to_string()),
+            name: Some(http::PORT_NAME.to_string()),
             container_port: HTTP_PORT,
             protocol: Some("TCP".to_string()),
             ..Default::default()
         }]),
         resources: Some(resources(isvc, gpu)),
         volume_mounts: Some(vec![
-            volume_mount("config", CONFIG_DIR, true),
-            volume_mount("models", MODELS_DIR, true),
+            volume_mount("config", path::CONFIG_DIR, true),
+            volume_mount("models", path::MODELS_DIR, true),
             volume_mount("tmp", "/tmp", false),
         ]),
         // A large model can take minutes to load and warm up: the startup probe allows up to
         // 10 minutes before liveness takes over, so slow loads are not killed.
         startup_probe: Some(Probe {
-            http_get: Some(http_get("/health")),
+            http_get: Some(http_get(http::HEALTH_PATH)),
             period_seconds: Some(5),
             failure_threshold: Some(120),
             ..Default::default()
         }),
         readiness_probe: Some(Probe {
-            http_get: Some(http_get("/ready")),
+            http_get: Some(http_get(http::READY_PATH)),
             period_seconds: Some(5),
             failure_threshold: Some(2),
             ..Default::default()
         }),
         liveness_probe: Some(Probe {
-            http_get: Some(http_get("/health")),
+            http_get: Some(http_get(http::HEALTH_PATH)),
             period_seconds: Some(10),
             timeout_seconds: Some(5),
             failure_threshold: Some(3),

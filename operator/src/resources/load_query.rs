@@ -6,6 +6,8 @@
 //! (from the pod label `lexserve.io/inference-service`) and `pod`. The chart's PodMonitor and the
 //! documented plain scrape config both produce exactly these.
 
+use lexserve_contract::names::{label, metric};
+
 /// The external metric the HPA targets.
 pub const EXTERNAL_METRIC_NAME: &str = "lexserve_inference_load";
 
@@ -16,9 +18,17 @@ pub const EXTERNAL_METRIC_NAME: &str = "lexserve_inference_load";
 /// zero) when neither does, so "no data" stays distinguishable from "idle". A plain instant
 /// selector (no `*_over_time`) lets Prometheus' staleness markers drop a deleted pod at once.
 pub fn load_query(namespace: &str, inference_service: &str) -> String {
+    format!("sum({})", load_selector(namespace, inference_service))
+}
+
+/// The series of one InferenceService's load: both gauges, selected by name in one vector.
+pub fn load_selector(namespace: &str, inference_service: &str) -> String {
     format!(
-        "sum({{__name__=~\"lexserve_queue_size|lexserve_requests_running\",namespace=\"{}\",inference_service=\"{}\"}})",
+        "{{__name__=~\"{}\",{}=\"{}\",{}=\"{}\"}}",
+        metric::LOAD.join("|"),
+        label::NAMESPACE,
         escape(namespace),
+        label::INFERENCE_SERVICE,
         escape(inference_service)
     )
 }

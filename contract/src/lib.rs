@@ -1,0 +1,29 @@
+//! The contract between `lexserve-operator` and `lexserve-sidecar`, defined once and imported by
+//! both binaries.
+//!
+//! - [`model`] and [`runtime`]: the `spec.model` and `spec.runtime` blocks of an
+//!   InferenceService. The operator embeds them in its CRDs and copies them unchanged into the
+//!   sidecar's ConfigMap; the sidecar reads them back with the same types. Their defaults are
+//!   constants in [`runtime::defaults`], documented on each field (so `kubectl explain` shows
+//!   them) and used by the sidecar.
+//! - [`quantity`], [`duration`] and [`uri`]: the value grammars both sides must agree on, each
+//!   with the schema pattern the apiserver checks and the parser the sidecar runs.
+//! - [`names`]: the names both sides spell: flags, environment variables, paths, the port and
+//!   probe paths, metric and label names, the termination-message prefix.
+//!
+//! CEL rules that involve only these blocks live here too ([`model::ModelSpec`]'s, and
+//! [`rules::SERVING_RULES`] across `model` and `runtime`), so an object the apiserver admits is an
+//! object the sidecar accepts.
+
+pub mod duration;
+pub mod model;
+pub mod names;
+pub mod quantity;
+pub mod rules;
+pub mod runtime;
+pub mod uri;
+
+pub use model::{ModelFormat, ModelSpec, ModelTask, Pooling, SecretReference};
+pub use quantity::Quantity;
+pub use runtime::{Backend, BatchingSpec, GenerationSpec, Quantize, RuntimeSpec};
+pub use uri::ModelUri;

@@ -1,0 +1,111 @@
+//! `spec.model`: where a model lives, its format and its task.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::uri::MODEL_URI_PATTERN;
+
+/// The fewest labels a classifier has: one label is not a classification.
+pub const MIN_CLASSIFY_LABELS: usize = 2;
+/// The most labels a classifier may name.
+pub const MAX_CLASSIFY_LABELS: usize = 1024;
+/// The longest model or tokenizer URI.
+pub const MAX_URI_LENGTH: usize = 2048;
+/// A SHA-256 digest as the spec writes it: 64 lowercase hexadecimal characters.
+pub const SHA256_PATTERN: &str = r"^[a-f0-9]{64}$";
+
+/// Where a model lives and what it does.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::rules::model_rules)]
+pub struct ModelSpec {
+    /// Where the model lives: `file:///path` (a path in the image or on the node),
+    /// `pvc://<claim>/<path>` (a PersistentVolumeClaim in the same namespace), `s3://bucket/key`
+    /// or `hf://<org>/<name>[@revision]`. The `fetch` init container copies it into the pod.
+    #[schemars(length(max = MAX_URI_LENGTH), pattern(MODEL_URI_PATTERN))]
+    pub uri: String,
+    /// The weights' format: `onnx` (ONNX Runtime), `safetensors` (a BERT-family encoder run by
+    /// candle) or `gguf` (a llama-family decoder run by candle).
+    pub format: ModelFormat,
+    /// What the model does: `embed` (sentence embeddings), `classify` (labels with
+    /// probabilities) or `generate` (text generation).
+    pub task: ModelTask,
+    /// Where the tokenizer (`tokenizer.json`) lives, when it is not beside the model. Same schemes
+    /// as `uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_URI_LENGTH), pattern(MODEL_URI_PATTERN))]
+    pub tokenizer: Option<String>,
+    /// The expected SHA-256 of the model (lowercase hex). The init container refuses a model
+    /// whose digest differs; the resolved digest is reported in `status.model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(SHA256_PATTERN))]
+    pub sha256: Option<String>,
+    /// Class names in the order of the classifier's outputs (`classify` only), at least 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = MIN_CLASSIFY_LABELS, max = MAX_CLASSIFY_LABELS),
+        inner(length(min = 1, max = 253), pattern(r"\S"))
+    )]
+    pub labels: Option<Vec<String>>,
+    /// How token embeddings become one vector: `mean` or `cls`. Default: the model's own
+    /// pooling config, else `mean`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+    /// Whether embeddings are L2-normalized. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// A Secret in the same namespace with credentials for `s3://` (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, optional `AWS_ENDPOINT_URL`) or `hf://` (`HF_TOKEN`) URIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretReference>,
+}
+
+/// A Secret in the object's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretReference {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The format of a model's weights.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    Onnx,
+    Safetensors,
+    Gguf,
+}
+
+/// What a model does.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelTask {
+    Embed,
+    Classify,
+    Generate,
+}
+
+/// How token embeddings are pooled into one sentence embedding.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+impl ModelFormat {
+    /// The backend that runs this format.
+    pub fn backend(self) -> crate::Backend {
+        match self {
+            Self::Onnx => crate::Backend::Onnx,
+            Self::Safetensors | Self::Gguf => crate::Backend::Candle,
+        }
+    }
+}

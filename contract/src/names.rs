@@ -1,0 +1,145 @@
+//! The names both binaries spell: the operator writes them into pods, the sidecar reads them; the
+//! scrape configs, the autoscaler's query and the dashboards select on them. One definition each.
+
+/// The sidecar binary and its subcommands.
+pub mod command {
+    pub const SIDECAR_BINARY: &str = "lexserve-sidecar";
+    pub const SERVE: &str = "serve";
+    pub const FETCH: &str = "fetch";
+}
+
+/// Flags of `lexserve-sidecar` that the operator passes.
+pub mod flag {
+    pub const CONFIG: &str = "config";
+    pub const LISTEN: &str = "listen";
+    pub const URI: &str = "uri";
+    pub const DEST: &str = "dest";
+    pub const SHA256: &str = "sha256";
+    pub const PVC_ROOT: &str = "pvc-root";
+
+    /// `--name` from a flag's long name.
+    pub fn arg(long: &str) -> String {
+        format!("--{long}")
+    }
+}
+
+/// Environment variables. Every sidecar flag has one (`LEXSERVE_` and the flag in capitals); these
+/// are the ones the operator sets or that more than one program reads.
+pub mod env {
+    pub const CONFIG: &str = "LEXSERVE_CONFIG";
+    pub const LISTEN: &str = "LEXSERVE_LISTEN";
+    pub const MODEL_URI: &str = "LEXSERVE_MODEL_URI";
+    pub const MODEL_NAME: &str = "LEXSERVE_MODEL_NAME";
+    pub const MODEL_VERSION: &str = "LEXSERVE_MODEL_VERSION";
+    pub const MODEL_SHA256: &str = "LEXSERVE_MODEL_SHA256";
+    pub const TOKENIZER: &str = "LEXSERVE_TOKENIZER";
+    pub const PVC_ROOT: &str = "LEXSERVE_PVC_ROOT";
+    pub const FETCH_DEST: &str = "LEXSERVE_FETCH_DEST";
+    pub const TERMINATION_LOG: &str = "LEXSERVE_TERMINATION_LOG";
+    pub const DRAIN_TIMEOUT: &str = "LEXSERVE_DRAIN_TIMEOUT";
+    /// The log filter (tracing's `EnvFilter` syntax) of both binaries.
+    pub const LOG: &str = "LEXSERVE_LOG";
+    /// The ONNX Runtime shared library (ort's own variable).
+    pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
+    /// The root of everything the scripts and tests provision on a machine (models, ONNX Runtime,
+    /// the control plane's binaries, build outputs): default `$HOME/.cache/lexserve`.
+    pub const CACHE: &str = "LEXSERVE_CACHE";
+    /// Where the models are, when not `$LEXSERVE_CACHE/models`.
+    pub const MODELS_DIR: &str = "LEXSERVE_MODELS_DIR";
+}
+
+/// Paths inside a model-server pod.
+pub mod path {
+    /// Where the sidecar's config file (the ConfigMap) is mounted.
+    pub const CONFIG_DIR: &str = "/etc/lexserve";
+    /// The config file's name in the ConfigMap and in [`CONFIG_DIR`].
+    pub const CONFIG_FILE: &str = "config.yaml";
+    /// Where `fetch` puts the model (and `serve` reads it).
+    pub const MODELS_DIR: &str = "/var/lib/lexserve/models";
+    /// The folder of the fetched model inside [`MODELS_DIR`].
+    pub const MODEL_ARTIFACT: &str = "model";
+    /// The folder of the fetched tokenizer inside [`MODELS_DIR`].
+    pub const TOKENIZER_ARTIFACT: &str = "tokenizer";
+    /// Where `pvc://<claim>/...` volumes are mounted: `<PVC_ROOT>/<claim>`.
+    pub const PVC_ROOT: &str = "/mnt/pvc";
+    /// Kubernetes' default termination log, where `fetch` writes its outcome.
+    pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+    /// The config file's full path in the pod.
+    pub fn config_file() -> String {
+        format!("{CONFIG_DIR}/{CONFIG_FILE}")
+    }
+
+    /// A fetched artifact's folder in the pod.
+    pub fn artifact_dir(artifact: &str) -> String {
+        format!("{MODELS_DIR}/{artifact}")
+    }
+}
+
+/// The sidecar's HTTP surface that others probe or scrape.
+pub mod http {
+    /// The port of the API and `/metrics`.
+    pub const PORT: u16 = 8080;
+    /// The container port's name.
+    pub const PORT_NAME: &str = "http";
+    /// Liveness: the process answers.
+    pub const HEALTH_PATH: &str = "/health";
+    /// Readiness: the model is loaded and warmed up, and the server is not draining.
+    pub const READY_PATH: &str = "/ready";
+    /// Prometheus metrics.
+    pub const METRICS_PATH: &str = "/metrics";
+
+    /// The default listen address.
+    pub fn default_listen() -> String {
+        format!("0.0.0.0:{PORT}")
+    }
+}
+
+/// Shutdown timing: the sidecar drains for at most [`DRAIN_TIMEOUT_SECONDS`] after SIGTERM; the
+/// pod's grace period leaves room beyond it for the process to exit.
+pub mod drain {
+    pub const DRAIN_TIMEOUT_SECONDS: u64 = 30;
+    pub const TERMINATION_GRACE_SECONDS: i64 = 45;
+
+    /// The drain timeout as the sidecar's flag default (a Go duration).
+    pub const DRAIN_TIMEOUT_TEXT: &str = "30s";
+}
+
+/// The fetch init container's termination message on success: `sha256:<hex>` of what it verified.
+pub const TERMINATION_DIGEST_PREFIX: &str = "sha256:";
+
+/// Metric names (DESIGN.md lists them; the operator's queries and the dashboards use them).
+pub mod metric {
+    pub const QUEUE_SIZE: &str = "lexserve_queue_size";
+    pub const REQUESTS_RUNNING: &str = "lexserve_requests_running";
+    /// Registered without `_total`: the exposition adds it to counters.
+    pub const REQUESTS: &str = "lexserve_requests";
+    pub const REQUEST_DURATION_SECONDS: &str = "lexserve_request_duration_seconds";
+    pub const QUEUE_DURATION_SECONDS: &str = "lexserve_queue_duration_seconds";
+    pub const INFERENCE_DURATION_SECONDS: &str = "lexserve_inference_duration_seconds";
+    pub const BATCH_SIZE: &str = "lexserve_batch_size";
+    pub const BATCH_TOKENS: &str = "lexserve_batch_tokens";
+    pub const INPUT_TOKENS: &str = "lexserve_input_tokens";
+    pub const PREDICTIONS: &str = "lexserve_predictions";
+    pub const PREDICTION_CONFIDENCE: &str = "lexserve_prediction_confidence";
+    pub const MODEL_LOADED: &str = "lexserve_model_loaded";
+    pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "lexserve_time_to_first_token_seconds";
+    pub const INTER_TOKEN_LATENCY_SECONDS: &str = "lexserve_inter_token_latency_seconds";
+    pub const GENERATED_TOKENS: &str = "lexserve_generated_tokens";
+    pub const KV_CACHE_USAGE_RATIO: &str = "lexserve_kv_cache_usage_ratio";
+    pub const PREEMPTIONS: &str = "lexserve_preemptions";
+
+    /// The series that make up an InferenceService's load (waiting plus running requests): what
+    /// the autoscalers act on.
+    pub const LOAD: [&str; 2] = [QUEUE_SIZE, REQUESTS_RUNNING];
+}
+
+/// Label names on the sidecar's series, after the scrape config's relabelling.
+pub mod label {
+    /// The pod label that names a model server's InferenceService.
+    pub const INFERENCE_SERVICE_POD_LABEL: &str = "lexserve.io/inference-service";
+    /// The series label the scrape configs copy [`INFERENCE_SERVICE_POD_LABEL`] into.
+    pub const INFERENCE_SERVICE: &str = "inference_service";
+    pub const NAMESPACE: &str = "namespace";
+    pub const POD: &str = "pod";
+}

@@ -1,0 +1,233 @@
+//! `spec.runtime`: how the sidecar runs the model. Every default is a constant in [`defaults`],
+//! written into the field's documentation (checked by a test), so `kubectl explain` and the
+//! sidecar say the same thing.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::DURATION_PATTERN;
+use crate::quantity::Quantity;
+
+/// The values the sidecar uses for what the spec leaves out.
+pub mod defaults {
+    /// `runtime.batching.maxBatchTokens`.
+    pub const MAX_BATCH_TOKENS: u32 = 16384;
+    /// `runtime.batching.maxBatchRequests`.
+    pub const MAX_BATCH_REQUESTS: u32 = 32;
+    /// `runtime.batching.maxQueueDelay`.
+    pub const MAX_QUEUE_DELAY_TEXT: &str = "0s";
+    /// `runtime.batching.maxQueueSize` and `runtime.generation.maxQueueSize`.
+    pub const MAX_QUEUE_SIZE: u32 = 256;
+    /// `runtime.generation.maxConcurrentSequences`.
+    pub const MAX_CONCURRENT_SEQUENCES: u32 = 16;
+    /// `runtime.generation.kvCacheMemory`.
+    pub const KV_CACHE_MEMORY: &str = "256Mi";
+    /// `runtime.generation.blockSize`.
+    pub const BLOCK_SIZE: u32 = 16;
+    /// `runtime.generation.maxNewTokens`.
+    pub const MAX_NEW_TOKENS: u32 = 256;
+    /// `model.normalize`.
+    pub const NORMALIZE: bool = true;
+
+    /// The longest `runtime.batching.maxQueueDelay` allowed (a bound, not a default), as CEL
+    /// reads it in the CRD's rule and as the sidecar checks it.
+    pub const MAX_QUEUE_DELAY_BOUND_TEXT: &str = "1m";
+    pub const MAX_QUEUE_DELAY_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+}
+
+/// How the sidecar runs the model.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// The sidecar image, overriding the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    /// The inference engine: `onnx` (ONNX Runtime) for `onnx` models, `candle` for
+    /// `safetensors` and `gguf`. Default: from the model's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    /// Threads the engine may use. Default: the CPUs the container may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub threads: Option<u32>,
+    /// Dynamic batching of encoder requests (`embed`, `classify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingSpec>,
+    /// Continuous batching and the KV cache for `generate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSpec>,
+    /// Weight quantization: `none` or `int8` (an int8 ONNX file: `onnx` models only). Default:
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<Quantize>,
+}
+
+/// The inference engine.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Onnx,
+    Candle,
+}
+
+/// Weight quantization.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantize {
+    #[default]
+    None,
+    Int8,
+}
+
+/// Encoder batching: requests wait in a bounded queue and are grouped into batches by a token
+/// budget; each batch is padded to its longest member.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingSpec {
+    /// The most tokens in one batch, padding included. Default: 16384, lowered at start to the
+    /// most efficient batch the sidecar measures when this is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_batch_tokens: Option<u32>,
+    /// The most requests in one batch. Default: 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_batch_requests: Option<u32>,
+    /// How long the first request of a batch may wait for others to join (a Go duration such as
+    /// `2ms`, at most one minute). Zero sends a batch as soon as the engine is free. Default: 0s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        pattern(DURATION_PATTERN),
+        transform = crate::rules::queue_delay_rules
+    )]
+    pub max_queue_delay: Option<String>,
+    /// The most requests waiting; beyond it the sidecar answers 429 with `Retry-After`.
+    /// Default: 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_queue_size: Option<u32>,
+}
+
+/// Generation: continuous batching over a paged KV cache.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationSpec {
+    /// The most sequences decoded together in one step. Default: 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_concurrent_sequences: Option<u32>,
+    /// Memory for the KV cache (a quantity such as `512Mi` or `1e9`); it sets how many blocks
+    /// exist. Default: 256Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_memory: Option<Quantity>,
+    /// Tokens per KV cache block. Default: 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub block_size: Option<u32>,
+    /// The most tokens one request may generate; requests asking for more are rejected.
+    /// Default: 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 131072))]
+    pub max_new_tokens: Option<u32>,
+    /// The most requests waiting for a place in the running batch; beyond it the sidecar answers
+    /// 429 with `Retry-After`. Default: 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_queue_size: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelSpec;
+    use serde_json::Value;
+
+    /// The description of `field` in the schema of `T`.
+    fn description<T: JsonSchema>(field: &str) -> String {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap();
+        schema["properties"][field]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} has no description"))
+            .to_string()
+    }
+
+    /// `kubectl explain` shows what the sidecar does: each documented default is the constant.
+    #[test]
+    fn documented_defaults_are_the_constants() {
+        let cases: Vec<(String, String)> = vec![
+            (
+                description::<BatchingSpec>("maxBatchTokens"),
+                defaults::MAX_BATCH_TOKENS.to_string(),
+            ),
+            (
+                description::<BatchingSpec>("maxBatchRequests"),
+                defaults::MAX_BATCH_REQUESTS.to_string(),
+            ),
+            (
+                description::<BatchingSpec>("maxQueueDelay"),
+                defaults::MAX_QUEUE_DELAY_TEXT.to_string(),
+            ),
+            (
+                description::<BatchingSpec>("maxQueueSize"),
+                defaults::MAX_QUEUE_SIZE.to_string(),
+            ),
+            (
+                description::<GenerationSpec>("maxConcurrentSequences"),
+                defaults::MAX_CONCURRENT_SEQUENCES.to_string(),
+            ),
+            (
+                description::<GenerationSpec>("kvCacheMemory"),
+                defaults::KV_CACHE_MEMORY.to_string(),
+            ),
+            (
+                description::<GenerationSpec>("blockSize"),
+                defaults::BLOCK_SIZE.to_string(),
+            ),
+            (
+                description::<GenerationSpec>("maxNewTokens"),
+                defaults::MAX_NEW_TOKENS.to_string(),
+            ),
+            (
+                description::<GenerationSpec>("maxQueueSize"),
+                defaults::MAX_QUEUE_SIZE.to_string(),
+            ),
+            (
+                description::<ModelSpec>("normalize"),
+                defaults::NORMALIZE.to_string(),
+            ),
+        ];
+        for (text, value) in cases {
+            assert!(
+                text.contains(&format!("Default: {value}")),
+                "{text:?} should say `Default: {value}`"
+            );
+        }
+    }
+
+    #[test]
+    fn duration_constants_agree_with_their_text() {
+        use crate::duration::parse_duration;
+        assert_eq!(
+            parse_duration(defaults::MAX_QUEUE_DELAY_BOUND_TEXT),
+            Ok(defaults::MAX_QUEUE_DELAY_BOUND)
+        );
+        assert!(parse_duration(defaults::MAX_QUEUE_DELAY_TEXT).is_ok());
+        assert!(crate::quantity::parse_quantity(defaults::KV_CACHE_MEMORY).is_ok());
+    }
+
+    #[test]
+    fn the_queue_delay_rule_is_on_its_field() {
+        let schema = serde_json::to_value(schemars::schema_for!(BatchingSpec)).unwrap();
+        let rules = &schema["properties"]["maxQueueDelay"]["x-kubernetes-validations"];
+        assert!(
+            matches!(rules, Value::Array(list) if list.len() == 1),
+            "{rules}"
+        );
+    }
+}
