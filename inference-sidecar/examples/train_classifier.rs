@@ -14,7 +14,7 @@ use clap::Parser;
 use lexserve_sidecar::classifier_training::{read_examples, train_head, write_classifier_dir};
 use lexserve_sidecar::cli::ServeArgs;
 use lexserve_sidecar::config::{ConfigFile, ServeConfig};
-use lexserve_sidecar::pipeline::Pipeline;
+use lexserve_sidecar::encoder::pipeline::Pipeline;
 
 #[derive(Parser)]
 struct Args {

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::artifacts::HEAD_FILE;
-use crate::head::{HeadError, LinearHead, softmax};
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::encoder::artifacts::HEAD_FILE;
+use crate::encoder::head::{HeadError, LinearHead, softmax};
+use crate::encoder::pipeline::{Pipeline, PipelineError};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -99,7 +99,7 @@ pub fn train_head(
         .zip(&targets)
         .filter(|(x, y)| {
             let p = softmax(&head.logits(x));
-            crate::service::argmax(&p).map(|(i, _)| i) == Some(**y)
+            crate::encoder::service::argmax(&p).map(|(i, _)| i) == Some(**y)
         })
         .count();
     Ok(TrainedHead {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use common::{Sidecar, candle_embed_args, client, minilm_dir, serve_config};
 use lexserve_sidecar::classifier_training::{read_examples, train_head, write_classifier_dir};
-use lexserve_sidecar::pipeline::Pipeline;
+use lexserve_sidecar::encoder::pipeline::Pipeline;
 use serde_json::{Value, json};
 
 fn data(name: &str) -> PathBuf {

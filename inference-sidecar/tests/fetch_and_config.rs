@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Sidecar, client, minilm_dir, minilm_int8_onnx, ort_dylib};
-use lexserve_sidecar::digest::path_sha256;
+use lexserve_sidecar::fetch::digest::path_sha256;
 use serde_json::json;
 
 fn fetch(args: &[&str]) -> (Option<i32>, String) {

@@ -17,8 +17,8 @@ use axum::extract::Path as UrlPath;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lexserve_sidecar::digest::{path_sha256, to_hex};
-use lexserve_sidecar::remote::sigv4::{self, Credentials};
+use lexserve_sidecar::fetch::digest::{path_sha256, to_hex};
+use lexserve_sidecar::fetch::remote::sigv4::{self, Credentials};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -83,7 +83,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Every file under `dir` (relative path → bytes).
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    lexserve_sidecar::digest::list_files(dir)
+    lexserve_sidecar::fetch::digest::list_files(dir)
         .unwrap()
         .into_iter()
         .map(|name| {

@@ -1,6 +1,6 @@
 //! Inference engines behind one trait. A backend turns a padded batch of token ids into the model's raw
 //! output; pooling, normalisation and classification heads are applied afterwards by
-//! [`crate::head::OutputHead`], identically for every engine, so two backends over the same weights can
+//! [`crate::encoder::head::OutputHead`], identically for every engine, so two backends over the same weights can
 //! be compared number for number.
 
 pub mod candle;
@@ -8,9 +8,9 @@ pub mod onnx;
 
 use thiserror::Error;
 
-use crate::artifacts::ModelFiles;
 use crate::config::{BackendKind, Task};
-use crate::tokenize::TokenizedText;
+use crate::encoder::artifacts::ModelFiles;
+use crate::encoder::tokenize::TokenizedText;
 
 #[derive(Debug, Error)]
 pub enum BackendError {

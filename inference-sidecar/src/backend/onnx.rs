@@ -14,8 +14,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, TensorElementType, ValueType};
 
 use super::{BackendError, Encoder, EncoderOutput, PaddedBatch};
-use crate::artifacts::ModelFiles;
 use crate::config::Task;
+use crate::encoder::artifacts::ModelFiles;
 
 /// ONNX Runtime allows one environment per process; every worker's session shares it. The library path
 /// that created it is remembered so a second, different path is reported rather than silently ignored.

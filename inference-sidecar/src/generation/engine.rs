@@ -22,7 +22,7 @@ use super::scheduler::{Scheduler, SchedulerLimits, SeqId, Step};
 use super::stopping::{StopCheck, StopMatcher};
 use super::tokenizer::{Detokenizer, GgufTokenizer};
 use crate::config::ServeConfig;
-use crate::digest::path_sha256;
+use crate::fetch::digest::path_sha256;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use super::body::parse_json;
 use super::error::ApiError;
 use super::server::AppState;
 use crate::config::Task;
-use crate::head::Inference;
-use crate::service::argmax;
+use crate::encoder::head::Inference;
+use crate::encoder::service::argmax;
 
 #[derive(Debug, Deserialize)]
 pub struct TextsRequest {
@@ -60,11 +60,11 @@ pub async fn embed(
         .into_iter()
         .map(|r| match r {
             Inference::Embedding(v) => Ok(v),
-            Inference::Classification { .. } => {
-                Err(ApiError::Service(crate::service::ServiceError::Internal(
+            Inference::Classification { .. } => Err(ApiError::Service(
+                crate::encoder::service::ServiceError::Internal(
                     "the model returned classes for an embedding request".into(),
-                )))
-            }
+                ),
+            )),
         })
         .collect::<Result<_, _>>()?;
     Ok(Json(EmbedResponse {
@@ -96,9 +96,11 @@ pub async fn predict(
     let mut probabilities = Vec::with_capacity(output.results.len());
     for result in output.results {
         let Inference::Classification { probabilities: p } = result else {
-            return Err(ApiError::Service(crate::service::ServiceError::Internal(
-                "the model returned an embedding for a classification request".into(),
-            )));
+            return Err(ApiError::Service(
+                crate::encoder::service::ServiceError::Internal(
+                    "the model returned an embedding for a classification request".into(),
+                ),
+            ));
         };
         let best = argmax(&p).map_or(0, |(i, _)| i);
         predictions.push(

@@ -12,7 +12,7 @@ use super::body::parse_json;
 use super::error::ApiError;
 use super::server::AppState;
 use crate::config::Task;
-use crate::head::Inference;
+use crate::encoder::head::Inference;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -114,9 +114,11 @@ pub async fn embeddings(
     let mut data = Vec::with_capacity(output.results.len());
     for (index, result) in output.results.into_iter().enumerate() {
         let Inference::Embedding(vector) = result else {
-            return Err(ApiError::Service(crate::service::ServiceError::Internal(
-                "the model returned classes for an embedding request".into(),
-            )));
+            return Err(ApiError::Service(
+                crate::encoder::service::ServiceError::Internal(
+                    "the model returned classes for an embedding request".into(),
+                ),
+            ));
         };
         if let Some(d) = request.dimensions
             && d != vector.len()

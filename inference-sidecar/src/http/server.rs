@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use super::error::ApiError;
 use super::{completions, generate, native, openai, v2};
 use crate::config::{BackendKind, ServeConfig};
+use crate::encoder::service::ModelService;
 use crate::metrics::{Metrics, RouteLabels};
-use crate::service::ModelService;
 
 #[derive(Debug, Error)]
 pub enum ServerError {

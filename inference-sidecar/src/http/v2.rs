@@ -14,8 +14,8 @@ use super::body::parse_json;
 use super::error::ApiError;
 use super::server::AppState;
 use crate::config::Task;
-use crate::head::Inference;
-use crate::service::argmax;
+use crate::encoder::head::Inference;
+use crate::encoder::service::argmax;
 
 #[derive(Debug, Deserialize)]
 pub struct InferInput {

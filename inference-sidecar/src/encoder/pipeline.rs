@@ -4,13 +4,13 @@
 
 use thiserror::Error;
 
-use crate::artifacts::{ArtifactError, ModelFiles, locate};
+use super::artifacts::{ArtifactError, ModelFiles, locate};
+use super::head::{HeadError, Inference, LinearHead, OutputHead};
+use super::tokenize::{TextTokenizer, TokenizeError};
 use crate::backend::{BackendError, Encoder, PaddedBatch, load_encoder};
 use crate::batching::BatchError;
 use crate::batching::worker::run_batch;
 use crate::config::{Pooling, ServeConfig, Task};
-use crate::head::{HeadError, Inference, LinearHead, OutputHead};
-use crate::tokenize::{TextTokenizer, TokenizeError};
 
 #[derive(Debug, Error)]
 pub enum PipelineError {

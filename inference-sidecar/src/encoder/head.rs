@@ -269,7 +269,7 @@ impl OutputHead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenize::TokenizedText;
+    use crate::encoder::tokenize::TokenizedText;
 
     fn batch(lens: &[usize]) -> PaddedBatch {
         let texts: Vec<TokenizedText> = lens

@@ -9,16 +9,16 @@ use std::sync::{Arc, RwLock};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use super::head::Inference;
+use super::pipeline::Pipeline;
+use super::tokenize::{TextTokenizer, TokenizedText};
 use crate::batching::queue::BatchLimits;
 use crate::batching::worker::serve_batches;
 use crate::batching::{BatchError, BatchQueue, SubmitError};
 use crate::config::{ServeConfig, Task};
 use crate::generation::Generator;
 use crate::generation::engine::Engine;
-use crate::head::Inference;
 use crate::metrics::{Metrics, ModelLabels};
-use crate::pipeline::Pipeline;
-use crate::tokenize::{TextTokenizer, TokenizedText};
 
 /// Errors a caller of the service can get; the HTTP layer maps each to a status once.
 #[derive(Debug, Error)]

@@ -1,0 +1,16 @@
+//! Serving encoders (embed, classify): from a model uri to answers.
+//!
+//! - [`artifacts`]: finding a model's files on disk (weights, tokenizer, pooling, head) and checking
+//!   its digest.
+//! - [`tokenize`]: text → token ids with the model's own tokenizer, padding and truncation set here.
+//! - [`head`]: pooling, normalisation and the classification head, the same for every backend.
+//! - [`pipeline`]: tokenizer → encoder ([`crate::backend`]) → head, loaded and warmed up as one.
+//! - [`service`]: the model service the HTTP layer talks to: loading in the background, readiness,
+//!   draining, and each request through the batching queue ([`crate::batching`]); for a decoder it
+//!   hands out the generation engine's handle ([`crate::generation`]) instead.
+
+pub mod artifacts;
+pub mod head;
+pub mod pipeline;
+pub mod service;
+pub mod tokenize;
