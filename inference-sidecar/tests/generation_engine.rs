@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use common::{FRANCE_CHATML, FRANCE_GOLDEN, smollm2_gguf};
 use lexserve_sidecar::generation::block_allocator::BlockId;
-use lexserve_sidecar::generation::engine::{
-    Engine, EngineConfig, LoadedGguf, load_gguf, load_gguf_with,
-};
+use lexserve_sidecar::generation::engine::{Engine, EngineConfig};
+use lexserve_sidecar::generation::gguf::{LoadedGguf, load_gguf, load_gguf_with};
 use lexserve_sidecar::generation::kv_cache::PagedKvCache;
 use lexserve_sidecar::generation::model::SeqChunk;
 use lexserve_sidecar::generation::model::Weights;
