@@ -16,8 +16,8 @@ use super::error::ApiError;
 use super::generate::{
     GenerationOptions, OptionFields, Started, build_request, collect, submit, tokenize_prompt,
 };
-use super::server::AppState;
 use super::sse::{Mapped, token_stream};
+use super::state::AppState;
 use crate::generation::GenerationEvent;
 use crate::generation::chat_template::ChatMessage;
 

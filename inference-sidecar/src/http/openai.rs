@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::parse_json;
 use super::error::ApiError;
-use super::server::AppState;
+use super::state::AppState;
 use crate::config::Task;
 use crate::encoder::head::Inference;
 

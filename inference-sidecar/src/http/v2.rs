@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::body::parse_json;
 use super::error::ApiError;
-use super::server::AppState;
+use super::state::AppState;
 use crate::config::Task;
 use crate::encoder::head::Inference;
 use crate::encoder::service::argmax;
