@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use thiserror::Error;
 
-use crate::backend::{EncoderOutput, PaddedBatch};
+use super::backend::{EncoderOutput, PaddedBatch};
 use crate::config::{Pooling, Task};
 
 #[derive(Debug, Error)]

@@ -5,11 +5,11 @@
 use thiserror::Error;
 
 use super::artifacts::{ArtifactError, ModelFiles, locate};
+use super::backend::{BackendError, Encoder, PaddedBatch, load_encoder};
+use super::batching::BatchError;
+use super::batching::worker::run_batch;
 use super::head::{HeadError, Inference, LinearHead, OutputHead};
 use super::tokenize::{TextTokenizer, TokenizeError};
-use crate::backend::{BackendError, Encoder, PaddedBatch, load_encoder};
-use crate::batching::BatchError;
-use crate::batching::worker::run_batch;
 use crate::config::{Pooling, ServeConfig, Task};
 
 #[derive(Debug, Error)]
@@ -90,7 +90,7 @@ impl Pipeline {
                 };
                 let probe = pipeline.encoder.forward(&batch)?;
                 let classes = match probe {
-                    crate::backend::EncoderOutput::Logits { classes, .. } => classes,
+                    super::backend::EncoderOutput::Logits { classes, .. } => classes,
                     _ => 0,
                 };
                 pipeline.head = OutputHead {

@@ -9,12 +9,12 @@ use std::sync::{Arc, RwLock};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use super::batching::queue::BatchLimits;
+use super::batching::worker::serve_batches;
+use super::batching::{BatchError, BatchQueue, SubmitError};
 use super::head::Inference;
 use super::pipeline::Pipeline;
 use super::tokenize::{TextTokenizer, TokenizedText};
-use crate::batching::queue::BatchLimits;
-use crate::batching::worker::serve_batches;
-use crate::batching::{BatchError, BatchQueue, SubmitError};
 use crate::config::{ServeConfig, Task};
 use crate::generation::Generator;
 use crate::generation::engine::Engine;
@@ -466,14 +466,14 @@ const TUNING_TEXT: &str = "Serving a language model well means batching requests
     caches, and then each text in it costs more than it would in a smaller batch, which is why the \
     server measures this once when it starts.";
 
-/// Runs the warm-up sweep ([`crate::batching::tune`]) and returns the efficient token budget
+/// Runs the warm-up sweep ([`super::batching::tune`]) and returns the efficient token budget
 /// (`usize::MAX`, no cap, if it could not be measured).
 fn tune_batch_size(pipeline: &mut Pipeline, config: &ServeConfig) -> usize {
     let Ok(sample) = pipeline.tokenizer.encode(TUNING_TEXT) else {
         return usize::MAX;
     };
     let pad_id = pipeline.tokenizer.pad_id();
-    let tuned = crate::batching::tune::measure(
+    let tuned = super::batching::tune::measure(
         pipeline.encoder.as_mut(),
         &pipeline.head,
         &sample,

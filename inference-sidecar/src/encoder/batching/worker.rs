@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::queue::{NextStep, plan};
 use super::{BatchError, BatchQueue, Job, Shared};
-use crate::backend::{Encoder, PaddedBatch};
+use crate::encoder::backend::{Encoder, PaddedBatch};
 use crate::encoder::head::{Inference, OutputHead};
 
 /// Runs one batch through the encoder and the head. Panics inside a backend are caught and turned into

@@ -1,6 +1,6 @@
 //! Inference engines behind one trait. A backend turns a padded batch of token ids into the model's raw
 //! output; pooling, normalisation and classification heads are applied afterwards by
-//! [`crate::encoder::head::OutputHead`], identically for every engine, so two backends over the same weights can
+//! [`super::head::OutputHead`], identically for every engine, so two backends over the same weights can
 //! be compared number for number.
 
 pub mod candle;

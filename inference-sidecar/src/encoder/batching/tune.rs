@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use super::worker::run_batch;
-use crate::backend::{Encoder, PaddedBatch};
+use crate::encoder::backend::{Encoder, PaddedBatch};
 use crate::encoder::head::OutputHead;
 use crate::encoder::tokenize::TokenizedText;
 
