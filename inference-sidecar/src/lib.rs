@@ -1,7 +1,6 @@
 //! lexserve-sidecar: the lexserve data plane. `serve` runs a model behind an HTTP API with dynamic
 //! batching and Prometheus metrics; `fetch` copies a model into the serving volume and verifies it.
 
-pub mod classifier_training;
 pub mod cli;
 pub mod config;
 pub mod encoder;

@@ -5,8 +5,11 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::classifier_training::{
+    fit_linear_head, read_examples, train_head, write_classifier_dir,
+};
 use common::{Sidecar, candle_embed_args, client, minilm_dir, serve_config};
-use lexserve_sidecar::classifier_training::{read_examples, train_head, write_classifier_dir};
+use lexserve_sidecar::encoder::head::softmax;
 use lexserve_sidecar::encoder::pipeline::Pipeline;
 use serde_json::{Value, json};
 
@@ -14,6 +17,22 @@ fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("data/sentiment")
         .join(name)
+}
+
+#[test]
+fn training_separates_separable_data() {
+    let features = vec![
+        vec![1.0, 0.0],
+        vec![0.9, 0.1],
+        vec![0.0, 1.0],
+        vec![0.1, 0.9],
+    ];
+    let labels = vec![0, 0, 1, 1];
+    let head = fit_linear_head(&features, &labels, 2, 200, 1.0, 0.0);
+    for (x, &y) in features.iter().zip(&labels) {
+        let p = softmax(&head.logits(x));
+        assert!(p[y] > 0.5);
+    }
 }
 
 #[tokio::test]

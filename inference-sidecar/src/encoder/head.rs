@@ -1,7 +1,6 @@
 //! What turns an encoder's raw output into the task's answer: pooling, L2 normalisation, an optional
 //! linear classification head, softmax. Shared by every backend so they agree by construction.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -14,8 +13,6 @@ use crate::config::{Pooling, Task};
 pub enum HeadError {
     #[error("cannot read classification head {path}: {message}")]
     Load { path: String, message: String },
-    #[error("cannot write classification head {path}: {message}")]
-    Save { path: String, message: String },
     #[error("{0}")]
     Mismatch(String),
 }
@@ -73,23 +70,6 @@ impl LinearHead {
         })
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), HeadError> {
-        let err = |message: String| HeadError::Save {
-            path: path.display().to_string(),
-            message,
-        };
-        let weight = Tensor::from_vec(
-            self.weight.clone(),
-            (self.classes, self.hidden),
-            &Device::Cpu,
-        )
-        .map_err(|e| err(e.to_string()))?;
-        let bias = Tensor::from_vec(self.bias.clone(), self.classes, &Device::Cpu)
-            .map_err(|e| err(e.to_string()))?;
-        let tensors = HashMap::from([("weight".to_string(), weight), ("bias".to_string(), bias)]);
-        candle_core::safetensors::save(&tensors, path).map_err(|e| err(e.to_string()))
-    }
-
     pub fn logits(&self, features: &[f32]) -> Vec<f32> {
         (0..self.classes)
             .map(|c| {
@@ -97,48 +77,6 @@ impl LinearHead {
                 self.bias[c] + row.iter().zip(features).map(|(w, x)| w * x).sum::<f32>()
             })
             .collect()
-    }
-
-    /// Multinomial logistic regression by full-batch gradient descent from zero: deterministic, so the
-    /// same data always gives the same head. `features` are the encoder's pooled (and normalised)
-    /// embeddings, exactly what the server feeds the head.
-    pub fn train(
-        features: &[Vec<f32>],
-        labels: &[usize],
-        classes: usize,
-        epochs: usize,
-        learning_rate: f32,
-        l2: f32,
-    ) -> Self {
-        let hidden = features.first().map_or(0, Vec::len);
-        let mut head = Self {
-            classes,
-            hidden,
-            weight: vec![0.0; classes * hidden],
-            bias: vec![0.0; classes],
-        };
-        let n = features.len().max(1) as f32;
-        for _ in 0..epochs {
-            let mut grad_w = vec![0.0f32; classes * hidden];
-            let mut grad_b = vec![0.0f32; classes];
-            for (x, &y) in features.iter().zip(labels) {
-                let p = softmax(&head.logits(x));
-                for c in 0..classes {
-                    let g = p[c] - if c == y { 1.0 } else { 0.0 };
-                    grad_b[c] += g;
-                    for (gw, xi) in grad_w[c * hidden..(c + 1) * hidden].iter_mut().zip(x) {
-                        *gw += g * xi;
-                    }
-                }
-            }
-            for (w, g) in head.weight.iter_mut().zip(&grad_w) {
-                *w -= learning_rate * (g / n + l2 * *w);
-            }
-            for (b, g) in head.bias.iter_mut().zip(&grad_b) {
-                *b -= learning_rate * g / n;
-            }
-        }
-        head
     }
 }
 
@@ -299,22 +237,6 @@ mod tests {
         let p = softmax(&[1000.0, 1000.0, -1000.0]);
         assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-6);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn training_separates_separable_data() {
-        let features = vec![
-            vec![1.0, 0.0],
-            vec![0.9, 0.1],
-            vec![0.0, 1.0],
-            vec![0.1, 0.9],
-        ];
-        let labels = vec![0, 0, 1, 1];
-        let head = LinearHead::train(&features, &labels, 2, 200, 1.0, 0.0);
-        for (x, &y) in features.iter().zip(&labels) {
-            let p = softmax(&head.logits(x));
-            assert!(p[y] > 0.5);
-        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! started on a free port and stopped when dropped.
 #![allow(dead_code)]
 
+pub mod classifier_training;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
