@@ -61,6 +61,7 @@ pub struct Metrics {
     pub generated_tokens: Counter,
     pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
     pub preemptions: Counter,
+    pub kv_cache_block_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +91,7 @@ impl Metrics {
         let generated_tokens = Counter::default();
         let kv_cache_usage_ratio = Gauge::<f64, AtomicU64>::default();
         let preemptions = Counter::default();
+        let kv_cache_block_errors = Counter::default();
 
         registry.register(
             "lexserve_queue_size",
@@ -173,6 +175,11 @@ impl Metrics {
             "Sequences preempted (cache freed, recomputed later) because the KV cache ran out of blocks",
             preemptions.clone(),
         );
+        registry.register(
+            "lexserve_kv_cache_block_errors",
+            "KV cache blocks freed twice or leaked (a bookkeeping bug; debug builds stop instead)",
+            kv_cache_block_errors.clone(),
+        );
         Self {
             registry,
             queue_size,
@@ -192,6 +199,7 @@ impl Metrics {
             generated_tokens,
             kv_cache_usage_ratio,
             preemptions,
+            kv_cache_block_errors,
         }
     }
 
@@ -248,6 +256,7 @@ mod tests {
             "lexserve_generated_tokens_total ",
             "lexserve_kv_cache_usage_ratio ",
             "lexserve_preemptions_total ",
+            "lexserve_kv_cache_block_errors_total ",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -372,4 +372,9 @@ fn preempted_sequences_recompute_to_the_same_ids() {
         common::metric_value(&text, "lexserve_kv_cache_usage_ratio"),
         Some(0.0)
     );
+    assert_eq!(
+        common::metric_value(&text, "lexserve_kv_cache_block_errors_total"),
+        Some(0.0),
+        "preemption and recompute return every block once"
+    );
 }

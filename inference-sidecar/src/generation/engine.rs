@@ -255,7 +255,10 @@ impl Engine {
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
+        self.metrics
+            .kv_cache_block_errors
+            .inc_by(self.scheduler.take_block_errors());
         self.metrics
             .queue_size
             .set(self.scheduler.waiting_len() as i64);
