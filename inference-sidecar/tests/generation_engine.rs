@@ -330,8 +330,9 @@ fn sequences_joining_a_batch_at_different_steps_match_each_alone() {
     }
     // They really ran together: some step carried more than one sequence.
     let text = metrics.encode().unwrap();
-    let single = common::metric_value(&text, "lexserve_batch_size_bucket{le=\"1.0\"}").unwrap();
-    let all = common::metric_value(&text, "lexserve_batch_size_count").unwrap();
+    let single =
+        common::http::metric_value(&text, "lexserve_batch_size_bucket{le=\"1.0\"}").unwrap();
+    let all = common::http::metric_value(&text, "lexserve_batch_size_count").unwrap();
     assert!(all > single, "no multi-sequence step:\n{text}");
 }
 
@@ -365,15 +366,15 @@ fn preempted_sequences_recompute_to_the_same_ids() {
         .map(|r| finish(r, Vec::new(), String::new()).ids)
         .collect();
     let text = metrics.encode().unwrap();
-    let preemptions = common::metric_value(&text, "lexserve_preemptions_total").unwrap();
+    let preemptions = common::http::metric_value(&text, "lexserve_preemptions_total").unwrap();
     assert!(preemptions > 0.0, "the pool was meant to run out:\n{text}");
     assert_eq!(together, alone);
     assert_eq!(
-        common::metric_value(&text, "lexserve_kv_cache_usage_ratio"),
+        common::http::metric_value(&text, "lexserve_kv_cache_usage_ratio"),
         Some(0.0)
     );
     assert_eq!(
-        common::metric_value(&text, "lexserve_kv_cache_block_errors_total"),
+        common::http::metric_value(&text, "lexserve_kv_cache_block_errors_total"),
         Some(0.0),
         "preemption and recompute return every block once"
     );
