@@ -360,6 +360,15 @@ mod tests {
         }
     }
 
+    fn work(id: SeqId, from: usize, to: usize, sample: bool) -> Work {
+        Work {
+            id,
+            from,
+            to,
+            sample,
+        }
+    }
+
     /// Runs the step as a model would: every sampled sequence gets token 7.
     fn run(s: &mut Scheduler) -> Step {
         let step = s.schedule();
@@ -376,56 +385,16 @@ mod tests {
         let mut s = Scheduler::new(limits(4, 8, 4), 100);
         s.submit(1, vec![1; 3]);
         let step = run(&mut s);
-        assert_eq!(
-            step.work,
-            vec![Work {
-                id: 1,
-                from: 0,
-                to: 3,
-                sample: true
-            }]
-        );
+        assert_eq!(step.work, vec![work(1, 0, 3, true)]);
         assert_eq!(step.admitted, vec![1]);
         s.submit(2, vec![1; 20]);
         let step = run(&mut s);
         // Sequence 1 decodes one token; sequence 2 gets the other 7 of the budget.
-        assert_eq!(
-            step.work,
-            vec![
-                Work {
-                    id: 1,
-                    from: 3,
-                    to: 4,
-                    sample: true
-                },
-                Work {
-                    id: 2,
-                    from: 0,
-                    to: 7,
-                    sample: false
-                }
-            ]
-        );
+        assert_eq!(step.work, vec![work(1, 3, 4, true), work(2, 0, 7, false)]);
         let step = run(&mut s);
-        assert_eq!(
-            step.work[1],
-            Work {
-                id: 2,
-                from: 7,
-                to: 14,
-                sample: false
-            }
-        );
+        assert_eq!(step.work[1], work(2, 7, 14, false));
         let step = run(&mut s);
-        assert_eq!(
-            step.work[1],
-            Work {
-                id: 2,
-                from: 14,
-                to: 20,
-                sample: true
-            }
-        );
+        assert_eq!(step.work[1], work(2, 14, 20, true));
     }
 
     #[test]
@@ -462,15 +431,7 @@ mod tests {
         // When 1 finishes, 2 comes back and recomputes everything it had.
         s.remove(1);
         let step = run(&mut s);
-        assert_eq!(
-            step.work,
-            vec![Work {
-                id: 2,
-                from: 0,
-                to: 3,
-                sample: true
-            }]
-        );
+        assert_eq!(step.work, vec![work(2, 0, 3, true)]);
         assert!(step.admitted.is_empty(), "it was admitted before");
     }
 
