@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lexserve_sidecar::cli::ServeArgs;
 use lexserve_sidecar::config::{ConfigFile, ServeConfig};
-use lexserve_sidecar::pipeline::Pipeline;
+use lexserve_sidecar::encoder::pipeline::Pipeline;
 
 #[derive(Parser)]
 struct Args {

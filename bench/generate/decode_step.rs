@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use lexserve_sidecar::generation::block_allocator::BlockId;
-use lexserve_sidecar::generation::engine::load_gguf;
+use lexserve_sidecar::generation::gguf::load_gguf;
 use lexserve_sidecar::generation::kv_cache::PagedKvCache;
 use lexserve_sidecar::generation::model::SeqChunk;
 

@@ -128,6 +128,8 @@ pub mod metric {
     pub const GENERATED_TOKENS: &str = "lexserve_generated_tokens";
     pub const KV_CACHE_USAGE_RATIO: &str = "lexserve_kv_cache_usage_ratio";
     pub const PREEMPTIONS: &str = "lexserve_preemptions";
+    /// Refused KV block releases and leaked blocks: a scheduler bug, counted in release builds.
+    pub const KV_CACHE_BLOCK_ERRORS: &str = "lexserve_kv_cache_block_errors";
 
     /// The series that make up an InferenceService's load (waiting plus running requests): what
     /// the autoscalers act on.

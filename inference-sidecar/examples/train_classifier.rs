@@ -11,10 +11,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lexserve_sidecar::classifier_training::{read_examples, train_head, write_classifier_dir};
 use lexserve_sidecar::cli::ServeArgs;
 use lexserve_sidecar::config::{ConfigFile, ServeConfig};
-use lexserve_sidecar::pipeline::Pipeline;
+use lexserve_sidecar::encoder::pipeline::Pipeline;
+
+// Test support shared with tests/classify.rs rather than part of the server's library.
+#[path = "../tests/common/classifier_training.rs"]
+mod classifier_training;
+
+use classifier_training::{read_examples, train_head, write_classifier_dir};
 
 #[derive(Parser)]
 struct Args {

@@ -19,9 +19,7 @@ use thiserror::Error;
 use crate::cli::ServeArgs;
 pub use crate::uri::ModelUri;
 /// The spec's types, from the operator↔sidecar contract.
-pub use lexserve_contract::{
-    Backend as BackendKind, ModelFormat, ModelTask as Task, Pooling, Quantize,
-};
+pub use lexserve_contract::{Backend, ModelFormat, ModelTask, Pooling, Quantize};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -141,13 +139,13 @@ pub struct GenerationConfig {
 pub struct ServeConfig {
     pub model_uri: ModelUri,
     pub format: ModelFormat,
-    pub task: Task,
+    pub task: ModelTask,
     pub tokenizer: Option<ModelUri>,
     pub sha256: Option<String>,
     pub labels: Option<Vec<String>>,
     pub pooling: Option<Pooling>,
     pub normalize: bool,
-    pub backend: BackendKind,
+    pub backend: Backend,
     pub threads: usize,
     pub quantize: Quantize,
     pub batching: BatchingConfig,
@@ -205,7 +203,7 @@ impl ServeConfig {
         let task = args
             .task
             .or(model.as_ref().map(|m| m.task))
-            .unwrap_or(Task::Embed);
+            .unwrap_or(ModelTask::Embed);
 
         let sha256 = args
             .sha256
@@ -232,7 +230,7 @@ impl ServeConfig {
             if labels.iter().any(|l| l.trim().is_empty()) {
                 return Err(invalid("model.labels", "labels must not be blank"));
             }
-            if task != Task::Classify {
+            if task != ModelTask::Classify {
                 return Err(invalid("model.labels", "only applies to task classify"));
             }
         }
@@ -462,8 +460,8 @@ runtime:
         let file = ConfigFile::parse(YAML).unwrap();
         let config = ServeConfig::resolve(file, &args(&[])).unwrap();
         assert_eq!(config.model_uri, ModelUri::File("/models/minilm".into()));
-        assert_eq!(config.task, Task::Classify);
-        assert_eq!(config.backend, BackendKind::Candle);
+        assert_eq!(config.task, ModelTask::Classify);
+        assert_eq!(config.backend, Backend::Candle);
         assert_eq!(config.pooling, Some(Pooling::Cls));
         assert!(!config.normalize);
         assert_eq!(config.threads, 2);
@@ -496,7 +494,7 @@ runtime:
         )
         .unwrap();
         assert_eq!(by_flags.format, ModelFormat::Gguf);
-        assert_eq!(config.backend, BackendKind::Onnx);
+        assert_eq!(config.backend, Backend::Onnx);
         assert_eq!(config.quantize, Quantize::Int8);
         assert_eq!(config.model_name, "m");
         assert_eq!(

@@ -9,7 +9,7 @@ use lexserve_sidecar::fetch::fetch;
 use lexserve_sidecar::http::server::serve;
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEXSERVE_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(lexserve_contract::names::env::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()

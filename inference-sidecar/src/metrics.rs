@@ -5,6 +5,7 @@
 //! requests (waiting for admission, or in the running batch) — so "waiting + running" is the load a
 //! replica carries whatever the request sizes.
 
+use lexserve_contract::names::metric;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,6 +62,7 @@ pub struct Metrics {
     pub generated_tokens: Counter,
     pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
     pub preemptions: Counter,
+    pub kv_cache_block_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -90,88 +92,94 @@ impl Metrics {
         let generated_tokens = Counter::default();
         let kv_cache_usage_ratio = Gauge::<f64, AtomicU64>::default();
         let preemptions = Counter::default();
+        let kv_cache_block_errors = Counter::default();
 
         registry.register(
-            "lexserve_queue_size",
+            metric::QUEUE_SIZE,
             "Texts waiting in the batching queue",
             queue_size.clone(),
         );
         registry.register(
-            "lexserve_requests_running",
+            metric::REQUESTS_RUNNING,
             "Texts being worked on outside the queue: tokenized, in the running batch, or answered (with lexserve_queue_size, a request counts from admission to answer)",
             requests_running.clone(),
         );
         // The OpenMetrics encoder appends `_total` to counters.
         registry.register(
-            "lexserve_requests",
+            metric::REQUESTS,
             "HTTP requests by route and status code",
             requests_total.clone(),
         );
         registry.register(
-            "lexserve_request_duration_seconds",
+            metric::REQUEST_DURATION_SECONDS,
             "Time from receiving an inference request to answering it",
             request_duration.clone(),
         );
         registry.register(
-            "lexserve_queue_duration_seconds",
+            metric::QUEUE_DURATION_SECONDS,
             "Time a text waited in the queue before its batch started",
             queue_duration.clone(),
         );
         registry.register(
-            "lexserve_inference_duration_seconds",
+            metric::INFERENCE_DURATION_SECONDS,
             "Time the backend took per batch, post-processing included",
             inference_duration.clone(),
         );
-        registry.register("lexserve_batch_size", "Texts per batch", batch_size.clone());
+        registry.register(metric::BATCH_SIZE, "Texts per batch", batch_size.clone());
         registry.register(
-            "lexserve_batch_tokens",
+            metric::BATCH_TOKENS,
             "Padded tokens per batch (texts x longest text)",
             batch_tokens.clone(),
         );
         registry.register(
-            "lexserve_input_tokens",
+            metric::INPUT_TOKENS,
             "Tokens per input text after truncation",
             input_tokens.clone(),
         );
         registry.register(
-            "lexserve_predictions",
+            metric::PREDICTIONS,
             "Classifications by predicted class",
             predictions_total.clone(),
         );
         registry.register(
-            "lexserve_prediction_confidence",
+            metric::PREDICTION_CONFIDENCE,
             "Probability of the predicted class",
             prediction_confidence.clone(),
         );
         registry.register(
-            "lexserve_model_loaded",
+            metric::MODEL_LOADED,
             "1 when the model is loaded and warmed up",
             model_loaded.clone(),
         );
         registry.register(
-            "lexserve_time_to_first_token_seconds",
+            metric::TIME_TO_FIRST_TOKEN_SECONDS,
             "Time from receiving a generation request to its first generated token",
             time_to_first_token.clone(),
         );
         registry.register(
-            "lexserve_inter_token_latency_seconds",
+            metric::INTER_TOKEN_LATENCY_SECONDS,
             "Time between consecutive generated tokens of one sequence",
             inter_token_latency.clone(),
         );
         registry.register(
-            "lexserve_generated_tokens",
+            metric::GENERATED_TOKENS,
             "Tokens generated",
             generated_tokens.clone(),
         );
         registry.register(
-            "lexserve_kv_cache_usage_ratio",
+            metric::KV_CACHE_USAGE_RATIO,
             "Share of the KV cache's blocks held by sequences",
             kv_cache_usage_ratio.clone(),
         );
         registry.register(
-            "lexserve_preemptions",
+            metric::PREEMPTIONS,
             "Sequences preempted (cache freed, recomputed later) because the KV cache ran out of blocks",
             preemptions.clone(),
+        );
+        registry.register(
+            metric::KV_CACHE_BLOCK_ERRORS,
+            "KV cache blocks freed twice or leaked (a bookkeeping bug; debug builds stop instead)",
+            kv_cache_block_errors.clone(),
         );
         Self {
             registry,
@@ -192,6 +200,7 @@ impl Metrics {
             generated_tokens,
             kv_cache_usage_ratio,
             preemptions,
+            kv_cache_block_errors,
         }
     }
 
@@ -248,6 +257,7 @@ mod tests {
             "lexserve_generated_tokens_total ",
             "lexserve_kv_cache_usage_ratio ",
             "lexserve_preemptions_total ",
+            "lexserve_kv_cache_block_errors_total ",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

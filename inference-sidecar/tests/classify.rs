@@ -5,15 +5,36 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Sidecar, candle_embed_args, client, minilm_dir, serve_config};
-use lexserve_sidecar::classifier_training::{read_examples, train_head, write_classifier_dir};
-use lexserve_sidecar::pipeline::Pipeline;
-use serde_json::{Value, json};
+use common::classifier_training::{
+    fit_linear_head, read_examples, train_head, write_classifier_dir,
+};
+use common::http::post;
+use common::sidecar::Sidecar;
+use common::{candle_embed_args, minilm_dir, serve_config};
+use lexserve_sidecar::encoder::head::softmax;
+use lexserve_sidecar::encoder::pipeline::Pipeline;
+use serde_json::json;
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("data/sentiment")
         .join(name)
+}
+
+#[test]
+fn training_separates_separable_data() {
+    let features = vec![
+        vec![1.0, 0.0],
+        vec![0.9, 0.1],
+        vec![0.0, 1.0],
+        vec![0.1, 0.9],
+    ];
+    let labels = vec![0, 0, 1, 1];
+    let head = fit_linear_head(&features, &labels, 2, 200, 1.0, 0.0);
+    for (x, &y) in features.iter().zip(&labels) {
+        let p = softmax(&head.logits(x));
+        assert!(p[y] > 0.5);
+    }
 }
 
 #[tokio::test]
@@ -41,7 +62,7 @@ async fn trained_head_classifies_held_out_sentences() {
         trained.train_accuracy
     );
 
-    let sidecar = Sidecar::start(&[
+    let (sidecar, client) = Sidecar::start_ready(&[
         "--model-uri".into(),
         format!("file://{}", out.display()),
         "--model-format".into(),
@@ -50,22 +71,15 @@ async fn trained_head_classifies_held_out_sentences() {
         "classify".into(),
         "--model-name".into(),
         "sentiment".into(),
-    ]);
-    let client = client();
-    sidecar.wait_ready(&client).await;
+    ])
+    .await;
 
     let held_out = read_examples(&data("heldout.tsv")).unwrap();
     let texts: Vec<&str> = held_out.iter().map(|e| e.text.as_str()).collect();
     let mut predictions = Vec::new();
     for chunk in texts.chunks(8) {
-        let response = client
-            .post(sidecar.url("/predict"))
-            .json(&json!({"texts": chunk}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
+        let (status, body) = post(&client, sidecar.url("/predict"), json!({"texts": chunk})).await;
+        assert_eq!(status, 200, "{body}");
         assert_eq!(body["labels"], json!(["neg", "pos"]));
         for (prediction, probabilities) in body["predictions"]
             .as_array()
@@ -90,32 +104,19 @@ async fn trained_head_classifies_held_out_sentences() {
     );
 
     // The v2 protocol answers with probabilities and labels; /embed is the wrong task here.
-    let response = client
-        .post(sidecar.url("/v2/models/sentiment/infer"))
-        .json(&json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["I love it"]}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v2/models/sentiment/infer"),
+        json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["I love it"]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["outputs"][0]["shape"], json!([1, 2]));
     assert_eq!(body["outputs"][1]["data"], json!(["pos"]));
-    let response = client
-        .post(sidecar.url("/embed"))
-        .json(&json!({"texts": ["a"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
+    let (status, _) = post(&client, sidecar.url("/embed"), json!({"texts": ["a"]})).await;
+    assert_eq!(status, 400);
 
-    let metrics = client
-        .get(sidecar.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sidecar.metrics(&client).await;
     assert!(
         metrics.contains("lexserve_predictions_total{class=\"pos\"}"),
         "{metrics}"

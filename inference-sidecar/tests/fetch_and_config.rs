@@ -6,28 +6,12 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Sidecar, client, minilm_dir, minilm_int8_onnx, ort_dylib};
-use lexserve_sidecar::digest::path_sha256;
+use common::fetch::{Outcome, fetch, fetch_into, scratch};
+use common::http::{client, post};
+use common::sidecar::Sidecar;
+use common::{minilm_dir, minilm_int8_onnx, ort_dylib};
+use lexserve_sidecar::fetch::digest::path_sha256;
 use serde_json::json;
-
-fn fetch(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_lexserve-sidecar"))
-        .arg("fetch")
-        .args(args)
-        .output()
-        .expect("run fetch");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("lexserve-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 #[test]
 fn fetch_copies_a_directory_and_verifies_its_digest() {
@@ -47,14 +31,9 @@ fn fetch_copies_a_directory_and_verifies_its_digest() {
     let dest = scratch("fetch-dest");
 
     let uri = format!("file://{}", source.display());
-    let (code, logs) = fetch(&[
-        "--uri",
-        &uri,
-        "--dest",
-        dest.to_str().unwrap(),
-        "--sha256",
-        &digest,
-    ]);
+    let Outcome {
+        code, stderr: logs, ..
+    } = fetch_into(&uri, &dest, Some(&digest), &[]);
     assert_eq!(code, Some(0), "{logs}");
     assert!(dest.join("1_Pooling/config.json").is_file());
     assert_eq!(path_sha256(&dest).unwrap(), digest);
@@ -63,28 +42,28 @@ fn fetch_copies_a_directory_and_verifies_its_digest() {
     let root = source.parent().unwrap();
     let claim_uri = format!("pvc://{}/", source.file_name().unwrap().to_str().unwrap());
     let dest2 = scratch("fetch-dest2");
-    let (code, logs) = fetch(&[
-        "--uri",
-        &claim_uri,
-        "--dest",
-        dest2.to_str().unwrap(),
-        "--pvc-root",
-        root.to_str().unwrap(),
-        "--sha256",
-        &digest,
-    ]);
+    let Outcome {
+        code, stderr: logs, ..
+    } = fetch(
+        &[
+            "--uri",
+            &claim_uri,
+            "--dest",
+            dest2.to_str().unwrap(),
+            "--pvc-root",
+            root.to_str().unwrap(),
+            "--sha256",
+            &digest,
+        ],
+        &[],
+    );
     assert_eq!(code, Some(0), "{logs}");
 
     // A wrong digest fails, says so, and leaves nothing half-trusted behind.
     let dest3 = scratch("fetch-dest3");
-    let (code, logs) = fetch(&[
-        "--uri",
-        &uri,
-        "--dest",
-        dest3.to_str().unwrap(),
-        "--sha256",
-        &"0".repeat(64),
-    ]);
+    let Outcome {
+        code, stderr: logs, ..
+    } = fetch_into(&uri, &dest3, Some(&"0".repeat(64)), &[]);
     assert_eq!(code, Some(1));
     assert!(logs.contains("sha256 mismatch"), "{logs}");
     assert!(!dest3.join("tokenizer.json").exists());
@@ -100,14 +79,9 @@ fn fetch_copies_a_single_file() {
     let source = minilm_dir().join("tokenizer.json");
     let digest = path_sha256(&source).unwrap();
     let uri = format!("file://{}", source.display());
-    let (code, logs) = fetch(&[
-        "--uri",
-        &uri,
-        "--dest",
-        dest.to_str().unwrap(),
-        "--sha256",
-        &digest,
-    ]);
+    let Outcome {
+        code, stderr: logs, ..
+    } = fetch_into(&uri, &dest, Some(&digest), &[]);
     assert_eq!(code, Some(0), "{logs}");
     assert_eq!(path_sha256(&dest.join("tokenizer.json")).unwrap(), digest);
     let _ = std::fs::remove_dir_all(dest);
@@ -124,7 +98,9 @@ fn fetch_rejects_what_it_cannot_do() {
         ("file:///does/not/exist", "does not exist"),
         ("relative/path", "invalid model uri"),
     ] {
-        let (code, logs) = fetch(&["--uri", uri, "--dest", dest.to_str().unwrap()]);
+        let Outcome {
+            code, stderr: logs, ..
+        } = fetch_into(uri, &dest, None, &[]);
         assert_eq!(code, Some(1), "{uri}");
         assert!(logs.contains(message), "{uri}: {logs}");
     }
@@ -176,15 +152,13 @@ runtime:
     );
     let client = client();
     sidecar.wait_ready(&client).await;
-    let body: serde_json::Value = client
-        .post(sidecar.url("/v1/embeddings"))
-        .json(&json!({"input": "hello there", "model": "from-env"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v1/embeddings"),
+        json!({"input": "hello there", "model": "from-env"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let v: Vec<f32> = serde_json::from_value(body["data"][0]["embedding"].clone()).unwrap();
     let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!(

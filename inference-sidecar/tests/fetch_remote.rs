@@ -4,6 +4,8 @@
 //! install it. The Hub is a small axum server here that serves the two endpoints `fetch` uses, with
 //! the Hub's answers for a missing or refused token.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,73 +19,18 @@ use axum::extract::Path as UrlPath;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lexserve_sidecar::digest::{path_sha256, to_hex};
-use lexserve_sidecar::remote::sigv4::{self, Credentials};
+use common::fetch::{Outcome, fetch_into, scratch};
+use lexserve_sidecar::fetch::digest::{path_sha256, to_hex};
+use lexserve_sidecar::fetch::remote::sigv4::{self, Credentials};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
-// Running `fetch`
-
-struct Outcome {
-    code: Option<i32>,
-    stderr: String,
-    /// What the process wrote to its termination log.
-    termination: String,
-}
-
-/// Runs `lexserve-sidecar fetch` with `env` on top of an environment cleared of every setting that
-/// could change its behaviour, and a termination log in `scratch`.
-fn fetch(args: &[&str], env: &[(&str, &str)], scratch: &Path) -> Outcome {
-    let log = scratch.join("termination-log");
-    let _ = std::fs::remove_file(&log);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lexserve-sidecar"));
-    command.arg("fetch").args(args);
-    for var in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_ENDPOINT",
-        "LEXSERVE_MODEL_SHA256",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        command.env_remove(var);
-    }
-    command
-        .env("LEXSERVE_TERMINATION_LOG", &log)
-        .env("NO_PROXY", "127.0.0.1,localhost");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let output = command.output().expect("run lexserve-sidecar fetch");
-    Outcome {
-        code: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        termination: std::fs::read_to_string(&log).unwrap_or_default(),
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lexserve-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+// Files
 
 /// Every file under `dir` (relative path → bytes).
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    lexserve_sidecar::digest::list_files(dir)
+    lexserve_sidecar::fetch::digest::list_files(dir)
         .unwrap()
         .into_iter()
         .map(|name| {
@@ -274,6 +221,23 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A directory fetch of `uri` that succeeded: `dest` holds exactly the files of `expected_dir`,
+/// its top level is `top` and nothing else (no staging left behind), and the verified digest went
+/// to the termination log.
+fn assert_fetched_dir(
+    uri: &str,
+    out: &Outcome,
+    dest: &Path,
+    expected_dir: &Path,
+    top: &[&str],
+    digest: &str,
+) {
+    assert_eq!(out.code, Some(0), "{uri}: {}", out.stderr);
+    assert!(tree(dest) == tree(expected_dir), "{:?}", tree(dest).keys());
+    assert_eq!(entries(dest), top);
+    assert_eq!(out.termination, format!("sha256:{digest}"));
+}
+
 #[test]
 fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
     let moto = Moto::start("fetch", None);
@@ -301,17 +265,11 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
     // One object lands as DEST/<name>, verified, and its digest goes to the termination log.
     let dest = work.join("single");
     let digest = sha256_hex(&model);
-    let out = fetch(
-        &[
-            "--uri",
-            "s3://models/minilm/v1/model.onnx",
-            "--dest",
-            dest.to_str().unwrap(),
-            "--sha256",
-            &digest,
-        ],
+    let out = fetch_into(
+        "s3://models/minilm/v1/model.onnx",
+        &dest,
+        Some(&digest),
         &env,
-        &work,
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(std::fs::read(dest.join("model.onnx")).unwrap() == model);
@@ -323,58 +281,30 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
     write_tree(&expected_dir, &files);
     let dir_digest = path_sha256(&expected_dir).unwrap();
     let dest = work.join("prefix");
-    let out = fetch(
-        &[
-            "--uri",
-            "s3://models/minilm/v1/",
-            "--dest",
-            dest.to_str().unwrap(),
-            "--sha256",
-            &dir_digest,
-        ],
-        &env,
-        &work,
+    let uri = "s3://models/minilm/v1/";
+    let out = fetch_into(uri, &dest, Some(&dir_digest), &env);
+    assert_fetched_dir(
+        uri,
+        &out,
+        &dest,
+        &expected_dir,
+        &["1_Pooling", "model.onnx", "notes", "tokenizer.json"],
+        &dir_digest,
     );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        tree(&dest) == tree(&expected_dir),
-        "{:?}",
-        tree(&dest).keys()
-    );
-    assert_eq!(
-        entries(&dest),
-        ["1_Pooling", "model.onnx", "notes", "tokenizer.json"]
-    );
-    assert_eq!(out.termination, format!("sha256:{dir_digest}"));
 
     // Without --sha256 the digest is computed and still reported.
     let dest = work.join("unpinned");
-    let out = fetch(
-        &[
-            "--uri",
-            "s3://models/minilm/v10/other.onnx",
-            "--dest",
-            dest.to_str().unwrap(),
-        ],
-        &env,
-        &work,
-    );
+    let out = fetch_into("s3://models/minilm/v10/other.onnx", &dest, None, &env);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.termination, format!("sha256:{}", sha256_hex(b"other")));
 
     // A wrong digest fails, says so, and leaves nothing behind (not even a partial download).
     let dest = work.join("mismatch");
-    let out = fetch(
-        &[
-            "--uri",
-            "s3://models/minilm/v1/model.onnx",
-            "--dest",
-            dest.to_str().unwrap(),
-            "--sha256",
-            &"0".repeat(64),
-        ],
+    let out = fetch_into(
+        "s3://models/minilm/v1/model.onnx",
+        &dest,
+        Some(&"0".repeat(64)),
         &env,
-        &work,
     );
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("sha256 mismatch"), "{}", out.stderr);
@@ -388,11 +318,7 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
     // A missing object or bucket is "not found", with the hint about prefixes.
     for uri in ["s3://models/minilm/v1", "s3://no-such-bucket/model.onnx"] {
         let dest = work.join("missing");
-        let out = fetch(
-            &["--uri", uri, "--dest", dest.to_str().unwrap()],
-            &env,
-            &work,
-        );
+        let out = fetch_into(uri, &dest, None, &env);
         assert_eq!(out.code, Some(1), "{uri}");
         assert!(
             out.stderr.contains(&format!("not found: {uri}")),
@@ -407,16 +333,7 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
         assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
     }
     let dest = work.join("missing");
-    let out = fetch(
-        &[
-            "--uri",
-            "s3://models/nothing/here/",
-            "--dest",
-            dest.to_str().unwrap(),
-        ],
-        &env,
-        &work,
-    );
+    let out = fetch_into("s3://models/nothing/here/", &dest, None, &env);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr.contains("has no files to download"),
@@ -432,15 +349,11 @@ fn s3_without_credentials_names_the_variables() {
     let work = scratch("s3-nocreds");
     let dest = work.join("dest");
     // No server is needed: the check comes before any request.
-    let out = fetch(
-        &[
-            "--uri",
-            "s3://models/model.onnx",
-            "--dest",
-            dest.to_str().unwrap(),
-        ],
+    let out = fetch_into(
+        "s3://models/model.onnx",
+        &dest,
+        None,
         &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
-        &work,
     );
     assert_eq!(out.code, Some(1));
     assert!(
@@ -468,16 +381,7 @@ fn s3_refused_credentials_say_to_check_the_secret() {
     let dest = work.join("dest");
     let mut env = s3_env(&moto);
     env[0].1 = "AKIAUNKNOWNKEY000000".into();
-    let out = fetch(
-        &[
-            "--uri",
-            "s3://secure/model.onnx",
-            "--dest",
-            dest.to_str().unwrap(),
-        ],
-        &as_refs(&env),
-        &work,
-    );
+    let out = fetch_into("s3://secure/model.onnx", &dest, None, &as_refs(&env));
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr
@@ -608,29 +512,20 @@ fn hf_fetches_a_repository_at_a_revision() {
     for uri in ["hf://lexserve/minilm", "hf://lexserve/minilm@v1.0"] {
         let dest = work.join("dest");
         let _ = std::fs::remove_dir_all(&dest);
-        let out = fetch(
-            &[
-                "--uri",
-                uri,
-                "--dest",
-                dest.to_str().unwrap(),
-                "--sha256",
-                &digest,
-            ],
+        let out = fetch_into(
+            uri,
+            &dest,
+            Some(&digest),
             &[("HF_ENDPOINT", hub()), ("HF_TOKEN", HF_TOKEN)],
-            &work,
         );
-        assert_eq!(out.code, Some(0), "{uri}: {}", out.stderr);
-        assert!(
-            tree(&dest) == tree(&expected_dir),
-            "{:?}",
-            tree(&dest).keys()
+        assert_fetched_dir(
+            uri,
+            &out,
+            &dest,
+            &expected_dir,
+            &["1_Pooling", "config.json", "model.safetensors"],
+            &digest,
         );
-        assert_eq!(
-            entries(&dest),
-            ["1_Pooling", "config.json", "model.safetensors"]
-        );
-        assert_eq!(out.termination, format!("sha256:{digest}"));
     }
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -646,16 +541,7 @@ fn hf_missing_or_wrong_token_says_to_check_hf_token() {
             "check HF_TOKEN: the token was refused",
         ),
     ] {
-        let out = fetch(
-            &[
-                "--uri",
-                "hf://lexserve/minilm",
-                "--dest",
-                dest.to_str().unwrap(),
-            ],
-            &env,
-            &work,
-        );
+        let out = fetch_into("hf://lexserve/minilm", &dest, None, &env);
         assert_eq!(out.code, Some(1));
         assert!(
             out.stderr
@@ -668,15 +554,11 @@ fn hf_missing_or_wrong_token_says_to_check_hf_token() {
         assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
     }
     // With a good token, an unknown revision is "not found".
-    let out = fetch(
-        &[
-            "--uri",
-            "hf://lexserve/minilm@nope",
-            "--dest",
-            dest.to_str().unwrap(),
-        ],
+    let out = fetch_into(
+        "hf://lexserve/minilm@nope",
+        &dest,
+        None,
         &[("HF_ENDPOINT", hub()), ("HF_TOKEN", HF_TOKEN)],
-        &work,
     );
     assert_eq!(out.code, Some(1));
     assert!(

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{FRANCE_CHATML, FRANCE_GOLDEN, Sidecar, client, metric_value, smollm2_args};
+use common::http::{get, metric_value, post};
+use common::sidecar::Sidecar;
+use common::{FRANCE_CHATML, FRANCE_GOLDEN, smollm2_args};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,16 +17,7 @@ async fn start(extra: &[&str]) -> (Sidecar, reqwest::Client) {
     let mut args = smollm2_args();
     args.extend(["--threads", "2", "--max-new-tokens", "256"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
-    let sidecar = Sidecar::start(&args);
-    let client = client();
-    sidecar.wait_ready(&client).await;
-    (sidecar, client)
-}
-
-async fn post(client: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
-    let response = client.post(url).json(&body).send().await.expect("request");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    Sidecar::start_ready(&args).await
 }
 
 /// A chat that SmolLM2 answers at length (its template's default system turn sends it into a long
@@ -97,21 +90,20 @@ impl Events {
         }
         events
     }
+
+    /// An OpenAI stream's chunks, parsed, once it has ended with `data: [DONE]`.
+    async fn openai_chunks(self) -> Vec<Value> {
+        let events = self.all().await;
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect()
+    }
 }
 
 async fn stream(client: &reqwest::Client, url: String, body: Value) -> Events {
     Events::new(client.post(url).json(&body).send().await.expect("request"))
-}
-
-async fn metrics(client: &reqwest::Client, sidecar: &Sidecar) -> String {
-    client
-        .get(sidecar.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// Polls /metrics until `sample` equals `value` (bounded; the bound is a hang guard, not a timing
@@ -119,7 +111,7 @@ async fn metrics(client: &reqwest::Client, sidecar: &Sidecar) -> String {
 async fn wait_metric(client: &reqwest::Client, sidecar: &Sidecar, sample: &str, value: f64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let text = metrics(client, sidecar).await;
+        let text = sidecar.metrics(client).await;
         if metric_value(&text, sample) == Some(value) {
             return;
         }
@@ -203,14 +195,8 @@ async fn generation_routes_answer_and_errors_name_the_field() {
 
     let (status, models) = post(&client, sidecar.url("/v1/models"), json!({})).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{models}");
-    let models: Value = client
-        .get(sidecar.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, models) = get(&client, sidecar.url("/v1/models")).await;
+    assert_eq!(status, 200, "{models}");
     assert_eq!(models["data"][0]["id"], "smollm2");
 
     let cases = [
@@ -346,19 +332,14 @@ async fn streams_are_framed_as_server_sent_events() {
     );
 
     // OpenAI completions: text chunks, a final chunk with the finish reason, usage, then [DONE].
-    let events = stream(
+    let chunks = stream(
         &client,
         sidecar.url("/v1/completions"),
         json!({"prompt": FRANCE_CHATML, "temperature": 0, "max_tokens": 32, "stream": true, "stream_options": {"include_usage": true}}),
     )
     .await
-    .all()
+    .openai_chunks()
     .await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
     assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
     let text: String = chunks
         .iter()
@@ -378,15 +359,10 @@ async fn streams_are_framed_as_server_sent_events() {
     assert_eq!(usage["usage"]["completion_tokens"], 8);
 
     // Chat: the first delta names the role, content deltas follow, then the finish, then [DONE].
-    let events = stream(&client, sidecar.url("/v1/chat/completions"), long_chat(12))
+    let chunks = stream(&client, sidecar.url("/v1/chat/completions"), long_chat(12))
         .await
-        .all()
+        .openai_chunks()
         .await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
     assert!(
         chunks
             .iter()
@@ -413,7 +389,7 @@ async fn a_client_that_disconnects_frees_its_blocks() {
     for _ in 0..3 {
         assert!(events.next().await.is_some());
     }
-    let text = metrics(&client, &sidecar).await;
+    let text = sidecar.metrics(&client).await;
     assert_eq!(
         metric_value(&text, "lexserve_requests_running"),
         Some(1.0),
@@ -424,7 +400,7 @@ async fn a_client_that_disconnects_frees_its_blocks() {
     drop(events);
     wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
     wait_metric(&client, &sidecar, "lexserve_requests_running", 0.0).await;
-    let text = metrics(&client, &sidecar).await;
+    let text = sidecar.metrics(&client).await;
     let generated = metric_value(&text, "lexserve_generated_tokens_total").unwrap();
     assert!(
         generated < 200.0,

@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use common::{FRANCE_CHATML, FRANCE_GOLDEN, smollm2_gguf};
 use lexserve_sidecar::generation::block_allocator::BlockId;
-use lexserve_sidecar::generation::engine::{
-    Engine, EngineConfig, LoadedGguf, load_gguf, load_gguf_with,
-};
+use lexserve_sidecar::generation::engine::{Engine, EngineConfig};
+use lexserve_sidecar::generation::gguf::{LoadedGguf, load_gguf, load_gguf_with};
 use lexserve_sidecar::generation::kv_cache::PagedKvCache;
 use lexserve_sidecar::generation::model::SeqChunk;
 use lexserve_sidecar::generation::model::Weights;
@@ -331,8 +330,9 @@ fn sequences_joining_a_batch_at_different_steps_match_each_alone() {
     }
     // They really ran together: some step carried more than one sequence.
     let text = metrics.encode().unwrap();
-    let single = common::metric_value(&text, "lexserve_batch_size_bucket{le=\"1.0\"}").unwrap();
-    let all = common::metric_value(&text, "lexserve_batch_size_count").unwrap();
+    let single =
+        common::http::metric_value(&text, "lexserve_batch_size_bucket{le=\"1.0\"}").unwrap();
+    let all = common::http::metric_value(&text, "lexserve_batch_size_count").unwrap();
     assert!(all > single, "no multi-sequence step:\n{text}");
 }
 
@@ -366,11 +366,16 @@ fn preempted_sequences_recompute_to_the_same_ids() {
         .map(|r| finish(r, Vec::new(), String::new()).ids)
         .collect();
     let text = metrics.encode().unwrap();
-    let preemptions = common::metric_value(&text, "lexserve_preemptions_total").unwrap();
+    let preemptions = common::http::metric_value(&text, "lexserve_preemptions_total").unwrap();
     assert!(preemptions > 0.0, "the pool was meant to run out:\n{text}");
     assert_eq!(together, alone);
     assert_eq!(
-        common::metric_value(&text, "lexserve_kv_cache_usage_ratio"),
+        common::http::metric_value(&text, "lexserve_kv_cache_usage_ratio"),
         Some(0.0)
+    );
+    assert_eq!(
+        common::http::metric_value(&text, "lexserve_kv_cache_block_errors_total"),
+        Some(0.0),
+        "preemption and recompute return every block once"
     );
 }

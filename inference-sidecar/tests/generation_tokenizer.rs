@@ -5,7 +5,7 @@
 mod common;
 
 use lexserve_sidecar::generation::chat_template::ChatMessage;
-use lexserve_sidecar::generation::engine::load_gguf;
+use lexserve_sidecar::generation::gguf::load_gguf;
 use lexserve_sidecar::generation::tokenizer::Detokenizer;
 use serde_json::Value;
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use common::{
     SENTENCES, candle_embed_args, cosine, onnx_embed_args, onnx_fp32_embed_args, serve_config,
 };
-use lexserve_sidecar::pipeline::Pipeline;
+use lexserve_sidecar::encoder::pipeline::Pipeline;
 
 const GOLDEN_TEXT: &str = "The quick brown fox jumps over the lazy dog.";
 const GOLDEN_PREFIX: [f32; 4] = [0.0439336, 0.0589344, 0.0481784, 0.0775481];

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Sidecar, client, cosine, onnx_embed_args};
+use common::http::{client, get, post};
+use common::sidecar::Sidecar;
+use common::{cosine, onnx_embed_args};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -21,22 +23,7 @@ async fn start(extra: &[&str]) -> (Sidecar, reqwest::Client) {
         .map(String::from),
     );
     args.extend(extra.iter().map(|s| s.to_string()));
-    let sidecar = Sidecar::start(&args);
-    let client = client();
-    sidecar.wait_ready(&client).await;
-    (sidecar, client)
-}
-
-async fn post(client: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
-    let response = client.post(url).json(&body).send().await.expect("request");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let response = client.get(url).send().await.expect("request");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    Sidecar::start_ready(&args).await
 }
 
 #[tokio::test]
@@ -285,14 +272,7 @@ async fn every_error_has_its_status_and_names_the_field() {
     // The server survived all of it.
     let (status, _) = get(&client, sidecar.url("/ready")).await;
     assert_eq!(status, 200);
-    let text = client
-        .get(sidecar.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sidecar.metrics(&client).await;
     assert!(text.contains("lexserve_requests_total{route=\"/embed\",code=\"422\"}"));
 }
 
@@ -327,14 +307,7 @@ async fn a_missing_runtime_library_means_not_ready_with_the_reason() {
     assert!(response.headers().contains_key("retry-after"));
     let (status, _) = get(&client, sidecar.url("/health")).await;
     assert_eq!(status, 200, "alive even though not ready");
-    let text = client
-        .get(sidecar.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sidecar.metrics(&client).await;
     assert!(
         !text.contains("lexserve_model_loaded{"),
         "no model is reported loaded:\n{text}"

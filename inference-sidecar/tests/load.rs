@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sidecar, client, metric_value, onnx_embed_args};
+use common::http::metric_value;
+use common::onnx_embed_args;
+use common::sidecar::Sidecar;
 use serde_json::json;
 
 fn args(extra: &[&str]) -> Vec<String> {
@@ -15,28 +17,16 @@ fn args(extra: &[&str]) -> Vec<String> {
     args
 }
 
-async fn metrics(client: &reqwest::Client, sidecar: &Sidecar) -> String {
-    client
-        .get(sidecar.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn concurrent_requests_share_batches() {
     // A generous queue delay makes the first text wait for company; the cap ends the wait early.
-    let sidecar = Sidecar::start(&args(&[
+    let (sidecar, client) = Sidecar::start_ready(&args(&[
         "--max-queue-delay",
         "500ms",
         "--max-batch-requests",
         "16",
-    ]));
-    let client = client();
-    sidecar.wait_ready(&client).await;
+    ]))
+    .await;
     let requests = (0..16).map(|i| {
         let client = client.clone();
         let url = sidecar.url("/embed");
@@ -54,7 +44,7 @@ async fn concurrent_requests_share_batches() {
         statuses.iter().all(|s| matches!(s, Ok(s) if *s == 200)),
         "{statuses:?}"
     );
-    let text = metrics(&client, &sidecar).await;
+    let text = sidecar.metrics(&client).await;
     // The warm-up runs outside the queue, so every observed batch is from these 16 texts.
     let batches = metric_value(&text, "lexserve_batch_size_count").unwrap();
     let texts = metric_value(&text, "lexserve_batch_size_sum").unwrap();
@@ -67,14 +57,13 @@ async fn concurrent_requests_share_batches() {
 
 #[tokio::test]
 async fn overload_is_refused_with_429_and_the_server_survives() {
-    let sidecar = Sidecar::start(&args(&[
+    let (sidecar, client) = Sidecar::start_ready(&args(&[
         "--max-queue-size",
         "4",
         "--max-batch-requests",
         "1",
-    ]));
-    let client = client();
-    sidecar.wait_ready(&client).await;
+    ]))
+    .await;
     let long = "a rather long sentence that keeps the encoder busy for a while ".repeat(6);
     let requests = (0..48).map(|_| {
         let client = client.clone();
@@ -115,7 +104,7 @@ async fn overload_is_refused_with_429_and_the_server_survives() {
     assert_eq!(response.status(), 413);
     let response = client.get(sidecar.url("/ready")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let text = metrics(&client, &sidecar).await;
+    let text = sidecar.metrics(&client).await;
     assert!(text.contains("lexserve_requests_total{route=\"/embed\",code=\"429\"}"));
     assert_eq!(metric_value(&text, "lexserve_queue_size"), Some(0.0));
     assert_eq!(metric_value(&text, "lexserve_requests_running"), Some(0.0));
@@ -123,14 +112,13 @@ async fn overload_is_refused_with_429_and_the_server_survives() {
 
 #[tokio::test]
 async fn sigterm_finishes_work_in_flight_then_exits_zero() {
-    let mut sidecar = Sidecar::start(&args(&[
+    let (mut sidecar, client) = Sidecar::start_ready(&args(&[
         "--max-batch-requests",
         "4",
         "--max-queue-size",
         "1024",
-    ]));
-    let client = client();
-    sidecar.wait_ready(&client).await;
+    ]))
+    .await;
     let long = "the server must finish every admitted request before it exits ".repeat(8);
     const REQUESTS: usize = 24;
     const TEXTS: usize = 8;
@@ -151,7 +139,7 @@ async fn sigterm_finishes_work_in_flight_then_exits_zero() {
         .collect();
     // Wait until every request has been admitted (each admitted text is counted in input_tokens).
     let admitted_all = loop {
-        let text = metrics(&client, &sidecar).await;
+        let text = sidecar.metrics(&client).await;
         let admitted = metric_value(&text, "lexserve_input_tokens_count").unwrap_or(0.0);
         let served = metric_value(&text, "lexserve_batch_size_sum").unwrap_or(0.0);
         if admitted >= (REQUESTS * TEXTS) as f64 {

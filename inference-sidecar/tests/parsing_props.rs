@@ -6,9 +6,9 @@ mod common;
 use std::sync::OnceLock;
 
 use common::minilm_dir;
+use lexserve_sidecar::encoder::tokenize::TextTokenizer;
 use lexserve_sidecar::http::body::decode;
 use lexserve_sidecar::http::native::TextsRequest;
-use lexserve_sidecar::tokenize::TextTokenizer;
 use proptest::prelude::*;
 
 const LIMIT: usize = 32;

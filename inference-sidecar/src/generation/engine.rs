@@ -1,186 +1,27 @@
 //! The generation engine: one thread owns the model, the KV cache and the scheduler, and loops —
 //! take new requests, drop sequences whose client went away, plan a step, run it as one batched
 //! forward, sample, stream tokens out, retire finished sequences. Clients talk to it through
-//! [`Generator`], which validates and queues requests and hands back a stream of events.
+//! [`Generator`] ([`super::generator`]); the model comes from [`super::gguf`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::gguf_file;
-use thiserror::Error;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::UnboundedSender;
 
-use super::chat_template::ChatTemplate;
+use super::generator::{
+    Finish, FinishReason, GenerationEvent, Generator, GeneratorLimits, Submission,
+};
+use super::gguf::{LoadedGguf, load_gguf, locate_gguf};
 use super::kv_cache::{PagedKvCache, blocks_in_budget};
-use super::model::{DecoderModel, SeqChunk, Weights};
-use super::sampling::{Sampler, SamplingParams};
+use super::model::{DecoderModel, SeqChunk};
+use super::sampling::Sampler;
 use super::scheduler::{Scheduler, SchedulerLimits, SeqId, Step};
 use super::stopping::{StopCheck, StopMatcher};
-use super::tokenizer::{Detokenizer, GgufTokenizer};
+use super::tokenizer::Detokenizer;
 use crate::config::ServeConfig;
-use crate::digest::path_sha256;
 use crate::metrics::Metrics;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// `max_new_tokens` reached.
-    Length,
-    /// The model emitted an end-of-sequence token.
-    EndOfSequence,
-    /// A stop sequence appeared in the text.
-    StopSequence,
-}
-
-impl FinishReason {
-    /// The native API's name (text-generation-inference's).
-    pub fn native(self) -> &'static str {
-        match self {
-            Self::Length => "length",
-            Self::EndOfSequence => "eos_token",
-            Self::StopSequence => "stop_sequence",
-        }
-    }
-
-    /// OpenAI's name.
-    pub fn openai(self) -> &'static str {
-        match self {
-            Self::Length => "length",
-            Self::EndOfSequence | Self::StopSequence => "stop",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationRequest {
-    pub prompt_ids: Vec<u32>,
-    pub sampling: SamplingParams,
-    pub max_new_tokens: usize,
-    pub stop: Vec<String>,
-}
-
-/// How a generation ended, carried by its last token's event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Finish {
-    pub reason: FinishReason,
-    pub prompt_tokens: usize,
-    pub generated_tokens: usize,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum GenerationEvent {
-    /// A generated token and the text it completes (empty while held back: an unfinished UTF-8
-    /// character or the possible start of a stop sequence). The last one says how it ended, so a
-    /// stream can close with the token that ended it.
-    Token {
-        id: u32,
-        text: String,
-        finish: Option<Finish>,
-    },
-    Failed(String),
-}
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum SubmitError {
-    #[error("the generation queue is full ({0} requests waiting); retry later")]
-    QueueFull(usize),
-    #[error(
-        "the prompt ({prompt} tokens) plus max_new_tokens ({new}) exceeds the {limit} tokens one sequence may hold"
-    )]
-    TooLong {
-        prompt: usize,
-        new: usize,
-        limit: usize,
-    },
-    #[error("max_new_tokens must be between 1 and {0}")]
-    MaxNewTokens(usize),
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error("the generation engine has stopped")]
-    Closed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GeneratorLimits {
-    /// Default and ceiling of a request's `max_new_tokens`.
-    pub max_new_tokens: usize,
-    /// Prompt plus new tokens: the smaller of the model's context and the cache's capacity.
-    pub max_total_tokens: usize,
-    /// Requests waiting for admission beyond which new ones are refused (429).
-    pub max_waiting: usize,
-}
-
-struct Submission {
-    id: SeqId,
-    request: GenerationRequest,
-    events: UnboundedSender<GenerationEvent>,
-    arrived: Instant,
-}
-
-/// The client side of the engine: shared by the HTTP handlers.
-pub struct Generator {
-    pub tokenizer: GgufTokenizer,
-    pub chat_template: Option<ChatTemplate>,
-    pub limits: GeneratorLimits,
-    submissions: Sender<Submission>,
-    /// Requests submitted and not yet admitted (or dropped) by the engine.
-    queued: Arc<AtomicUsize>,
-    next_id: AtomicU64,
-}
-
-impl Generator {
-    /// Queues `request`; events arrive on the returned stream. Dropping the stream cancels the
-    /// request and frees its cache blocks at the engine's next step.
-    pub fn submit(
-        &self,
-        request: GenerationRequest,
-    ) -> Result<UnboundedReceiver<GenerationEvent>, SubmitError> {
-        if request.prompt_ids.is_empty() {
-            return Err(SubmitError::EmptyPrompt);
-        }
-        if request.max_new_tokens == 0 || request.max_new_tokens > self.limits.max_new_tokens {
-            return Err(SubmitError::MaxNewTokens(self.limits.max_new_tokens));
-        }
-        if request.prompt_ids.len() + request.max_new_tokens > self.limits.max_total_tokens {
-            return Err(SubmitError::TooLong {
-                prompt: request.prompt_ids.len(),
-                new: request.max_new_tokens,
-                limit: self.limits.max_total_tokens,
-            });
-        }
-        let queued = self.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= self.limits.max_waiting {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull(queued));
-        }
-        let (events, receiver) = unbounded_channel();
-        let submission = Submission {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            request,
-            events,
-            arrived: Instant::now(),
-        };
-        if self.submissions.send(submission).is_err() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::Closed);
-        }
-        Ok(receiver)
-    }
-
-    /// The prompt for a chat, through the model's own template.
-    pub fn chat_prompt(
-        &self,
-        messages: &[super::chat_template::ChatMessage],
-    ) -> Result<String, String> {
-        match &self.chat_template {
-            Some(template) => template.render(messages),
-            None => Err("this model ships no chat template".into()),
-        }
-    }
-}
 
 /// Sizing of the engine, from `runtime.generation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,89 +68,6 @@ pub struct Engine {
     submissions: Receiver<Submission>,
     generator: Arc<Generator>,
     metrics: Arc<Metrics>,
-}
-
-/// The GGUF file a model uri names: the file itself, or the one `.gguf` in a directory
-/// (`model.gguf` first).
-pub fn locate_gguf(config: &ServeConfig) -> Result<PathBuf, String> {
-    let root = config
-        .model_uri
-        .local_path(&config.pvc_root)
-        .map_err(|e| e.to_string())?;
-    if !root.exists() {
-        return Err(format!("model not found at {}", root.display()));
-    }
-    if let Some(expected) = &config.sha256 {
-        let actual = path_sha256(&root).map_err(|e| e.to_string())?;
-        if &actual != expected {
-            return Err(format!(
-                "model digest mismatch for {}: expected sha256 {expected}, found {actual}",
-                root.display()
-            ));
-        }
-    }
-    if root.is_file() {
-        return Ok(root);
-    }
-    if root.join("model.gguf").is_file() {
-        return Ok(root.join("model.gguf"));
-    }
-    let ggufs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| format!("cannot read {}: {e}", root.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
-    match ggufs.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(format!("no .gguf file in {}", root.display())),
-        _ => Err(format!(
-            "{} holds several .gguf files; name one in model.uri",
-            root.display()
-        )),
-    }
-}
-
-/// The model, tokenizer and chat template of a GGUF file.
-pub struct LoadedGguf {
-    pub model: DecoderModel,
-    pub tokenizer: GgufTokenizer,
-    pub chat_template: Option<ChatTemplate>,
-}
-
-pub fn load_gguf(path: &Path) -> Result<LoadedGguf, String> {
-    load_gguf_with(path, Weights::Quantized)
-}
-
-pub fn load_gguf_with(path: &Path, weights: Weights) -> Result<LoadedGguf, String> {
-    let mut file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| format!("cannot read GGUF {}: {e}", path.display()))?;
-    let model = DecoderModel::load(&content, &mut file, weights).map_err(|e| e.to_string())?;
-    let tokenizer = GgufTokenizer::from_metadata(&content.metadata).map_err(|e| e.to_string())?;
-    let token = |id: Option<u32>| {
-        id.and_then(|i| tokenizer.token_text(i))
-            .unwrap_or_default()
-            .to_string()
-    };
-    let chat_template = match content
-        .metadata
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok())
-    {
-        Some(source) => Some(ChatTemplate::new(
-            source,
-            &token(tokenizer.bos_id),
-            &token(tokenizer.eos_id),
-        )?),
-        None => None,
-    };
-    Ok(LoadedGguf {
-        model,
-        tokenizer,
-        chat_template,
-    })
 }
 
 impl Engine {
@@ -364,15 +122,8 @@ impl Engine {
             max_total_tokens = limits.max_total_tokens,
             "KV cache allocated"
         );
-        let (submissions, receiver) = std::sync::mpsc::channel();
-        let generator = Arc::new(Generator {
-            tokenizer: loaded.tokenizer,
-            chat_template: loaded.chat_template,
-            limits,
-            submissions,
-            queued: Arc::new(AtomicUsize::new(0)),
-            next_id: AtomicU64::new(1),
-        });
+        let (generator, receiver) = Generator::new(loaded.tokenizer, loaded.chat_template, limits);
+        let generator = Arc::new(generator);
         let mut engine = Self {
             model: loaded.model,
             cache,
@@ -482,7 +233,7 @@ impl Engine {
         if let Some(client) = self.clients.remove(&id)
             && client.queued
         {
-            self.generator.queued.fetch_sub(1, Ordering::SeqCst);
+            self.generator.left_queue();
         }
     }
 
@@ -492,7 +243,7 @@ impl Engine {
                 && client.queued
             {
                 client.queued = false;
-                self.generator.queued.fetch_sub(1, Ordering::SeqCst);
+                self.generator.left_queue();
                 self.metrics
                     .queue_duration
                     .observe(client.arrived.elapsed().as_secs_f64());
@@ -504,7 +255,10 @@ impl Engine {
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
+        self.metrics
+            .kv_cache_block_errors
+            .inc_by(self.scheduler.take_block_errors());
         self.metrics
             .queue_size
             .set(self.scheduler.waiting_len() as i64);

@@ -4,12 +4,16 @@
 //! - [`quant_matmul`]: Q4_1 and Q8_0 weight products, batched (candle has no SIMD Q4_1 kernel on x86).
 //! - [`kv_cache`], [`block_allocator`], [`paged_attention`]: the cache in fixed-size blocks.
 //! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
+//! - [`gguf`]: loading the model, its tokenizer and chat template from a GGUF file.
 //! - [`engine`]: the loop that owns the model and the cache and streams tokens to clients.
+//! - [`generator`]: the clients' handle on the engine: requests, limits, the queue, event streams.
 //! - [`sampling`], [`stopping`], [`tokenizer`], [`chat_template`]: from logits to text and back.
 
 pub mod block_allocator;
 pub mod chat_template;
 pub mod engine;
+pub mod generator;
+pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod paged_attention;
@@ -19,7 +23,7 @@ pub mod scheduler;
 pub mod stopping;
 pub mod tokenizer;
 
-pub use engine::{
+pub use generator::{
     Finish, FinishReason, GenerationEvent, GenerationRequest, Generator, GeneratorLimits,
     SubmitError,
 };

@@ -8,6 +8,12 @@
 //! preempted (its blocks freed, its tokens kept for recompute, back to the head of the queue). Then,
 //! if nothing was preempted, waiting sequences are admitted in arrival order while the concurrency cap,
 //! the budget and free blocks allow. Nobody is skipped over, so nobody starves.
+//!
+//! A block the allocator refuses to take back (freed twice, or not allocated), or blocks still
+//! allocated when no sequence is left, mean the bookkeeping is broken: another sequence's cache
+//! could be overwritten. That is never silent: debug and test builds panic where it happens, release
+//! builds log an error, count it ([`Scheduler::take_block_errors`], exported as
+//! `lexserve_kv_cache_block_errors_total`) and keep serving (a leak is reclaimed once idle).
 
 use std::collections::VecDeque;
 
@@ -69,6 +75,10 @@ pub struct Scheduler {
     waiting: VecDeque<Sequence>,
     /// Admission order: oldest first.
     running: Vec<Sequence>,
+    /// Bookkeeping errors since the last [`Scheduler::take_block_errors`].
+    block_errors: u64,
+    /// Panic on a bookkeeping error (debug and test builds) rather than log and count it.
+    strict: bool,
 }
 
 impl Scheduler {
@@ -83,6 +93,8 @@ impl Scheduler {
             allocator: BlockAllocator::new(blocks),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            block_errors: 0,
+            strict: cfg!(debug_assertions),
         }
     }
 
@@ -138,11 +150,42 @@ impl Scheduler {
             .collect()
     }
 
+    /// Bookkeeping errors since the last call (for the engine's counter).
+    pub fn take_block_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.block_errors)
+    }
+
+    /// Returns a sequence's blocks. On a refusal nothing is freed: leaking is better than handing
+    /// a block out twice.
+    fn release(&mut self, id: SeqId, blocks: &[BlockId]) {
+        if let Err(e) = self.allocator.release(blocks) {
+            self.bookkeeping_error(format!("sequence {id}: {e}"));
+        }
+    }
+
+    /// With no sequence left, every allocated block is leaked: report it and take the pool back.
+    fn reclaim_leaks(&mut self) {
+        let leaked = self.allocator.used_count();
+        if self.is_idle() && leaked > 0 {
+            self.bookkeeping_error(format!(
+                "{leaked} blocks still allocated with no sequence left"
+            ));
+            self.allocator = BlockAllocator::new(self.allocator.total());
+        }
+    }
+
+    fn bookkeeping_error(&mut self, message: String) {
+        self.block_errors += 1;
+        tracing::error!(%message, "KV cache block bookkeeping is broken");
+        assert!(
+            !self.strict,
+            "KV cache block bookkeeping is broken: {message}"
+        );
+    }
+
     fn preempt(&mut self, index: usize, step: &mut Step) {
         let mut seq = self.running.remove(index);
-        // The blocks came from this allocator and are held once; a failure would be a bug that the
-        // tests catch, and leaking is better than handing out a block twice.
-        let _ = self.allocator.release(&seq.blocks);
+        self.release(seq.id, &seq.blocks);
         seq.blocks.clear();
         seq.cached = 0;
         seq.preemptions += 1;
@@ -263,7 +306,8 @@ impl Scheduler {
             let i = self.waiting.iter().position(|s| s.id == id)?;
             self.waiting.remove(i)?
         };
-        let _ = self.allocator.release(&seq.blocks);
+        self.release(seq.id, &seq.blocks);
+        self.reclaim_leaks();
         Some(seq)
     }
 
@@ -316,6 +360,15 @@ mod tests {
         }
     }
 
+    fn work(id: SeqId, from: usize, to: usize, sample: bool) -> Work {
+        Work {
+            id,
+            from,
+            to,
+            sample,
+        }
+    }
+
     /// Runs the step as a model would: every sampled sequence gets token 7.
     fn run(s: &mut Scheduler) -> Step {
         let step = s.schedule();
@@ -332,56 +385,16 @@ mod tests {
         let mut s = Scheduler::new(limits(4, 8, 4), 100);
         s.submit(1, vec![1; 3]);
         let step = run(&mut s);
-        assert_eq!(
-            step.work,
-            vec![Work {
-                id: 1,
-                from: 0,
-                to: 3,
-                sample: true
-            }]
-        );
+        assert_eq!(step.work, vec![work(1, 0, 3, true)]);
         assert_eq!(step.admitted, vec![1]);
         s.submit(2, vec![1; 20]);
         let step = run(&mut s);
         // Sequence 1 decodes one token; sequence 2 gets the other 7 of the budget.
-        assert_eq!(
-            step.work,
-            vec![
-                Work {
-                    id: 1,
-                    from: 3,
-                    to: 4,
-                    sample: true
-                },
-                Work {
-                    id: 2,
-                    from: 0,
-                    to: 7,
-                    sample: false
-                }
-            ]
-        );
+        assert_eq!(step.work, vec![work(1, 3, 4, true), work(2, 0, 7, false)]);
         let step = run(&mut s);
-        assert_eq!(
-            step.work[1],
-            Work {
-                id: 2,
-                from: 7,
-                to: 14,
-                sample: false
-            }
-        );
+        assert_eq!(step.work[1], work(2, 7, 14, false));
         let step = run(&mut s);
-        assert_eq!(
-            step.work[1],
-            Work {
-                id: 2,
-                from: 14,
-                to: 20,
-                sample: true
-            }
-        );
+        assert_eq!(step.work[1], work(2, 14, 20, true));
     }
 
     #[test]
@@ -418,15 +431,7 @@ mod tests {
         // When 1 finishes, 2 comes back and recomputes everything it had.
         s.remove(1);
         let step = run(&mut s);
-        assert_eq!(
-            step.work,
-            vec![Work {
-                id: 2,
-                from: 0,
-                to: 3,
-                sample: true
-            }]
-        );
+        assert_eq!(step.work, vec![work(2, 0, 3, true)]);
         assert!(step.admitted.is_empty(), "it was admitted before");
     }
 
@@ -442,6 +447,72 @@ mod tests {
             let step = run(&mut s);
             assert_eq!(step.work.len(), 2, "both advance every step");
         }
+    }
+
+    /// Three running sequences, the second also claiming the first's block: the bookkeeping bug a
+    /// double free comes from.
+    fn a_block_held_twice(strict: bool) -> Scheduler {
+        let mut s = Scheduler::new(limits(3, 12, 4), 8);
+        s.strict = strict;
+        for id in 1..=3 {
+            s.submit(id, vec![1; 4]);
+        }
+        run(&mut s);
+        let first = s.running[0].blocks[0];
+        s.running[1].blocks.push(first);
+        s
+    }
+
+    #[test]
+    #[should_panic(expected = "sequence 2: block 0 is returned but is not allocated")]
+    fn a_double_release_panics_in_debug_builds() {
+        let mut s = a_block_held_twice(cfg!(debug_assertions));
+        assert!(s.strict, "tests run with debug assertions");
+        s.remove(1);
+        s.remove(2);
+    }
+
+    #[test]
+    fn a_double_release_is_counted_and_frees_nothing_in_release_builds() {
+        let mut s = a_block_held_twice(false);
+        assert!(s.remove(1).is_some());
+        assert_eq!(s.allocator().used_count(), 2);
+        assert!(s.remove(2).is_some());
+        assert_eq!(s.take_block_errors(), 1, "the refused release is counted");
+        assert_eq!(
+            s.allocator().used_count(),
+            2,
+            "nothing of the refused release is freed"
+        );
+        assert_eq!(s.take_block_errors(), 0, "counted once");
+        // The block sequence 2 could not return is leaked until nothing runs; then it is reclaimed.
+        assert!(s.remove(3).is_some());
+        assert_eq!(s.take_block_errors(), 1, "the leak is counted");
+        assert_eq!(s.allocator().used_count(), 0);
+    }
+
+    #[test]
+    fn a_leak_is_counted_and_reclaimed_when_idle() {
+        let mut s = Scheduler::new(limits(2, 8, 4), 8);
+        s.strict = false;
+        s.submit(1, vec![1; 4]);
+        run(&mut s);
+        // A block allocated behind the scheduler's back: no sequence holds it.
+        s.allocator.allocate(1).unwrap();
+        s.remove(1);
+        assert_eq!(s.take_block_errors(), 1);
+        assert_eq!(s.allocator().used_count(), 0, "the pool is whole again");
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "1 blocks still allocated with no sequence left")]
+    fn a_leak_panics_in_debug_builds() {
+        let mut s = Scheduler::new(limits(2, 8, 4), 8);
+        s.submit(1, vec![1; 4]);
+        run(&mut s);
+        s.allocator.allocate(1).unwrap();
+        s.remove(1);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use super::error::ApiError;
 use super::generate::{
     GenerationOptions, OptionFields, Started, build_request, collect, submit, tokenize_prompt,
 };
-use super::server::AppState;
 use super::sse::{Mapped, token_stream};
+use super::state::AppState;
 use crate::generation::GenerationEvent;
 use crate::generation::chat_template::ChatMessage;
 
@@ -191,16 +191,69 @@ enum Shape {
     Chat,
 }
 
+impl Shape {
+    /// The `id` prefix, the `object` of a whole answer, and the `object` of a stream's chunk.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Completion => ("cmpl", "text_completion", "text_completion"),
+            Self::Chat => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
+        }
+    }
+}
+
+/// Generates from `prompt` and answers in `shape`: a stream of chunks when the request asks for
+/// one, else the whole answer.
+async fn answer(
+    state: &AppState,
+    prompt: String,
+    sampling: &SamplingFields,
+    prompt_field: &'static str,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    let started = start(state, prompt, sampling, prompt_field).await?;
+    if sampling.stream {
+        let include_usage = sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        return Ok(stream_response(state, started, shape, include_usage));
+    }
+    let done = collect(started).await?;
+    let finish_reason = done.finish_reason.openai();
+    let choice = match shape {
+        Shape::Completion => json!({
+            "index": 0,
+            "text": done.text,
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }),
+        Shape::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": done.text},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }),
+    };
+    let (prefix, object, _) = shape.names();
+    Ok(Json(json!({
+        "id": request_id(prefix),
+        "object": object,
+        "created": now_unix(),
+        "model": state.service.name,
+        "choices": [choice],
+        "usage": usage(done.prompt_tokens, done.generated_tokens),
+    }))
+    .into_response())
+}
+
 fn stream_response(
     state: &AppState,
     started: Started,
     shape: Shape,
     include_usage: bool,
 ) -> Response {
-    let (object, id) = match shape {
-        Shape::Completion => ("text_completion", request_id("cmpl")),
-        Shape::Chat => ("chat.completion.chunk", request_id("chatcmpl")),
-    };
+    let (prefix, _, object) = shape.names();
+    let id = request_id(prefix);
     let model = state.service.name.clone();
     let created = state.started_unix.max(now_unix());
     let chunk = move |choice: Value, usage: Option<Value>| {
@@ -294,35 +347,14 @@ pub async fn completions(
         });
     }
     let prompt = prompts.remove(0);
-    let started = start(&state, prompt, &request.sampling, "prompt").await?;
-    if request.sampling.stream {
-        let include_usage = request
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        return Ok(stream_response(
-            &state,
-            started,
-            Shape::Completion,
-            include_usage,
-        ));
-    }
-    let done = collect(started).await?;
-    Ok(Json(json!({
-        "id": request_id("cmpl"),
-        "object": "text_completion",
-        "created": now_unix(),
-        "model": state.service.name,
-        "choices": [{
-            "index": 0,
-            "text": done.text,
-            "logprobs": null,
-            "finish_reason": done.finish_reason.openai(),
-        }],
-        "usage": usage(done.prompt_tokens, done.generated_tokens),
-    }))
-    .into_response())
+    answer(
+        &state,
+        prompt,
+        &request.sampling,
+        "prompt",
+        Shape::Completion,
+    )
+    .await
 }
 
 fn chat_messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError> {
@@ -377,28 +409,5 @@ pub async fn chat_completions(
             field: Some("messages".into()),
             message,
         })?;
-    let started = start(&state, prompt, &request.sampling, "messages").await?;
-    if request.sampling.stream {
-        let include_usage = request
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        return Ok(stream_response(&state, started, Shape::Chat, include_usage));
-    }
-    let done = collect(started).await?;
-    Ok(Json(json!({
-        "id": request_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": now_unix(),
-        "model": state.service.name,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": done.text},
-            "logprobs": null,
-            "finish_reason": done.finish_reason.openai(),
-        }],
-        "usage": usage(done.prompt_tokens, done.generated_tokens),
-    }))
-    .into_response())
+    answer(&state, prompt, &request.sampling, "messages", Shape::Chat).await
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::service::ServiceError;
+use crate::encoder::service::ServiceError;
 
 #[derive(Debug, Error)]
 pub enum ApiError {

@@ -18,11 +18,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::body::parse_json;
 use super::error::ApiError;
-use super::server::AppState;
 use super::sse::{Mapped, token_stream};
+use super::state::AppState;
+use crate::encoder::service::{InFlightWork, ServiceError};
 use crate::generation::sampling::SamplingParams;
 use crate::generation::{FinishReason, GenerationEvent, GenerationRequest, Generator, SubmitError};
-use crate::service::{InFlightWork, ServiceError};
 
 /// Sampling and stopping options as a request states them; `None` takes the route's default.
 #[derive(Debug, Default, Clone)]

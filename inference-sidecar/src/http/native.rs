@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::body::parse_json;
 use super::error::ApiError;
-use super::server::AppState;
-use crate::config::Task;
-use crate::head::Inference;
-use crate::service::argmax;
+use super::state::AppState;
+use crate::config::ModelTask;
+use crate::encoder::head::Inference;
+use crate::encoder::service::argmax;
 
 #[derive(Debug, Deserialize)]
 pub struct TextsRequest {
@@ -53,18 +53,18 @@ pub async fn embed(
     let request: TextsRequest = parse_json(&headers, body)?;
     let output = state
         .service
-        .infer(&request.texts, "texts", Task::Embed)
+        .infer(&request.texts, "texts", ModelTask::Embed)
         .await?;
     let embeddings = output
         .results
         .into_iter()
         .map(|r| match r {
             Inference::Embedding(v) => Ok(v),
-            Inference::Classification { .. } => {
-                Err(ApiError::Service(crate::service::ServiceError::Internal(
+            Inference::Classification { .. } => Err(ApiError::Service(
+                crate::encoder::service::ServiceError::Internal(
                     "the model returned classes for an embedding request".into(),
-                )))
-            }
+                ),
+            )),
         })
         .collect::<Result<_, _>>()?;
     Ok(Json(EmbedResponse {
@@ -85,7 +85,7 @@ pub async fn predict(
     let request: TextsRequest = parse_json(&headers, body)?;
     let output = state
         .service
-        .infer(&request.texts, "texts", Task::Classify)
+        .infer(&request.texts, "texts", ModelTask::Classify)
         .await?;
     let labels = state
         .service
@@ -96,9 +96,11 @@ pub async fn predict(
     let mut probabilities = Vec::with_capacity(output.results.len());
     for result in output.results {
         let Inference::Classification { probabilities: p } = result else {
-            return Err(ApiError::Service(crate::service::ServiceError::Internal(
-                "the model returned an embedding for a classification request".into(),
-            )));
+            return Err(ApiError::Service(
+                crate::encoder::service::ServiceError::Internal(
+                    "the model returned an embedding for a classification request".into(),
+                ),
+            ));
         };
         let best = argmax(&p).map_or(0, |(i, _)| i);
         predictions.push(

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::body::parse_json;
 use super::error::ApiError;
-use super::server::AppState;
-use crate::config::Task;
-use crate::head::Inference;
+use super::state::AppState;
+use crate::config::ModelTask;
+use crate::encoder::head::Inference;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -110,13 +110,18 @@ pub async fn embeddings(
         EmbeddingInput::One(text) => vec![text],
         EmbeddingInput::Many(texts) => texts,
     };
-    let output = state.service.infer(&texts, "input", Task::Embed).await?;
+    let output = state
+        .service
+        .infer(&texts, "input", ModelTask::Embed)
+        .await?;
     let mut data = Vec::with_capacity(output.results.len());
     for (index, result) in output.results.into_iter().enumerate() {
         let Inference::Embedding(vector) = result else {
-            return Err(ApiError::Service(crate::service::ServiceError::Internal(
-                "the model returned classes for an embedding request".into(),
-            )));
+            return Err(ApiError::Service(
+                crate::encoder::service::ServiceError::Internal(
+                    "the model returned classes for an embedding request".into(),
+                ),
+            ));
         };
         if let Some(d) = request.dimensions
             && d != vector.len()

@@ -1,24 +1,17 @@
-//! Router, middleware and the server's lifecycle (listen, drain on SIGTERM, exit).
+//! The server's lifecycle: listen, serve the router, drain on SIGTERM, exit.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::json;
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-use super::error::ApiError;
-use super::{completions, generate, native, openai, v2};
-use crate::config::{BackendKind, ServeConfig};
-use crate::metrics::{Metrics, RouteLabels};
-use crate::service::ModelService;
+use super::routes::router;
+use super::state::AppState;
+use crate::config::{Backend, ServeConfig};
+use crate::encoder::service::ModelService;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -29,103 +22,6 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub service: Arc<ModelService>,
-    pub metrics: Arc<Metrics>,
-    /// KServe metadata `platform`.
-    pub platform: String,
-    pub started_unix: u64,
-}
-
-/// Routes whose latency is the service's latency (health checks and scrapes would only dilute it).
-/// For streams, the time to the response's headers (the stream's own timing is in the token metrics).
-const INFERENCE_ROUTES: [&str; 8] = [
-    "/embed",
-    "/predict",
-    "/v1/embeddings",
-    "/v2/models/{name}/infer",
-    "/generate",
-    "/generate_stream",
-    "/v1/completions",
-    "/v1/chat/completions",
-];
-
-async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state
-        .metrics
-        .requests_total
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            code: response.status().as_u16().to_string(),
-        })
-        .inc();
-    if INFERENCE_ROUTES.contains(&route.as_str()) {
-        state
-            .metrics
-            .request_duration
-            .observe(started.elapsed().as_secs_f64());
-    }
-    response
-}
-
-async fn health() -> impl IntoResponse {
-    axum::Json(json!({"status": "alive"}))
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn not_found(request: Request) -> ApiError {
-    ApiError::NotFound(format!(
-        "no route for {} {}",
-        request.method(),
-        request.uri().path()
-    ))
-}
-
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/embed", post(native::embed))
-        .route("/predict", post(native::predict))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/generate", post(generate::generate))
-        .route("/generate_stream", post(generate::generate_stream))
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/chat/completions", post(completions::chat_completions))
-        .route("/v1/models", get(openai::models))
-        .route("/v2", get(v2::server_metadata))
-        .route("/v2/health/live", get(v2::live))
-        .route("/v2/health/ready", get(v2::server_ready))
-        .route("/v2/models/{name}", get(v2::model_metadata))
-        .route("/v2/models/{name}/ready", get(v2::model_ready))
-        .route("/v2/models/{name}/infer", post(v2::infer))
-        .route("/health", get(health))
-        .route("/ready", get(v2::ready))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state)
 }
 
 /// Resolves on SIGTERM or Ctrl-C. If the handlers cannot be installed the server runs until killed,
@@ -168,8 +64,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     let metrics = Arc::new(Metrics::new());
     let platform = match config.backend {
-        BackendKind::Onnx => "lexserve_onnx",
-        BackendKind::Candle => "lexserve_candle",
+        Backend::Onnx => "lexserve_onnx",
+        Backend::Candle => "lexserve_candle",
     };
     let max_body_bytes = config.max_body_bytes;
     let drain_timeout = config.drain_timeout;

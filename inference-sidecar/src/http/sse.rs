@@ -9,8 +9,8 @@ use futures::Stream;
 use futures::stream::{self, StreamExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::encoder::service::InFlightWork;
 use crate::generation::GenerationEvent;
-use crate::service::InFlightWork;
 
 /// What a route makes of one engine event: SSE events to send, and whether the stream ends.
 pub struct Mapped {

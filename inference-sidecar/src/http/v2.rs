@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 
 use super::body::parse_json;
 use super::error::ApiError;
-use super::server::AppState;
-use crate::config::Task;
-use crate::head::Inference;
-use crate::service::argmax;
+use super::state::AppState;
+use crate::config::ModelTask;
+use crate::encoder::head::Inference;
+use crate::encoder::service::argmax;
 
 #[derive(Debug, Deserialize)]
 pub struct InferInput {
@@ -133,7 +133,7 @@ pub async fn infer(
     let output = state.service.infer(&texts, "inputs[0].data", task).await?;
     let n = output.results.len();
     let outputs = match task {
-        Task::Classify => {
+        ModelTask::Classify => {
             let labels = state
                 .service
                 .model()
@@ -163,7 +163,7 @@ pub async fn infer(
                 },
             ]
         }
-        Task::Embed | Task::Generate => {
+        ModelTask::Embed | ModelTask::Generate => {
             let mut flat = Vec::new();
             let mut dim = 0;
             for result in &output.results {
@@ -230,7 +230,7 @@ pub async fn model_metadata(
     check_name(&state, &name)?;
     let model = state.service.model();
     let outputs = match state.service.task {
-        Task::Classify => {
+        ModelTask::Classify => {
             let classes = model.as_ref().map_or(-1, |m| m.labels.len() as i64);
             json!([
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},

@@ -1,12 +1,15 @@
-//! Shared helpers for the sidecar's process-level tests: where the models are, and a sidecar process
-//! started on a free port and stopped when dropped.
+//! Shared helpers for the sidecar's tests, one place each: where the models are and the server
+//! arguments that load them (here), a sidecar process started on a free port and stopped when dropped
+//! ([`sidecar`]), talking to it over HTTP ([`http`]), running `fetch` as the init container does
+//! ([`fetch`]), and making a classifier to serve ([`classifier_training`]).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+pub mod classifier_training;
+pub mod fetch;
+pub mod http;
+pub mod sidecar;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// `$LEXSERVE_MODELS_DIR`, default `$HOME/.cache/lexserve/models` (where scripts/setup-models.sh puts them).
 pub fn models_dir() -> PathBuf {
@@ -68,139 +71,6 @@ pub fn onnx_embed_args() -> Vec<String> {
         "--ort-dylib-path".into(),
         ort_dylib().display().to_string(),
     ]
-}
-
-pub struct Sidecar {
-    child: Child,
-    pub base: String,
-    pub logs: Arc<Mutex<Vec<String>>>,
-}
-
-/// How long a test waits for a server to come up before failing (loading, not asserting on speed).
-const STARTUP_LIMIT: Duration = Duration::from_secs(300);
-
-impl Sidecar {
-    /// Starts `lexserve-sidecar serve ARGS --listen 127.0.0.1:0` and waits until it listens.
-    pub fn start(args: &[String]) -> Self {
-        Self::start_with_env(args, &[])
-    }
-
-    pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lexserve-sidecar"));
-        command
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .env_remove("ORT_DYLIB_PATH")
-            .env("LEXSERVE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("spawn lexserve-sidecar");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"listening\"")
-                    && let Some(addr) = line
-                        .split("\"addr\":\"")
-                        .nth(1)
-                        .and_then(|rest| rest.split('"').next())
-                {
-                    let _ = addr_tx.send(addr.to_string());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = addr_rx.recv_timeout(STARTUP_LIMIT).unwrap_or_else(|_| {
-            panic!(
-                "sidecar did not start listening; logs: {:?}",
-                logs.lock().unwrap()
-            )
-        });
-        Self {
-            child,
-            base: format!("http://{addr}"),
-            logs,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Polls `/ready` until it is 200 (or panics after the startup limit, with the server's logs).
-    pub async fn wait_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if let Ok(response) = client.get(self.url("/ready")).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar never became ready; logs: {:?}",
-                self.logs.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM (via kill(1), to stay free of libc bindings).
-    pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit (bounded) and returns its exit code.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .expect("http client")
-}
-
-/// The value of an unlabelled sample (`name value`) in an OpenMetrics text.
-pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::config::{ModelFormat, Pooling, Quantize, ServeConfig};
-use crate::digest::{DigestError, path_sha256};
+use crate::fetch::digest::{DigestError, path_sha256};
 use crate::uri::UriError;
 
 /// Name of the linear classification head stored next to an encoder (tensors `weight` [classes, hidden]

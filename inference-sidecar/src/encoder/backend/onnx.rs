@@ -14,8 +14,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, TensorElementType, ValueType};
 
 use super::{BackendError, Encoder, EncoderOutput, PaddedBatch};
-use crate::artifacts::ModelFiles;
-use crate::config::Task;
+use crate::config::ModelTask;
+use crate::encoder::artifacts::ModelFiles;
 
 /// ONNX Runtime allows one environment per process; every worker's session shares it. The library path
 /// that created it is remembered so a second, different path is reported rather than silently ignored.
@@ -113,7 +113,7 @@ fn load_err(path: &Path, message: impl ToString) -> BackendError {
 impl OnnxEncoder {
     pub fn load(
         files: &ModelFiles,
-        task: Task,
+        task: ModelTask,
         threads: usize,
         dylib: Option<&Path>,
     ) -> Result<Self, BackendError> {
@@ -182,7 +182,7 @@ impl OnnxEncoder {
 /// Picks the output to read: `logits` for a classifier that has one; otherwise per-token states
 /// (`last_hidden_state` or any rank-3 float output) so pooling stays under the spec's control; otherwise
 /// an already pooled rank-2 output.
-fn choose_output(session: &Session, task: Task) -> Result<(String, OutputKind), BackendError> {
+fn choose_output(session: &Session, task: ModelTask) -> Result<(String, OutputKind), BackendError> {
     let float_outputs: Vec<(&str, usize)> = session
         .outputs()
         .iter()
@@ -196,7 +196,7 @@ fn choose_output(session: &Session, task: Task) -> Result<(String, OutputKind), 
         })
         .collect();
     let pick = |name: &str, kind| (name.to_string(), kind);
-    if task == Task::Classify
+    if task == ModelTask::Classify
         && let Some((name, _)) = float_outputs
             .iter()
             .find(|(n, r)| *n == "logits" && *r == 2)

@@ -1,9 +1,9 @@
 //! `fetch`: the init container's job. Copies a model (a file or a directory) from its uri into the
-//! serving volume and verifies its sha256 (see [`crate::digest`] for how a directory is digested).
+//! serving volume and verifies its sha256 (see [`digest`] for how a directory is digested).
 //! The copy is verified, not the source: what the server will read is what must match.
 //!
 //! `file://` and `pvc://` are copied from the local filesystem. `s3://` and `hf://` are downloaded
-//! (see [`crate::remote`]) into a staging directory inside the destination, verified there, and only
+//! (see [`remote`]) into a staging directory inside the destination, verified there, and only
 //! then moved into place, so a failed download or a digest mismatch leaves nothing for the server to
 //! load.
 //!
@@ -11,18 +11,22 @@
 //! and `kubectl describe`: `sha256:<hex>` of what was verified on success (the operator records which
 //! model a pod actually serves), the error message on failure.
 
+pub mod digest;
+pub mod remote;
+
+use lexserve_contract::names::TERMINATION_DIGEST_PREFIX;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::cli::FetchArgs;
-use crate::digest::{DigestError, list_files, path_sha256};
-use crate::remote::{self, RemoteError, Staging};
 use crate::uri::{ModelUri, UriError};
+use digest::{DigestError, list_files, path_sha256};
+use remote::{RemoteError, Staging};
 
 /// Where Kubernetes mounts the file whose content becomes the container's termination message.
-pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+pub use lexserve_contract::names::path::TERMINATION_LOG as DEFAULT_TERMINATION_LOG;
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
 const TERMINATION_MESSAGE_LIMIT: usize = 4096;
@@ -95,7 +99,7 @@ pub fn termination_log_path(flag: Option<&Path>) -> (PathBuf, bool) {
 /// `sha256:<hex>` on success, the error message (cut to what Kubernetes keeps) on failure.
 pub fn termination_message(result: &Result<Fetched, FetchError>) -> String {
     match result {
-        Ok(fetched) => format!("sha256:{}", fetched.sha256),
+        Ok(fetched) => format!("{TERMINATION_DIGEST_PREFIX}{}", fetched.sha256),
         Err(e) => {
             let mut message = e.to_string();
             let mut end = message.len().min(TERMINATION_MESSAGE_LIMIT);

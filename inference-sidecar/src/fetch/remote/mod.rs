@@ -105,6 +105,24 @@ pub(crate) fn request_error(url: &str, error: &reqwest::Error) -> RemoteError {
     }
 }
 
+/// Sends a GET: a success status is the response, any other status the source's own error (from
+/// `status_error`, which reads the body), and no answer at all a request error.
+pub(crate) async fn send<E: Future<Output = RemoteError>>(
+    request: reqwest::RequestBuilder,
+    url: &reqwest::Url,
+    status_error: impl FnOnce(reqwest::Response) -> E,
+) -> Result<reqwest::Response, RemoteError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| request_error(url.as_str(), &e))?;
+    if response.status().is_success() {
+        Ok(response)
+    } else {
+        Err(status_error(response).await)
+    }
+}
+
 /// One client per fetch. No overall timeout (models are gigabytes), but a connection that cannot be
 /// opened, or that stops sending, fails instead of hanging the pod's start forever.
 pub(crate) fn http_client() -> Result<reqwest::Client, RemoteError> {
@@ -120,6 +138,16 @@ pub(crate) fn http_client() -> Result<reqwest::Client, RemoteError> {
 /// present but blank must not turn into an empty token or endpoint).
 pub(crate) fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A lookup over fixed `NAME=value` pairs, standing in for [`env_var`] in unit tests.
+#[cfg(test)]
+pub(crate) fn lookup_in(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| vars.get(name).cloned()
 }
 
 /// Checks that a remote file name (an S3 key below the prefix, a Hub `rfilename`) is a plain relative

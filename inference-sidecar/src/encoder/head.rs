@@ -1,21 +1,18 @@
 //! What turns an encoder's raw output into the task's answer: pooling, L2 normalisation, an optional
 //! linear classification head, softmax. Shared by every backend so they agree by construction.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use thiserror::Error;
 
-use crate::backend::{EncoderOutput, PaddedBatch};
-use crate::config::{Pooling, Task};
+use super::backend::{EncoderOutput, PaddedBatch};
+use crate::config::{ModelTask, Pooling};
 
 #[derive(Debug, Error)]
 pub enum HeadError {
     #[error("cannot read classification head {path}: {message}")]
     Load { path: String, message: String },
-    #[error("cannot write classification head {path}: {message}")]
-    Save { path: String, message: String },
     #[error("{0}")]
     Mismatch(String),
 }
@@ -73,23 +70,6 @@ impl LinearHead {
         })
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), HeadError> {
-        let err = |message: String| HeadError::Save {
-            path: path.display().to_string(),
-            message,
-        };
-        let weight = Tensor::from_vec(
-            self.weight.clone(),
-            (self.classes, self.hidden),
-            &Device::Cpu,
-        )
-        .map_err(|e| err(e.to_string()))?;
-        let bias = Tensor::from_vec(self.bias.clone(), self.classes, &Device::Cpu)
-            .map_err(|e| err(e.to_string()))?;
-        let tensors = HashMap::from([("weight".to_string(), weight), ("bias".to_string(), bias)]);
-        candle_core::safetensors::save(&tensors, path).map_err(|e| err(e.to_string()))
-    }
-
     pub fn logits(&self, features: &[f32]) -> Vec<f32> {
         (0..self.classes)
             .map(|c| {
@@ -97,48 +77,6 @@ impl LinearHead {
                 self.bias[c] + row.iter().zip(features).map(|(w, x)| w * x).sum::<f32>()
             })
             .collect()
-    }
-
-    /// Multinomial logistic regression by full-batch gradient descent from zero: deterministic, so the
-    /// same data always gives the same head. `features` are the encoder's pooled (and normalised)
-    /// embeddings, exactly what the server feeds the head.
-    pub fn train(
-        features: &[Vec<f32>],
-        labels: &[usize],
-        classes: usize,
-        epochs: usize,
-        learning_rate: f32,
-        l2: f32,
-    ) -> Self {
-        let hidden = features.first().map_or(0, Vec::len);
-        let mut head = Self {
-            classes,
-            hidden,
-            weight: vec![0.0; classes * hidden],
-            bias: vec![0.0; classes],
-        };
-        let n = features.len().max(1) as f32;
-        for _ in 0..epochs {
-            let mut grad_w = vec![0.0f32; classes * hidden];
-            let mut grad_b = vec![0.0f32; classes];
-            for (x, &y) in features.iter().zip(labels) {
-                let p = softmax(&head.logits(x));
-                for c in 0..classes {
-                    let g = p[c] - if c == y { 1.0 } else { 0.0 };
-                    grad_b[c] += g;
-                    for (gw, xi) in grad_w[c * hidden..(c + 1) * hidden].iter_mut().zip(x) {
-                        *gw += g * xi;
-                    }
-                }
-            }
-            for (w, g) in head.weight.iter_mut().zip(&grad_w) {
-                *w -= learning_rate * (g / n + l2 * *w);
-            }
-            for (b, g) in head.bias.iter_mut().zip(&grad_b) {
-                *b -= learning_rate * g / n;
-            }
-        }
-        head
     }
 }
 
@@ -185,7 +123,7 @@ pub fn pool(states: &[f32], hidden: usize, batch: &PaddedBatch, pooling: Pooling
 /// The task's post-processing, fixed when the model is loaded.
 #[derive(Debug, Clone)]
 pub struct OutputHead {
-    pub task: Task,
+    pub task: ModelTask,
     pub pooling: Pooling,
     pub normalize: bool,
     pub linear: Option<LinearHead>,
@@ -200,7 +138,7 @@ impl OutputHead {
     ) -> Result<Vec<Inference>, HeadError> {
         let rows: Vec<Vec<f32>> = match output {
             EncoderOutput::Logits { classes, data } => {
-                if self.task != Task::Classify {
+                if self.task != ModelTask::Classify {
                     return Err(HeadError::Mismatch(
                         "the model outputs logits, not embeddings".into(),
                     ));
@@ -227,10 +165,10 @@ impl OutputHead {
             rows.iter_mut().for_each(|r| l2_normalize(r));
         }
         match self.task {
-            Task::Embed | Task::Generate => {
+            ModelTask::Embed | ModelTask::Generate => {
                 Ok(rows.into_iter().map(Inference::Embedding).collect())
             }
-            Task::Classify => {
+            ModelTask::Classify => {
                 let linear = self.linear.as_ref().ok_or_else(|| {
                     HeadError::Mismatch(
                         "task classify needs a model with a logits output or a classifier.safetensors head next to the encoder"
@@ -269,7 +207,7 @@ impl OutputHead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenize::TokenizedText;
+    use crate::encoder::tokenize::TokenizedText;
 
     fn batch(lens: &[usize]) -> PaddedBatch {
         let texts: Vec<TokenizedText> = lens
@@ -302,25 +240,9 @@ mod tests {
     }
 
     #[test]
-    fn training_separates_separable_data() {
-        let features = vec![
-            vec![1.0, 0.0],
-            vec![0.9, 0.1],
-            vec![0.0, 1.0],
-            vec![0.1, 0.9],
-        ];
-        let labels = vec![0, 0, 1, 1];
-        let head = LinearHead::train(&features, &labels, 2, 200, 1.0, 0.0);
-        for (x, &y) in features.iter().zip(&labels) {
-            let p = softmax(&head.logits(x));
-            assert!(p[y] > 0.5);
-        }
-    }
-
-    #[test]
     fn classify_without_a_head_is_a_clear_error() {
         let head = OutputHead {
-            task: Task::Classify,
+            task: ModelTask::Classify,
             pooling: Pooling::Mean,
             normalize: true,
             linear: None,

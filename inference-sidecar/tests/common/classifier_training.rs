@@ -2,15 +2,19 @@
 //! linear head (softmax regression) on the embeddings, and write a model directory the sidecar serves
 //! with `task: classify` — the encoder's files plus `classifier.safetensors`, with the class names in
 //! `config.json`'s `id2label`.
+//!
+//! The server only loads a head; making one is for the tests (`tests/classify.rs`) and for
+//! `examples/train_classifier.rs`, which includes this file, so it lives here and not in the library.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use candle_core::{Device, Tensor};
+use lexserve_sidecar::encoder::artifacts::HEAD_FILE;
+use lexserve_sidecar::encoder::head::{LinearHead, softmax};
+use lexserve_sidecar::encoder::pipeline::{Pipeline, PipelineError};
+use lexserve_sidecar::encoder::service::argmax;
 use thiserror::Error;
-
-use crate::artifacts::HEAD_FILE;
-use crate::head::{HeadError, LinearHead, softmax};
-use crate::pipeline::{Pipeline, PipelineError};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -25,8 +29,6 @@ pub enum TrainError {
     TooFewClasses(usize),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error(transparent)]
-    Head(#[from] HeadError),
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -93,13 +95,13 @@ pub fn train_head(
         .collect();
     // Unit-norm features give small logits; a large step and a few hundred epochs converge, and the
     // light L2 keeps the weights (and the confidences) from growing without bound.
-    let head = LinearHead::train(&features, &targets, labels.len(), 400, 4.0, 1e-4);
+    let head = fit_linear_head(&features, &targets, labels.len(), 400, 4.0, 1e-4);
     let correct = features
         .iter()
         .zip(&targets)
         .filter(|(x, y)| {
             let p = softmax(&head.logits(x));
-            crate::service::argmax(&p).map(|(i, _)| i) == Some(**y)
+            argmax(&p).map(|(i, _)| i) == Some(**y)
         })
         .count();
     Ok(TrainedHead {
@@ -163,6 +165,66 @@ pub fn write_classifier_dir(
     let pretty =
         serde_json::to_string_pretty(&config).map_err(|e| write_err(&out_config, e.to_string()))?;
     std::fs::write(&out_config, pretty).map_err(|e| write_err(&out_config, e.to_string()))?;
-    trained.head.save(&out_dir.join(HEAD_FILE))?;
-    Ok(())
+    save_head(&trained.head, &out_dir.join(HEAD_FILE))
+}
+
+/// Multinomial logistic regression by full-batch gradient descent from zero: deterministic, so the
+/// same data always gives the same head. `features` are the encoder's pooled (and normalised)
+/// embeddings, exactly what the server feeds the head.
+pub fn fit_linear_head(
+    features: &[Vec<f32>],
+    labels: &[usize],
+    classes: usize,
+    epochs: usize,
+    learning_rate: f32,
+    l2: f32,
+) -> LinearHead {
+    let hidden = features.first().map_or(0, Vec::len);
+    let mut head = LinearHead {
+        classes,
+        hidden,
+        weight: vec![0.0; classes * hidden],
+        bias: vec![0.0; classes],
+    };
+    let n = features.len().max(1) as f32;
+    for _ in 0..epochs {
+        let mut grad_w = vec![0.0f32; classes * hidden];
+        let mut grad_b = vec![0.0f32; classes];
+        for (x, &y) in features.iter().zip(labels) {
+            let p = softmax(&head.logits(x));
+            for c in 0..classes {
+                let g = p[c] - if c == y { 1.0 } else { 0.0 };
+                grad_b[c] += g;
+                for (gw, xi) in grad_w[c * hidden..(c + 1) * hidden].iter_mut().zip(x) {
+                    *gw += g * xi;
+                }
+            }
+        }
+        for (w, g) in head.weight.iter_mut().zip(&grad_w) {
+            *w -= learning_rate * (g / n + l2 * *w);
+        }
+        for (b, g) in head.bias.iter_mut().zip(&grad_b) {
+            *b -= learning_rate * g / n;
+        }
+    }
+    head
+}
+
+/// Writes `weight` [classes, hidden] and `bias` [classes] as safetensors, the file the server loads
+/// with [`LinearHead::load`].
+pub fn save_head(head: &LinearHead, path: &Path) -> Result<(), TrainError> {
+    let err = |message: String| TrainError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let weight = Tensor::from_vec(
+        head.weight.clone(),
+        (head.classes, head.hidden),
+        &Device::Cpu,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let bias = Tensor::from_vec(head.bias.clone(), head.classes, &Device::Cpu)
+        .map_err(|e| err(e.to_string()))?;
+    let tensors = HashMap::from([("weight".to_string(), weight), ("bias".to_string(), bias)]);
+    candle_core::safetensors::save(&tensors, path).map_err(|e| err(e.to_string()))
 }

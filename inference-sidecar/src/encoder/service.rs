@@ -9,16 +9,16 @@ use std::sync::{Arc, RwLock};
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::batching::queue::BatchLimits;
-use crate::batching::worker::serve_batches;
-use crate::batching::{BatchError, BatchQueue, SubmitError};
-use crate::config::{ServeConfig, Task};
+use super::batching::queue::BatchLimits;
+use super::batching::worker::serve_batches;
+use super::batching::{BatchError, BatchQueue, SubmitError};
+use super::head::Inference;
+use super::pipeline::Pipeline;
+use super::tokenize::{TextTokenizer, TokenizedText};
+use crate::config::{ModelTask, ServeConfig};
 use crate::generation::Generator;
 use crate::generation::engine::Engine;
-use crate::head::Inference;
 use crate::metrics::{Metrics, ModelLabels};
-use crate::pipeline::Pipeline;
-use crate::tokenize::{TextTokenizer, TokenizedText};
 
 /// Errors a caller of the service can get; the HTTP layer maps each to a status once.
 #[derive(Debug, Error)]
@@ -43,7 +43,7 @@ pub enum ServiceError {
 pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
     pub queue: BatchQueue,
-    pub task: Task,
+    pub task: ModelTask,
     pub labels: Vec<String>,
     /// Length of the vectors an embedding model returns.
     pub dimensions: Option<usize>,
@@ -68,7 +68,7 @@ pub struct InferOutput {
 pub struct ModelService {
     pub name: String,
     pub version: String,
-    pub task: Task,
+    pub task: ModelTask,
     pub metrics: Arc<Metrics>,
     pub max_texts_per_request: usize,
     readiness: RwLock<Readiness>,
@@ -183,7 +183,7 @@ impl ModelService {
     /// Runs on the backend thread: load, warm up, then serve batches (or generation steps) until
     /// shutdown.
     fn load_and_serve(&self, config: &ServeConfig) {
-        if config.task == Task::Generate {
+        if config.task == ModelTask::Generate {
             match catch_load(|| Engine::load(config, Arc::clone(&self.metrics))) {
                 Ok((engine, generator)) => {
                     self.mark_loaded();
@@ -308,7 +308,7 @@ impl ModelService {
         &self,
         texts: &[String],
         field: &str,
-        task: Task,
+        task: ModelTask,
     ) -> Result<InferOutput, ServiceError> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(self);
@@ -376,7 +376,7 @@ impl ModelService {
             results.push(reply.map_err(|e| ServiceError::Internal(e.to_string()))?);
         }
         running.take_back(results.len());
-        if let Some(labels) = (task == Task::Classify).then_some(&model.labels) {
+        if let Some(labels) = (task == ModelTask::Classify).then_some(&model.labels) {
             for result in &results {
                 if let Inference::Classification { probabilities } = result
                     && let Some((best, p)) = argmax(probabilities)
@@ -466,14 +466,14 @@ const TUNING_TEXT: &str = "Serving a language model well means batching requests
     caches, and then each text in it costs more than it would in a smaller batch, which is why the \
     server measures this once when it starts.";
 
-/// Runs the warm-up sweep ([`crate::batching::tune`]) and returns the efficient token budget
+/// Runs the warm-up sweep ([`super::batching::tune`]) and returns the efficient token budget
 /// (`usize::MAX`, no cap, if it could not be measured).
 fn tune_batch_size(pipeline: &mut Pipeline, config: &ServeConfig) -> usize {
     let Ok(sample) = pipeline.tokenizer.encode(TUNING_TEXT) else {
         return usize::MAX;
     };
     let pad_id = pipeline.tokenizer.pad_id();
-    let tuned = crate::batching::tune::measure(
+    let tuned = super::batching::tune::measure(
         pipeline.encoder.as_mut(),
         &pipeline.head,
         &sample,

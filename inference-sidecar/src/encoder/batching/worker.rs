@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use super::queue::{NextStep, plan};
 use super::{BatchError, BatchQueue, Job, Shared};
-use crate::backend::{Encoder, PaddedBatch};
-use crate::head::{Inference, OutputHead};
+use crate::encoder::backend::{Encoder, PaddedBatch};
+use crate::encoder::head::{Inference, OutputHead};
 
 /// Runs one batch through the encoder and the head. Panics inside a backend are caught and turned into
 /// errors for the batch's texts: one bad batch must not take the server down.

@@ -19,7 +19,9 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use super::sigv4::uri_encode;
-use super::{RemoteError, env_var, error_body, request_error, safe_relative_path, write_body};
+use super::{
+    RemoteError, env_var, error_body, request_error, safe_relative_path, send, write_body,
+};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -82,15 +84,7 @@ impl HfConfig {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| request_error(url.as_str(), &e))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(self.status_error(uri, response).await)
-        }
+        send(request, &url, |response| self.status_error(uri, response)).await
     }
 
     async fn status_error(&self, uri: &str, response: reqwest::Response) -> RemoteError {
@@ -210,16 +204,11 @@ pub async fn download(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
+    use super::super::lookup_in;
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<HfConfig, RemoteError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        HfConfig::from_lookup(|name| vars.get(name).cloned())
+        HfConfig::from_lookup(lookup_in(vars))
     }
 
     #[test]

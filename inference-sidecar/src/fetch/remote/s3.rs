@@ -13,7 +13,9 @@ use std::time::SystemTime;
 use reqwest::{StatusCode, Url};
 
 use super::sigv4::{self, Credentials, EMPTY_SHA256, uri_encode};
-use super::{RemoteError, env_var, error_body, request_error, safe_relative_path, write_body};
+use super::{
+    RemoteError, env_var, error_body, request_error, safe_relative_path, send, write_body,
+};
 
 /// Where and as whom to talk to S3.
 #[derive(Debug, Clone)]
@@ -152,15 +154,7 @@ impl S3Config {
         for (name, value) in &headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| request_error(url.as_str(), &e))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(status_error(uri, response).await)
-        }
+        send(request, &url, |response| status_error(uri, response)).await
     }
 }
 
@@ -359,16 +353,11 @@ pub async fn download(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
+    use super::super::lookup_in;
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<S3Config, RemoteError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        S3Config::from_lookup("s3://b/k", |name| vars.get(name).cloned())
+        S3Config::from_lookup("s3://b/k", lookup_in(vars))
     }
 
     const KEYS: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "s")];

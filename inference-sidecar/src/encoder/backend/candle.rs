@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 
 use super::{BackendError, Encoder, EncoderOutput, PaddedBatch};
-use crate::artifacts::ModelFiles;
+use crate::encoder::artifacts::ModelFiles;
 
 pub struct CandleEncoder {
     model: BertModel,

@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use super::worker::run_batch;
-use crate::backend::{Encoder, PaddedBatch};
-use crate::head::OutputHead;
-use crate::tokenize::TokenizedText;
+use crate::encoder::backend::{Encoder, PaddedBatch};
+use crate::encoder::head::OutputHead;
+use crate::encoder::tokenize::TokenizedText;
 
 /// What the sweep found.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,13 +4,13 @@
 
 use thiserror::Error;
 
-use crate::artifacts::{ArtifactError, ModelFiles, locate};
-use crate::backend::{BackendError, Encoder, PaddedBatch, load_encoder};
-use crate::batching::BatchError;
-use crate::batching::worker::run_batch;
-use crate::config::{Pooling, ServeConfig, Task};
-use crate::head::{HeadError, Inference, LinearHead, OutputHead};
-use crate::tokenize::{TextTokenizer, TokenizeError};
+use super::artifacts::{ArtifactError, ModelFiles, locate};
+use super::backend::{BackendError, Encoder, PaddedBatch, load_encoder};
+use super::batching::BatchError;
+use super::batching::worker::run_batch;
+use super::head::{HeadError, Inference, LinearHead, OutputHead};
+use super::tokenize::{TextTokenizer, TokenizeError};
+use crate::config::{ModelTask, Pooling, ServeConfig};
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
@@ -51,7 +51,7 @@ impl Pipeline {
             config.ort_dylib_path.as_deref(),
         )?;
         let linear = match (&files.head, config.task) {
-            (Some(path), Task::Classify) => Some(LinearHead::load(path)?),
+            (Some(path), ModelTask::Classify) => Some(LinearHead::load(path)?),
             _ => None,
         };
         let labels = config
@@ -83,14 +83,16 @@ impl Pipeline {
         let results = match run_batch(pipeline.encoder.as_mut(), &pipeline.head, &batch) {
             Ok(results) => results,
             // A logits model without configured labels: name the classes after the output's width.
-            Err(_) if pipeline.head.task == Task::Classify && pipeline.head.labels.is_empty() => {
+            Err(_)
+                if pipeline.head.task == ModelTask::Classify && pipeline.head.labels.is_empty() =>
+            {
                 let unlabeled = OutputHead {
                     labels: Vec::new(),
                     ..pipeline.head.clone()
                 };
                 let probe = pipeline.encoder.forward(&batch)?;
                 let classes = match probe {
-                    crate::backend::EncoderOutput::Logits { classes, .. } => classes,
+                    super::backend::EncoderOutput::Logits { classes, .. } => classes,
                     _ => 0,
                 };
                 pipeline.head = OutputHead {

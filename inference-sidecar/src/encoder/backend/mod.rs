@@ -1,6 +1,6 @@
 //! Inference engines behind one trait. A backend turns a padded batch of token ids into the model's raw
 //! output; pooling, normalisation and classification heads are applied afterwards by
-//! [`crate::head::OutputHead`], identically for every engine, so two backends over the same weights can
+//! [`super::head::OutputHead`], identically for every engine, so two backends over the same weights can
 //! be compared number for number.
 
 pub mod candle;
@@ -8,9 +8,9 @@ pub mod onnx;
 
 use thiserror::Error;
 
-use crate::artifacts::ModelFiles;
-use crate::config::{BackendKind, Task};
-use crate::tokenize::TokenizedText;
+use crate::config::{Backend, ModelTask};
+use crate::encoder::artifacts::ModelFiles;
+use crate::encoder::tokenize::TokenizedText;
 
 #[derive(Debug, Error)]
 pub enum BackendError {
@@ -87,14 +87,14 @@ pub trait Encoder: Send {
 
 /// Loads the engine `kind` for `files`.
 pub fn load_encoder(
-    kind: BackendKind,
+    kind: Backend,
     files: &ModelFiles,
-    task: Task,
+    task: ModelTask,
     threads: usize,
     ort_dylib: Option<&std::path::Path>,
 ) -> Result<Box<dyn Encoder>, BackendError> {
     // Decoders are served by the generation engine (`crate::generation`), not through this trait.
-    if task == Task::Generate {
+    if task == ModelTask::Generate {
         return Err(BackendError::Unsupported(
             "task generate is served by the generation engine, not an encoder backend".into(),
         ));
@@ -106,10 +106,10 @@ pub fn load_encoder(
         )));
     }
     match kind {
-        BackendKind::Onnx => Ok(Box::new(onnx::OnnxEncoder::load(
+        Backend::Onnx => Ok(Box::new(onnx::OnnxEncoder::load(
             files, task, threads, ort_dylib,
         )?)),
-        BackendKind::Candle => Ok(Box::new(candle::CandleEncoder::load(files)?)),
+        Backend::Candle => Ok(Box::new(candle::CandleEncoder::load(files)?)),
     }
 }
 

@@ -13,9 +13,9 @@ use std::time::Instant;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::head::Inference;
+use crate::encoder::head::Inference;
+use crate::encoder::tokenize::TokenizedText;
 use crate::metrics::Metrics;
-use crate::tokenize::TokenizedText;
 use queue::{BatchLimits, Pending};
 
 /// Why a submission was refused. Nothing is queued when any of these is returned.

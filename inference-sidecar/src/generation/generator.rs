@@ -1,0 +1,195 @@
+//! The client side of the generation engine: requests, the events that answer them, and
+//! [`Generator`], the handle the HTTP handlers share. It validates a request against the engine's
+//! limits, bounds the queue (429 beyond `max_waiting`), and hands the request to the engine thread
+//! ([`super::engine`]); dropping the returned stream cancels it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::chat_template::{ChatMessage, ChatTemplate};
+use super::sampling::SamplingParams;
+use super::scheduler::SeqId;
+use super::tokenizer::GgufTokenizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// The model emitted an end-of-sequence token.
+    EndOfSequence,
+    /// A stop sequence appeared in the text.
+    StopSequence,
+}
+
+impl FinishReason {
+    /// The native API's name (text-generation-inference's).
+    pub fn native(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::EndOfSequence => "eos_token",
+            Self::StopSequence => "stop_sequence",
+        }
+    }
+
+    /// OpenAI's name.
+    pub fn openai(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::EndOfSequence | Self::StopSequence => "stop",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt_ids: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+/// How a generation ended, carried by its last token's event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// A generated token and the text it completes (empty while held back: an unfinished UTF-8
+    /// character or the possible start of a stop sequence). The last one says how it ended, so a
+    /// stream can close with the token that ended it.
+    Token {
+        id: u32,
+        text: String,
+        finish: Option<Finish>,
+    },
+    Failed(String),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the generation queue is full ({0} requests waiting); retry later")]
+    QueueFull(usize),
+    #[error(
+        "the prompt ({prompt} tokens) plus max_new_tokens ({new}) exceeds the {limit} tokens one sequence may hold"
+    )]
+    TooLong {
+        prompt: usize,
+        new: usize,
+        limit: usize,
+    },
+    #[error("max_new_tokens must be between 1 and {0}")]
+    MaxNewTokens(usize),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the generation engine has stopped")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeneratorLimits {
+    /// Default and ceiling of a request's `max_new_tokens`.
+    pub max_new_tokens: usize,
+    /// Prompt plus new tokens: the smaller of the model's context and the cache's capacity.
+    pub max_total_tokens: usize,
+    /// Requests waiting for admission beyond which new ones are refused (429).
+    pub max_waiting: usize,
+}
+
+/// A request on its way to the engine thread.
+pub(super) struct Submission {
+    pub(super) id: SeqId,
+    pub(super) request: GenerationRequest,
+    pub(super) events: UnboundedSender<GenerationEvent>,
+    pub(super) arrived: Instant,
+}
+
+/// The client side of the engine: shared by the HTTP handlers.
+pub struct Generator {
+    pub tokenizer: GgufTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub limits: GeneratorLimits,
+    submissions: Sender<Submission>,
+    /// Requests submitted and not yet admitted (or dropped) by the engine.
+    queued: Arc<AtomicUsize>,
+    next_id: AtomicU64,
+}
+
+impl Generator {
+    /// The handle, and the receiving end of its submissions for the engine thread.
+    pub(super) fn new(
+        tokenizer: GgufTokenizer,
+        chat_template: Option<ChatTemplate>,
+        limits: GeneratorLimits,
+    ) -> (Self, Receiver<Submission>) {
+        let (submissions, receiver) = std::sync::mpsc::channel();
+        let generator = Self {
+            tokenizer,
+            chat_template,
+            limits,
+            submissions,
+            queued: Arc::new(AtomicUsize::new(0)),
+            next_id: AtomicU64::new(1),
+        };
+        (generator, receiver)
+    }
+
+    /// The engine took a request off the queue (admitted it, or dropped it before admission).
+    pub(super) fn left_queue(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Queues `request`; events arrive on the returned stream. Dropping the stream cancels the
+    /// request and frees its cache blocks at the engine's next step.
+    pub fn submit(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<UnboundedReceiver<GenerationEvent>, SubmitError> {
+        if request.prompt_ids.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if request.max_new_tokens == 0 || request.max_new_tokens > self.limits.max_new_tokens {
+            return Err(SubmitError::MaxNewTokens(self.limits.max_new_tokens));
+        }
+        if request.prompt_ids.len() + request.max_new_tokens > self.limits.max_total_tokens {
+            return Err(SubmitError::TooLong {
+                prompt: request.prompt_ids.len(),
+                new: request.max_new_tokens,
+                limit: self.limits.max_total_tokens,
+            });
+        }
+        let queued = self.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.limits.max_waiting {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull(queued));
+        }
+        let (events, receiver) = unbounded_channel();
+        let submission = Submission {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            request,
+            events,
+            arrived: Instant::now(),
+        };
+        if self.submissions.send(submission).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Closed);
+        }
+        Ok(receiver)
+    }
+
+    /// The prompt for a chat, through the model's own template.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, String> {
+        match &self.chat_template {
+            Some(template) => template.render(messages),
+            None => Err("this model ships no chat template".into()),
+        }
+    }
+}

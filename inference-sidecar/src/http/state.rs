@@ -1,0 +1,15 @@
+//! What every handler shares: the model service, the metrics, and the metadata the API reports.
+
+use std::sync::Arc;
+
+use crate::encoder::service::ModelService;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<ModelService>,
+    pub metrics: Arc<Metrics>,
+    /// KServe metadata `platform`.
+    pub platform: String,
+    pub started_unix: u64,
+}
