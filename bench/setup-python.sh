@@ -3,7 +3,7 @@
 # $HOME/.cache/lexserve/bench-venv (override with LEXSERVE_BENCH_VENV). Versions are pinned so runs
 # compare like with like; onnxruntime is the same release the sidecar loads.
 set -euo pipefail
-VENV="${LEXSERVE_BENCH_VENV:-$HOME/.cache/lexserve/bench-venv}"
+VENV="${LEXSERVE_BENCH_VENV:-${LEXSERVE_CACHE:-$HOME/.cache/lexserve}/bench-venv}"
 STAMP="$VENV/.lexserve-bench-1"
 if [[ -f "$STAMP" ]]; then
     echo "$VENV"

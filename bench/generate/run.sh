@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CACHE="${LEXSERVE_CACHE_DIR:-$HOME/.cache/lexserve}"
+CACHE="${LEXSERVE_CACHE:-$HOME/.cache/lexserve}"
 THREADS="${LEXSERVE_BENCH_THREADS:-$(nproc)}"
 CONCURRENCY="${LEXSERVE_BENCH_CONCURRENCY:-1,4,8,16}"
 OUT="${LEXSERVE_BENCH_OUT:-$ROOT/target/bench/generate}"

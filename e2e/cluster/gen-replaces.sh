@@ -16,8 +16,8 @@ cd "$here"
 # shellcheck source=versions.env
 source ./versions.env
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-export GOMODCACHE="${GOMODCACHE:-$HOME/.cache/lexserve/go/mod}"
-export GOCACHE="${GOCACHE:-$HOME/.cache/lexserve/go/build}"
+export GOMODCACHE="${GOMODCACHE:-${LEXSERVE_CACHE:-$HOME/.cache/lexserve}/go/mod}"
+export GOCACHE="${GOCACHE:-${LEXSERVE_CACHE:-$HOME/.cache/lexserve}/go/build}"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 staging_version="v0.${K8S_VERSION#v1.}"

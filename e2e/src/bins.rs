@@ -13,11 +13,7 @@ pub const BIN_DIR_ENV: &str = "LEXSERVE_BIN_DIR";
 
 /// The root of lexserve's cache: `$LEXSERVE_CACHE`, else `$HOME/.cache/lexserve` (as setup.sh).
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LEXSERVE_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".cache").join("lexserve")
+    lexserve_testkit::cache_root()
 }
 
 /// The directory holding the binaries: `$LEXSERVE_BIN_DIR`, else `<cache>/bin`.

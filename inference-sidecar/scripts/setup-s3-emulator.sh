@@ -5,13 +5,13 @@
 # exercised end to end). Idempotent: a finished install leaves a stamp naming the pinned version and is
 # skipped next time.
 #
-# Layout (override the root with LEXSERVE_CACHE_DIR, or the venv itself with LEXSERVE_S3_EMULATOR_VENV):
-#   $LEXSERVE_CACHE_DIR/s3-emulator-venv/bin/moto_server
+# Layout (override the root with LEXSERVE_CACHE, or the venv itself with LEXSERVE_S3_EMULATOR_VENV):
+#   $LEXSERVE_CACHE/s3-emulator-venv/bin/moto_server
 # The tests (inference-sidecar/tests/fetch_remote.rs) look for moto_server there.
 set -euo pipefail
 
 MOTO_VERSION="5.2.5"
-CACHE="${LEXSERVE_CACHE_DIR:-$HOME/.cache/lexserve}"
+CACHE="${LEXSERVE_CACHE:-$HOME/.cache/lexserve}"
 VENV="${LEXSERVE_S3_EMULATOR_VENV:-$CACHE/s3-emulator-venv}"
 STAMP="$VENV/.lexserve-moto-$MOTO_VERSION"
 

