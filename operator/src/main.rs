@@ -299,12 +299,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .then(|| std::time::Duration::from_secs(args.scaling_signal_interval_seconds)),
         scaling_signal_grace: std::time::Duration::from_secs(args.scaling_signal_grace_seconds),
     };
-    let ctx = Arc::new(Context::new(
+    // The watch caches start only once this replica leads: a follower holds no cache.
+    let (ctx, triggers) = Context::start(
         client.clone(),
+        args.namespace.as_deref(),
         config,
         metrics.clone(),
         Some(identity.clone()),
-    ));
+    )
+    .await?;
+    let ctx = Arc::new(ctx);
 
     // Stop the controllers on a signal, or when the lease is lost.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -313,6 +317,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         client.clone(),
         args.namespace.clone(),
         ctx,
+        triggers,
         Some(load_signal),
         {
             let mut stop_rx = stop_rx.clone();

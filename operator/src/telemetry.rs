@@ -31,6 +31,14 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+/// One API request a reconcile of `kind` made.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    pub kind: String,
+    pub verb: String,
+    pub resource: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -48,6 +56,11 @@ pub struct Metrics {
     pub metrics_api_requests: Family<CodeLabels, Counter>,
     /// Scaling-signal checks that found the signal missing, by reason.
     pub signal_missing: Family<ReasonLabels, Counter>,
+    /// API requests made by reconciles (watches excluded), by reconciled kind, verb and
+    /// resource: divided by `reconciliations`, the cost of a reconcile.
+    pub api_requests: Family<ApiRequestLabels, Counter>,
+    /// Children re-applied because a field the operator sets was changed, by child kind.
+    pub drift_corrections: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,8 +110,22 @@ impl Default for Metrics {
             "Scaling-signal checks that found an InferenceService's load signal missing, by reason",
             signal_missing.clone(),
         );
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "API requests made by reconciles (not watches), by reconciled kind, verb and resource",
+            api_requests.clone(),
+        );
+        let drift_corrections = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "drift_corrections",
+            "Children re-applied because a field the operator sets had been changed, by child kind",
+            drift_corrections.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            api_requests,
+            drift_corrections,
             metrics_api_requests,
             signal_missing,
             reconciliations,
@@ -128,6 +155,26 @@ impl Metrics {
             .get_or_create(&ErrorLabels {
                 kind: kind.to_string(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one API request of a reconcile of `kind`.
+    pub fn api_request(&self, kind: &str, verb: &str, resource: &str) {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels {
+                kind: kind.to_string(),
+                verb: verb.to_string(),
+                resource: resource.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one drift correction of a child of `kind`.
+    pub fn drift_corrected(&self, kind: &str) {
+        self.drift_corrections
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
             })
             .inc();
     }

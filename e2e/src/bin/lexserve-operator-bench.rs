@@ -4,6 +4,10 @@
 //!   after another), beside the same run's reference: kube-controller-manager's Deployment →
 //!   ReplicaSet latency for those very Deployments;
 //! - the time for `--objects` InferenceServices created at once to all become Ready (kwok pods);
+//! - the API requests per reconcile while those objects settle: reads (GET and LIST, as the
+//!   apiserver counts them for every client, on the resources a reconcile reads) per
+//!   reconcile, and, where the operator counts its own (`lexserve_operator_api_requests`),
+//!   its requests per reconcile by verb;
 //! - the operator's peak RSS (VmHWM) over the run;
 //! - write requests to the operator's resources during `--idle-seconds` with nothing changing.
 //!
@@ -90,6 +94,49 @@ async fn namespace(client: &Client, name: &str) -> Result<()> {
     let ns = serde_json::from_value(json!({"metadata": {"name": name}}))?;
     api.create(&PostParams::default(), &ns).await?;
     Ok(())
+}
+
+/// The resources a reconcile of an InferenceService may read or write.
+const RECONCILE_RESOURCES: &[&str] = &[
+    "inferenceservices",
+    "deployments",
+    "services",
+    "configmaps",
+    "horizontalpodautoscalers",
+    "poddisruptionbudgets",
+    "scaledobjects",
+    "pods",
+    "nodes",
+];
+
+/// Sums `apiserver_request_total` over the given verbs and resources (watches excluded).
+fn requests(metrics: &str, verbs: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|line| {
+            let (labels, value) = line.rsplit_once(' ')?;
+            let label = |name: &str| {
+                let key = format!("{name}=\"");
+                let start = labels.find(&key)? + key.len();
+                let end = labels[start..].find('"')? + start;
+                Some(labels[start..end].to_string())
+            };
+            let counted = verbs.contains(&label("verb")?.as_str())
+                && RECONCILE_RESOURCES.contains(&label("resource")?.as_str());
+            counted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Sums the operator's counter `name` over its label sets, or over those whose labels contain
+/// `filter`.
+fn operator_counter(metrics: &str, name: &str, filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// First time each object of kind K was seen in `namespace`, by name.
@@ -203,6 +250,8 @@ async fn main() -> Result<()> {
     namespace(&client, "bench-scale").await?;
     let isvcs: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), "bench-scale", &isvc_resource());
+    let apiserver_before = cluster.apiserver_metrics().await?;
+    let operator_before = operator.metrics().await?;
     let started = Instant::now();
     let names: Vec<String> = (0..args.objects).map(|i| format!("svc-{i}")).collect();
     for chunk in names.chunks(50) {
@@ -241,6 +290,34 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+
+    // Requests per reconcile while they settled.
+    let apiserver_after = cluster.apiserver_metrics().await?;
+    let operator_after = operator.metrics().await?;
+    let reconciles = operator_counter(
+        &operator_after,
+        "lexserve_operator_reconciliations_total",
+        "",
+    ) - operator_counter(
+        &operator_before,
+        "lexserve_operator_reconciliations_total",
+        "",
+    );
+    let reads = requests(&apiserver_after, &["GET", "LIST"])
+        - requests(&apiserver_before, &["GET", "LIST"]);
+    let own: Vec<(&str, f64)> = ["GET", "LIST", "APPLY", "DELETE", "POST"]
+        .into_iter()
+        .map(|verb| {
+            let filter = format!("verb=\"{verb}\"");
+            let name = "lexserve_operator_api_requests_total";
+            (
+                verb,
+                operator_counter(&operator_after, name, &filter)
+                    - operator_counter(&operator_before, name, &filter),
+            )
+        })
+        .collect();
+    let counts_own = operator_after.contains("lexserve_operator_api_requests_total");
 
     // 3. Idle.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -298,6 +375,31 @@ async fn main() -> Result<()> {
         steady.as_secs_f64(),
         args.objects as f64 / steady.as_secs_f64()
     );
+    let per = |n: f64| {
+        if reconciles > 0.0 {
+            n / reconciles
+        } else {
+            f64::NAN
+        }
+    };
+    println!(
+        "while they settled: {reconciles:.0} reconciles; GET+LIST requests on {RECONCILE_RESOURCES:?} (all clients, apiserver-counted): {reads:.0}, {:.2} per reconcile",
+        per(reads)
+    );
+    if counts_own {
+        let total: f64 = own.iter().map(|(_, n)| n).sum();
+        let by_verb: Vec<String> = own
+            .iter()
+            .map(|(verb, n)| format!("{verb} {:.3}", per(*n)))
+            .collect();
+        println!(
+            "the operator's own API requests per reconcile: {:.3} ({})",
+            per(total),
+            by_verb.join(", ")
+        );
+    } else {
+        println!("the operator's own API requests per reconcile: not counted by this operator");
+    }
     match rss {
         Some(mib) => println!("operator peak RSS: {mib:.1} MiB"),
         None => println!("operator peak RSS: unavailable"),

@@ -5,6 +5,41 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::fmt;
 
+/// Condition reasons, CamelCase as the conventions ask. They are API: clients (`kubectl wait`,
+/// alerts, dashboards) match on them, so they live beside the types and change only with a
+/// version of the API.
+pub mod reason {
+    pub const AVAILABLE: &str = "Available";
+    pub const DEPLOYING: &str = "Deploying";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    pub const INSUFFICIENT_GPU: &str = "InsufficientGPU";
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    pub const MODEL_FETCH_FAILED: &str = "ModelFetchFailed";
+    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
+    pub const MODEL_NOT_READY: &str = "ModelNotReady";
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    pub const HEALTHY: &str = "Healthy";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+    pub const MISSING_DEPENDENCY: &str = "MissingDependency";
+    /// The apiserver refused a child the operator built (a 422): the message names the child
+    /// and quotes the apiserver.
+    pub const CHILD_REJECTED: &str = "ChildRejected";
+    pub const LOAD_MEASURED: &str = "LoadMeasured";
+    /// The load signal cannot be read because Prometheus does not answer.
+    pub const PROMETHEUS_UNAVAILABLE: &str = "PrometheusUnavailable";
+    /// Prometheus answers, but has no load series for the service.
+    pub const LOAD_SERIES_MISSING: &str = "LoadSeriesMissing";
+    /// No replica is ready, so there is no load to measure yet (not a monitoring problem).
+    pub const NO_READY_REPLICAS: &str = "NoReadyReplicas";
+    /// Degraded reasons that come from the load signal (see `SignalMissing::reason`): the
+    /// signal checks re-reconcile the service when they change, so no fast requeue is needed.
+    pub const SIGNAL_REASONS: [&str; 2] = [PROMETHEUS_UNAVAILABLE, LOAD_SERIES_MISSING];
+}
+
 /// The condition types lexserve sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionType {

@@ -1,10 +1,16 @@
-//! State shared by the reconcilers.
+//! State shared by the reconcilers: the client, the configuration, the watch caches, the
+//! metrics and the per-object memory (backoff, apply residuals, load signals).
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::OnceCell;
+use tracing::info;
 
+use super::Error;
+use super::apply::Residuals;
 use super::backoff::Backoff;
-use super::scaling_signal::SignalBoard;
+use super::cache::{ChildStores, ChildTriggers, Drivers, GpuStores, keda_installed};
+use super::inference_service::scaling_signal::SignalBoard;
 use crate::config::OperatorConfig;
 use crate::telemetry::Metrics;
 
@@ -17,26 +23,52 @@ pub struct Context {
     pub backoff: Backoff,
     /// The last known state of each autoscaled service's load signal.
     pub signals: SignalBoard,
+    /// The children and model-server pods, from watches.
+    pub children: ChildStores,
+    /// Nodes and their pods, from watches started by the first GPU service.
+    gpu: OnceCell<GpuStores>,
+    /// What the apiserver normalized in the last apply of a child (see [`Residuals`]).
+    pub residuals: Residuals,
+    _drivers: Drivers,
 }
 
 impl Context {
-    pub fn new(
+    /// Starts the watch caches (in `namespace`, or everywhere) and waits until they are
+    /// filled. Returns the context and the caches' events, which trigger reconciles.
+    pub async fn start(
         client: Client,
+        namespace: Option<&str>,
         config: OperatorConfig,
         metrics: Metrics,
         instance: Option<String>,
-    ) -> Self {
+    ) -> Result<(Self, ChildTriggers), Error> {
         let reporter = Reporter {
             controller: crate::resources::labels::FIELD_MANAGER.to_string(),
             instance,
         };
-        Self {
+        let keda = keda_installed(&client).await;
+        let (children, triggers, drivers) = ChildStores::start(&client, namespace, keda);
+        children.wait_until_ready().await?;
+        info!(keda, "watch caches filled");
+        let context = Self {
             signals: SignalBoard::new(config.scaling_signal_grace),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
             metrics,
             backoff: Backoff::default(),
-        }
+            children,
+            gpu: OnceCell::new(),
+            residuals: Residuals::default(),
+            _drivers: drivers,
+        };
+        Ok((context, triggers))
+    }
+
+    /// The node and pod caches, started and filled on first use.
+    pub async fn gpu_stores(&self) -> Result<&GpuStores, Error> {
+        self.gpu
+            .get_or_try_init(|| GpuStores::start(&self.client))
+            .await
     }
 }

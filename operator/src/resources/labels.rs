@@ -12,6 +12,9 @@ pub const COMPONENT_LABEL: &str = "lexserve.io/component";
 pub const SPEC_HASH_ANNOTATION: &str = "lexserve.io/spec-hash";
 /// Hash of the sidecar config on the pod template, so that a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "lexserve.io/config-hash";
+/// The recommended label naming the tool that manages an object; on every child, so that the
+/// watches select only children and the orphan sweep touches only what lexserve made.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "lexserve-operator";
 
@@ -33,9 +36,6 @@ pub fn common_labels(name: &str) -> BTreeMap<String, String> {
         "lexserve-sidecar".to_string(),
     );
     labels.insert("app.kubernetes.io/instance".to_string(), name.to_string());
-    labels.insert(
-        "app.kubernetes.io/managed-by".to_string(),
-        FIELD_MANAGER.to_string(),
-    );
+    labels.insert(MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string());
     labels
 }

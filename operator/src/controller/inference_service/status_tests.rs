@@ -7,8 +7,9 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
 use super::scaling_signal::SignalCondition;
-use super::status::{Observed, ScalingSignal, compute_status, is_settled, parse_digest, reason};
+use super::status::{Observed, ScalingSignal, compute_status, is_settled, parse_digest};
 use crate::api::InferenceService;
+use crate::api::conditions::reason;
 use crate::api::conditions::{ConditionType, find_condition};
 use crate::gpu::{NodeGpus, gpu_fit};
 use crate::metrics_api::load::SignalMissing;
@@ -50,6 +51,7 @@ fn observe<'a>(d: Option<&'a Deployment>, pods: &'a [Pod]) -> Observed<'a> {
         gpu_resource: None,
         url: "http://minilm.team-a.svc.cluster.local".to_string(),
         reconcile_problem: None,
+        child_rejected: None,
         scaling_signal: ScalingSignal::NotAutoscaled,
         now: at(1000),
     }
@@ -317,4 +319,22 @@ fn the_scaling_signal_condition_follows_the_checks() {
     observed.scaling_signal = ScalingSignal::NotAutoscaled;
     let none = compute_status(&stored, &observed);
     assert!(find_condition(&none.conditions, ConditionType::ScalingSignalAvailable).is_none());
+}
+
+#[test]
+fn a_rejected_child_is_degraded_and_named_before_any_other_problem() {
+    let message = "the apiserver rejected Deployment minilm: spec.template.spec.volumes[0].name: Invalid value: \"pvc-models.v1\"";
+    let mut observed = observe(None, &[]);
+    observed.child_rejected = Some(message.to_string());
+    observed.reconcile_problem = Some((reason::MISSING_DEPENDENCY, "no KEDA".to_string()));
+    let status = compute_status(&isvc(), &observed);
+    assert_eq!(
+        condition(&status, ConditionType::Degraded),
+        ("True", reason::CHILD_REJECTED, message)
+    );
+    assert_eq!(
+        condition(&status, ConditionType::Ready),
+        ("False", reason::CHILD_REJECTED, message)
+    );
+    assert!(!is_settled(&status));
 }

@@ -1,6 +1,9 @@
 //! An InferenceService's status, computed from what its children report. Pure: the reconciler
 //! gathers the Deployment, the pods, the HPA and the GPU numbers, and writes what this returns
 //! only when it differs from the stored status.
+//!
+//! [`compute_status`] composes named steps: the replica counts, the most important problem,
+//! then one function per condition.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -15,29 +18,7 @@ use crate::api::conditions::{
 use crate::api::inference_service::{InferenceServiceStatus, ResolvedModel};
 use crate::gpu::GpuFit;
 
-/// Condition reasons, CamelCase as the conventions ask.
-pub mod reason {
-    pub const AVAILABLE: &str = "Available";
-    pub const DEPLOYING: &str = "Deploying";
-    pub const ROLLING_OUT: &str = "RollingOut";
-    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
-    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-    pub const INSUFFICIENT_GPU: &str = "InsufficientGPU";
-    pub const UNSCHEDULABLE: &str = "Unschedulable";
-    pub const MODEL_FETCH_FAILED: &str = "ModelFetchFailed";
-    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
-    pub const MODEL_NOT_READY: &str = "ModelNotReady";
-    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
-    pub const HEALTHY: &str = "Healthy";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const APPLY_FAILED: &str = "ApplyFailed";
-    pub const REPLICA_FAILURE: &str = "ReplicaFailure";
-    pub const MISSING_DEPENDENCY: &str = "MissingDependency";
-    pub const LOAD_MEASURED: &str = "LoadMeasured";
-    /// Degraded reasons that come from the load signal (see `SignalMissing::reason`): the
-    /// signal checks re-reconcile the service when they change, so no fast requeue is needed.
-    pub const SIGNAL_REASONS: [&str; 2] = ["PrometheusUnavailable", "LoadSeriesMissing"];
-}
+use crate::api::conditions::reason;
 
 /// What the reconciler knows about an InferenceService's load signal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +44,10 @@ pub struct Observed<'a> {
     pub url: String,
     /// A problem the reconcile itself ran into (a missing KEDA CRD), as (reason, message).
     pub reconcile_problem: Option<(&'static str, String)>,
+    /// Children the apiserver refused, said in one sentence that names each and quotes the
+    /// apiserver. Ranked before every other problem: nothing else can be fixed while the
+    /// declared state cannot even be written.
+    pub child_rejected: Option<String>,
     /// The load signal's state.
     pub scaling_signal: ScalingSignal,
     pub now: Time,
@@ -80,24 +65,11 @@ struct PodProblem {
 pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> InferenceServiceStatus {
     let generation = isvc.metadata.generation;
     let mut status = isvc.status.clone().unwrap_or_default();
+    let counts = Replicas::of(observed.deployment);
     status.observed_generation = generation;
     status.url = Some(observed.url.clone());
-
-    let dep_status = observed.deployment.and_then(|d| d.status.as_ref());
-    let desired = observed
-        .deployment
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let replicas = dep_status.and_then(|s| s.replicas).unwrap_or(0);
-    let ready = dep_status.and_then(|s| s.ready_replicas).unwrap_or(0);
-    let updated = dep_status.and_then(|s| s.updated_replicas).unwrap_or(0);
-    let dep_generation_seen = match (observed.deployment, dep_status) {
-        (Some(d), Some(s)) => s.observed_generation >= d.metadata.generation,
-        _ => false,
-    };
-    status.replicas = Some(replicas);
-    status.ready_replicas = Some(ready);
+    status.replicas = Some(counts.replicas);
+    status.ready_replicas = Some(counts.ready);
     status.last_scale_time = observed
         .hpa
         .and_then(|h| h.status.as_ref())
@@ -108,10 +80,80 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
         digest: fetched_digest(observed.pods).or_else(|| isvc.spec.model.sha256.clone()),
     });
 
-    let replica_failure = dep_status
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
+    let problem = most_important_problem(observed);
+    let deadline_exceeded = progress_deadline_exceeded(observed.deployment);
+    for condition in [
+        ready_condition(&counts, problem.as_ref()),
+        progressing_condition(&counts, deadline_exceeded),
+        degraded_condition(problem.as_ref(), deadline_exceeded),
+    ] {
+        set_condition(
+            &mut status.conditions,
+            condition,
+            generation,
+            observed.now.clone(),
+        );
+    }
+    match scaling_signal_condition(&observed.scaling_signal) {
+        SignalUpdate::Remove => remove_condition(
+            &mut status.conditions,
+            ConditionType::ScalingSignalAvailable,
+        ),
+        SignalUpdate::Keep => {}
+        SignalUpdate::Set(condition) => set_condition(
+            &mut status.conditions,
+            condition,
+            generation,
+            observed.now.clone(),
+        ),
+    }
+    status
+}
+
+/// The Deployment's replica counts, and whether its controller has seen its latest spec.
+struct Replicas {
+    desired: i32,
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    generation_seen: bool,
+}
+
+impl Replicas {
+    fn of(deployment: Option<&Deployment>) -> Self {
+        let dep_status = deployment.and_then(|d| d.status.as_ref());
+        Self {
+            desired: deployment
+                .and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.replicas)
+                .unwrap_or(1),
+            replicas: dep_status.and_then(|s| s.replicas).unwrap_or(0),
+            ready: dep_status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            updated: dep_status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            generation_seen: match (deployment, dep_status) {
+                (Some(d), Some(s)) => s.observed_generation >= d.metadata.generation,
+                _ => false,
+            },
+        }
+    }
+
+    /// Every replica runs the current spec and is ready.
+    fn rolled_out(&self) -> bool {
+        self.generation_seen
+            && self.updated >= self.desired
+            && self.replicas == self.updated
+            && self.ready >= self.desired
+    }
+}
+
+/// The problem the conditions report, most important first: a rejected child, the pods, the
+/// Deployment's ReplicaFailure, the reconcile's own, then a missing load signal.
+fn most_important_problem(observed: &Observed<'_>) -> Option<PodProblem> {
+    let rejected = observed.child_rejected.as_ref().map(|message| PodProblem {
+        reason: reason::CHILD_REJECTED,
+        message: message.clone(),
+    });
+    let replica_failure = deployment_conditions(observed.deployment)
         .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
         .map(|c| PodProblem {
             reason: reason::REPLICA_FAILURE,
@@ -136,21 +178,32 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
         }
         _ => None,
     };
-    let problem = pod_problem(observed)
+    rejected
+        .or_else(|| pod_problem(observed))
         .or(replica_failure)
         .or(reconcile_problem)
-        .or(signal_problem);
-    let deadline_exceeded = dep_status
+        .or(signal_problem)
+}
+
+fn deployment_conditions(
+    deployment: Option<&Deployment>,
+) -> impl Iterator<Item = &k8s_openapi::api::apps::v1::DeploymentCondition> {
+    deployment
+        .and_then(|d| d.status.as_ref())
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
-        .any(|c| {
-            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        });
-    let rolled_out =
-        dep_generation_seen && updated >= desired && replicas == updated && ready >= desired;
+}
 
-    let ready_condition = if ready > 0 {
+fn progress_deadline_exceeded(deployment: Option<&Deployment>) -> bool {
+    deployment_conditions(deployment).any(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    })
+}
+
+fn ready_condition(counts: &Replicas, problem: Option<&PodProblem>) -> DesiredCondition {
+    let (ready, desired) = (counts.ready, counts.desired);
+    if ready > 0 {
         DesiredCondition::new(
             ConditionType::Ready,
             true,
@@ -164,7 +217,7 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
             reason::SCALED_TO_ZERO,
             "no replicas requested",
         )
-    } else if let Some(p) = &problem {
+    } else if let Some(p) = problem {
         DesiredCondition::new(ConditionType::Ready, false, p.reason, p.message.clone())
     } else {
         DesiredCondition::new(
@@ -173,16 +226,27 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
             reason::DEPLOYING,
             format!("0/{desired} replicas ready: waiting for the model to load and warm up"),
         )
-    };
+    }
+}
 
-    let progressing_condition = if deadline_exceeded {
+const DEADLINE_MESSAGE: &str =
+    "the rollout made no progress within the Deployment's progress deadline";
+
+fn progressing_condition(counts: &Replicas, deadline_exceeded: bool) -> DesiredCondition {
+    let Replicas {
+        desired,
+        ready,
+        updated,
+        ..
+    } = *counts;
+    if deadline_exceeded {
         DesiredCondition::new(
             ConditionType::Progressing,
             false,
             reason::PROGRESS_DEADLINE_EXCEEDED,
-            "the rollout made no progress within the Deployment's progress deadline",
+            DEADLINE_MESSAGE,
         )
-    } else if rolled_out {
+    } else if counts.rolled_out() {
         DesiredCondition::new(
             ConditionType::Progressing,
             false,
@@ -196,9 +260,11 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
             reason::ROLLING_OUT,
             format!("{updated}/{desired} replicas updated, {ready} ready"),
         )
-    };
+    }
+}
 
-    let degraded_condition = match (&problem, deadline_exceeded) {
+fn degraded_condition(problem: Option<&PodProblem>, deadline_exceeded: bool) -> DesiredCondition {
+    match (problem, deadline_exceeded) {
         (Some(p), _) => {
             DesiredCondition::new(ConditionType::Degraded, true, p.reason, p.message.clone())
         }
@@ -206,7 +272,7 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
             ConditionType::Degraded,
             true,
             reason::PROGRESS_DEADLINE_EXCEEDED,
-            "the rollout made no progress within the Deployment's progress deadline",
+            DEADLINE_MESSAGE,
         ),
         (None, false) => DesiredCondition::new(
             ConditionType::Degraded,
@@ -214,46 +280,37 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
             reason::HEALTHY,
             "no problem found",
         ),
-    };
-
-    for condition in [ready_condition, progressing_condition, degraded_condition] {
-        set_condition(
-            &mut status.conditions,
-            condition,
-            generation,
-            observed.now.clone(),
-        );
     }
-    match &observed.scaling_signal {
-        ScalingSignal::NotAutoscaled => remove_condition(
-            &mut status.conditions,
-            ConditionType::ScalingSignalAvailable,
-        ),
-        ScalingSignal::Unchecked => {}
-        ScalingSignal::Known(signal) => {
-            let condition = match signal {
-                SignalCondition::Available => DesiredCondition::new(
-                    ConditionType::ScalingSignalAvailable,
-                    true,
-                    reason::LOAD_MEASURED,
-                    "the load (waiting plus running requests per ready replica) is measured from Prometheus",
-                ),
-                SignalCondition::Missing(m) => DesiredCondition::new(
-                    ConditionType::ScalingSignalAvailable,
-                    false,
-                    m.reason(),
-                    format!("the autoscaler holds its replicas: {m}"),
-                ),
-            };
-            set_condition(
-                &mut status.conditions,
-                condition,
-                generation,
-                observed.now.clone(),
-            );
+}
+
+/// What to do with the `ScalingSignalAvailable` condition.
+enum SignalUpdate {
+    Remove,
+    Keep,
+    Set(DesiredCondition),
+}
+
+fn scaling_signal_condition(signal: &ScalingSignal) -> SignalUpdate {
+    match signal {
+        ScalingSignal::NotAutoscaled => SignalUpdate::Remove,
+        ScalingSignal::Unchecked => SignalUpdate::Keep,
+        ScalingSignal::Known(SignalCondition::Available) => {
+            SignalUpdate::Set(DesiredCondition::new(
+                ConditionType::ScalingSignalAvailable,
+                true,
+                reason::LOAD_MEASURED,
+                "the load (waiting plus running requests per ready replica) is measured from Prometheus",
+            ))
+        }
+        ScalingSignal::Known(SignalCondition::Missing(m)) => {
+            SignalUpdate::Set(DesiredCondition::new(
+                ConditionType::ScalingSignalAvailable,
+                false,
+                m.reason(),
+                format!("the autoscaler holds its replicas: {m}"),
+            ))
         }
     }
-    status
 }
 
 /// The most important problem among the pods: scheduling, then fetching, then loading.

@@ -1,0 +1,475 @@
+//! One reconcile of an InferenceService, as named phases:
+//!
+//! read (caches) → validate (pure) → build (pure) → apply → sweep orphans → observe (caches)
+//! → status (pure) → events (pure) → write status and publish events.
+//!
+//! An unchanged, settled service makes no API request at all: every read is served from the
+//! watch caches, nothing drifted is re-applied, and an unchanged status is not written.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument};
+
+use super::events::events;
+use super::gpu_capacity::node_gpus;
+use super::scaling_signal::autoscaled;
+use super::status::{Observed, ScalingSignal, compute_status, is_settled};
+use crate::api::InferenceService;
+use crate::api::conditions::{ConditionType, DesiredCondition, reason, set_condition};
+use crate::api::inference_service::{InferenceServiceStatus, ScalingProvider};
+use crate::config::OperatorConfig;
+use crate::controller::Error;
+use crate::controller::apply::{Outcome, apply_child};
+use crate::controller::child::{ChildKind, DesiredChild, Rejection};
+use crate::controller::context::Context;
+use crate::controller::error_policy::key;
+use crate::controller::events::publish;
+use crate::controller::orphans::{orphans, sweep};
+use crate::gpu::{GpuFit, gpu_fit, gpu_resource_name, plan_rollout};
+use crate::resources::labels::{FIELD_MANAGER, selector_labels};
+use crate::resources::service::service_url;
+use crate::resources::{Children, build_children, deployment, hpa};
+
+pub(super) const KIND: &str = "InferenceService";
+/// How often a service in rollout or trouble is looked at again.
+const UNSETTLED_REQUEUE: Duration = Duration::from_secs(10);
+
+/// One reconcile.
+#[instrument(skip_all, fields(namespace = %isvc.namespace().unwrap_or_default(), name = %isvc.name_any()))]
+pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    if isvc.metadata.deletion_timestamp.is_some() {
+        // Children go with the owner through garbage collection; nothing to undo outside it.
+        return Ok(Action::await_change());
+    }
+    let result = reconcile_phases(&isvc, &ctx).await;
+    ctx.metrics.reconciled(KIND, started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.reset(&key(isvc.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_phases(isvc: &InferenceService, ctx: &Context) -> Result<Action, Error> {
+    let namespace = isvc
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("InferenceService has no namespace".to_string()))?;
+    if let Err(message) = validate(isvc) {
+        let status = invalid_status(isvc, &message, Time(Timestamp::now()));
+        write_status(isvc, ctx, &status).await?;
+        return Err(Error::InvalidSpec(message));
+    }
+    let inputs = read(isvc, ctx).await?;
+    let desired = build(isvc, &ctx.config, &inputs);
+    let applied = apply(ctx, &namespace, desired).await?;
+    let deleted = if applied.rejected.is_empty() {
+        sweep_orphans(isvc, ctx, &namespace, &applied.built).await?
+    } else {
+        // A child that replaces an old one may be the rejected one: keep the old until the
+        // new one exists.
+        0
+    };
+    count_writes(ctx, applied.written + deleted);
+    let observations = observe(isvc, ctx, &namespace, &applied);
+    let status = compute_status(isvc, &observations.view(isvc, ctx, &inputs, &applied));
+    let events = events(isvc.status.as_ref(), &status);
+    write_status(isvc, ctx, &status).await?;
+    for event in &events {
+        publish(ctx, KIND, isvc, event).await;
+    }
+    if let Some(error) = applied.deferred_error() {
+        return Err(error);
+    }
+    Ok(Action::requeue(requeue_after(&status, &ctx.config)))
+}
+
+/// Checks what the CRD's rules cannot. Pure.
+pub fn validate(isvc: &InferenceService) -> Result<(), String> {
+    let uris = std::iter::once(("spec.model.uri", isvc.spec.model.uri.as_str())).chain(
+        isvc.spec
+            .model
+            .tokenizer
+            .as_deref()
+            .map(|t| ("spec.model.tokenizer", t)),
+    );
+    for (field, uri) in uris {
+        if uri.starts_with("pvc://") && deployment::pvc_claim(uri).is_none() {
+            return Err(format!(
+                "{field}: {uri} names no claim; use pvc://<claim>/<path>"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The conditions of a spec that cannot be built, and nothing else changed. Pure.
+pub fn invalid_status(isvc: &InferenceService, message: &str, now: Time) -> InferenceServiceStatus {
+    let mut status = isvc.status.clone().unwrap_or_default();
+    let generation = isvc.metadata.generation;
+    status.observed_generation = generation;
+    for condition in [
+        DesiredCondition::new(ConditionType::Ready, false, reason::INVALID_SPEC, message),
+        DesiredCondition::new(ConditionType::Degraded, true, reason::INVALID_SPEC, message),
+    ] {
+        set_condition(&mut status.conditions, condition, generation, now.clone());
+    }
+    status
+}
+
+/// What the build needs from the cluster besides the object.
+pub struct Inputs {
+    /// The GPU situation, when the pods request GPUs.
+    pub gpu: Option<GpuInputs>,
+}
+
+pub struct GpuInputs {
+    /// The extended resource the pods request.
+    pub resource: String,
+    pub fit: GpuFit,
+}
+
+/// Reads the GPU capacity of the nodes the pods may use, from the node and pod caches.
+async fn read(isvc: &InferenceService, ctx: &Context) -> Result<Inputs, Error> {
+    let Some(gpu) = isvc.spec.resources.as_ref().and_then(|r| r.gpu.as_ref()) else {
+        return Ok(Inputs { gpu: None });
+    };
+    let stores = ctx.gpu_stores().await?;
+    let resource = gpu_resource_name(gpu);
+    let (selector, tolerations) = deployment::placement(isvc);
+    let nodes = stores.nodes.state();
+    let pods = stores.pods.state();
+    let nodes = node_gpus(
+        nodes.iter().map(AsRef::as_ref),
+        pods.iter().map(AsRef::as_ref),
+        &resource,
+        &selector.unwrap_or_default(),
+        &tolerations.unwrap_or_default(),
+    );
+    Ok(Inputs {
+        gpu: Some(GpuInputs {
+            fit: gpu_fit(u64::from(gpu.count), &nodes),
+            resource,
+        }),
+    })
+}
+
+/// Every child this object needs, in apply order. Pure.
+pub fn build(
+    isvc: &InferenceService,
+    config: &OperatorConfig,
+    inputs: &Inputs,
+) -> Vec<DesiredChild> {
+    let rollout = plan_rollout(inputs.gpu.as_ref().map(|g| &g.fit));
+    let Children {
+        config_map,
+        deployment,
+        service,
+        pdb,
+        hpa,
+        scaled_object,
+    } = build_children(isvc, config, rollout);
+    let mut children = vec![
+        DesiredChild::new(ChildKind::ConfigMap, &config_map),
+        DesiredChild::new(ChildKind::Service, &service),
+        DesiredChild::new(ChildKind::Deployment, &deployment),
+    ];
+    children.extend(pdb.map(|p| DesiredChild::new(ChildKind::PodDisruptionBudget, &p)));
+    children.extend(hpa.map(|h| DesiredChild::new(ChildKind::HorizontalPodAutoscaler, &h)));
+    children.extend(scaled_object.map(|s| DesiredChild::new(ChildKind::ScaledObject, &s)));
+    children
+}
+
+/// What the apply phase did.
+struct Applied {
+    /// Every child built this pass, as (kind, name): what the sweep keeps.
+    built: BTreeSet<(ChildKind, String)>,
+    /// The Deployment as the apiserver has it, when it does.
+    deployment: Option<Deployment>,
+    written: u64,
+    rejected: Vec<Rejection>,
+    /// KEDA's CRD is missing: reported in status, then the reconcile fails for a retry.
+    missing_dependency: Option<Error>,
+}
+
+impl Applied {
+    /// The error the reconcile ends with after status is written, if any.
+    fn deferred_error(self) -> Option<Error> {
+        if !self.rejected.is_empty() {
+            return Some(Error::ChildRejected(self.rejected));
+        }
+        self.missing_dependency
+    }
+}
+
+/// Applies every child that is missing, changed or drifted. A child the apiserver rejects
+/// does not stop the others; any other failure ends the reconcile.
+async fn apply(
+    ctx: &Context,
+    namespace: &str,
+    desired: Vec<DesiredChild>,
+) -> Result<Applied, Error> {
+    let mut applied = Applied {
+        built: BTreeSet::new(),
+        deployment: None,
+        written: 0,
+        rejected: Vec::new(),
+        missing_dependency: None,
+    };
+    for child in desired {
+        let kind = child.kind;
+        applied.built.insert((kind, child.name.clone()));
+        let outcome = apply_child(ctx, KIND, namespace, child).await;
+        let outcome = if kind == ChildKind::ScaledObject {
+            outcome.map_err(keda_missing)
+        } else {
+            outcome
+        };
+        match outcome {
+            Ok(Outcome::Rejected(rejection)) => applied.rejected.push(rejection),
+            Ok(outcome) => {
+                applied.written += u64::from(matches!(outcome, Outcome::Written(_)));
+                if kind == ChildKind::Deployment {
+                    applied.deployment = outcome
+                        .live()
+                        .and_then(|v| serde_json::from_value(v.clone()).ok());
+                }
+            }
+            Err(e @ Error::MissingDependency(_)) => applied.missing_dependency = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(applied)
+}
+
+/// KEDA's CRD missing from the cluster is a configuration problem, said plainly.
+fn keda_missing(e: Error) -> Error {
+    match e {
+        Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404 => Error::MissingDependency(
+            "spec.scaling.provider is keda, but the cluster has no ScaledObject CRD (keda.sh/v1alpha1): install KEDA or use provider hpa".to_string(),
+        ),
+        other => other,
+    }
+}
+
+/// Deletes the children this object owns and no longer builds.
+async fn sweep_orphans(
+    isvc: &InferenceService,
+    ctx: &Context,
+    namespace: &str,
+    built: &BTreeSet<(ChildKind, String)>,
+) -> Result<u64, Error> {
+    let Some(uid) = isvc.uid() else {
+        return Ok(0);
+    };
+    let candidates = ctx.children.owned_by(namespace, &uid);
+    sweep(ctx, KIND, orphans(built, candidates, &uid)).await
+}
+
+fn count_writes(ctx: &Context, writes: u64) {
+    if writes > 0 {
+        ctx.metrics
+            .writes
+            .get_or_create(&crate::telemetry::KindLabels {
+                kind: KIND.to_string(),
+            })
+            .inc_by(writes);
+        info!(writes, "children written");
+    }
+}
+
+/// What the status is computed from, read from the apply's results and the caches.
+struct Observations {
+    deployment: Option<Deployment>,
+    pods: Vec<Pod>,
+    hpa: Option<Arc<HorizontalPodAutoscaler>>,
+}
+
+fn observe(
+    isvc: &InferenceService,
+    ctx: &Context,
+    namespace: &str,
+    applied: &Applied,
+) -> Observations {
+    let name = isvc.name_any();
+    let hpa_wanted = isvc
+        .spec
+        .scaling
+        .as_ref()
+        .is_some_and(|s| s.provider == ScalingProvider::Hpa);
+    Observations {
+        deployment: applied.deployment.clone(),
+        pods: ctx.children.pods(namespace, &selector_labels(&name)),
+        hpa: hpa_wanted
+            .then(|| ctx.children.hpa(namespace, &hpa::hpa_name(&name)))
+            .flatten(),
+    }
+}
+
+impl Observations {
+    fn view<'a>(
+        &'a self,
+        isvc: &InferenceService,
+        ctx: &Context,
+        inputs: &'a Inputs,
+        applied: &Applied,
+    ) -> Observed<'a> {
+        let name = isvc.name_any();
+        let namespace = isvc.namespace().unwrap_or_default();
+        Observed {
+            deployment: self.deployment.as_ref(),
+            pods: &self.pods,
+            hpa: self.hpa.as_deref(),
+            gpu_fit: inputs.gpu.as_ref().map(|g| &g.fit),
+            gpu_resource: inputs.gpu.as_ref().map(|g| g.resource.as_str()),
+            url: service_url(&name, &namespace, &ctx.config),
+            reconcile_problem: applied
+                .missing_dependency
+                .as_ref()
+                .map(|e| (reason::MISSING_DEPENDENCY, e.to_string())),
+            child_rejected: (!applied.rejected.is_empty()).then(|| {
+                applied
+                    .rejected
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+            scaling_signal: if !autoscaled(isvc) {
+                ScalingSignal::NotAutoscaled
+            } else {
+                match ctx
+                    .signals
+                    .condition(&ObjectRef::from_obj(isvc), Instant::now())
+                {
+                    Some(known) => ScalingSignal::Known(known),
+                    None => ScalingSignal::Unchecked,
+                }
+            },
+            now: Time(Timestamp::now()),
+        }
+    }
+}
+
+/// Writes the status with server-side apply, only when it changed.
+async fn write_status(
+    isvc: &InferenceService,
+    ctx: &Context,
+    status: &InferenceServiceStatus,
+) -> Result<(), Error> {
+    if isvc.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<InferenceService> =
+        Api::namespaced(ctx.client.clone(), &isvc.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": InferenceService::api_version(&()),
+        "kind": InferenceService::kind(&()),
+        "status": status,
+    });
+    ctx.metrics
+        .api_request(KIND, "APPLY", "inferenceservices/status");
+    api.patch_status(
+        &isvc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::kube("patch status"))?;
+    Ok(())
+}
+
+/// A settled service is looked at again after the resync period; one in rollout or trouble
+/// sooner. Pure.
+pub fn requeue_after(status: &InferenceServiceStatus, config: &OperatorConfig) -> Duration {
+    if is_settled(status) {
+        config.resync
+    } else {
+        UNSETTLED_REQUEUE.min(config.resync)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn isvc(spec: serde_json::Value) -> InferenceService {
+        serde_json::from_value(json!({
+            "apiVersion": "lexserve.io/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": {"name": "m", "namespace": "ns", "uid": "u1", "generation": 3},
+            "spec": spec
+        }))
+        .expect("valid")
+    }
+
+    fn embedder() -> serde_json::Value {
+        json!({"model": {"uri": "file:///m/model.onnx", "format": "onnx", "task": "embed"}})
+    }
+
+    #[test]
+    fn build_lists_every_wanted_child_in_apply_order() {
+        let mut spec = embedder();
+        spec["scaling"] = json!({"provider": "hpa", "minReplicas": 2, "maxReplicas": 4});
+        let children = build(
+            &isvc(spec),
+            &OperatorConfig::default(),
+            &Inputs { gpu: None },
+        );
+        let kinds: Vec<_> = children.iter().map(|c| (c.kind, c.name.as_str())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ChildKind::ConfigMap, "m-sidecar"),
+                (ChildKind::Service, "m"),
+                (ChildKind::Deployment, "m"),
+                (ChildKind::PodDisruptionBudget, "m"),
+                (ChildKind::HorizontalPodAutoscaler, "m"),
+            ]
+        );
+        assert!(children.iter().all(|c| c.hash.len() == 16));
+    }
+
+    #[test]
+    fn validate_names_the_field_of_a_claimless_pvc_uri() {
+        assert_eq!(validate(&isvc(embedder())), Ok(()));
+        let mut spec = embedder();
+        spec["model"]["uri"] = json!("pvc://");
+        let message = validate(&isvc(spec)).expect_err("invalid");
+        assert!(message.starts_with("spec.model.uri: pvc://"), "{message}");
+    }
+
+    #[test]
+    fn an_invalid_spec_sets_ready_false_and_degraded_true() {
+        let status = invalid_status(
+            &isvc(embedder()),
+            "bad",
+            Time(Timestamp::from_second(5).expect("valid")),
+        );
+        assert_eq!(status.observed_generation, Some(3));
+        let reasons: Vec<_> = status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("Ready", "False", "InvalidSpec"),
+                ("Degraded", "True", "InvalidSpec")
+            ]
+        );
+    }
+}
