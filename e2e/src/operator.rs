@@ -13,7 +13,8 @@ use crate::wait::{self, Poll};
 /// A workspace binary next to the running test executable (`target/<profile>/<name>`).
 ///
 /// Integration tests of one crate cannot ask cargo for another crate's binary, so the test
-/// command builds them first (`cargo build --workspace --bins`, in `scripts/test.sh`).
+/// command builds them in the same compilation as the tests (`cargo test --workspace --no-run`,
+/// in `scripts/test.sh`).
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
     let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
@@ -23,7 +24,7 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     if !path.is_file() {
         bail!(
-            "{} is not built; run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            "{} is not built; run `cargo test --workspace --no-run` first (scripts/test.sh does)",
             path.display()
         );
     }

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 /// Names the InferenceService a pod or child belongs to. Prometheus relabels it to the
 /// `inference_service` label that the autoscaling queries select on.
-pub const INFERENCE_SERVICE_LABEL: &str = "lexserve.io/inference-service";
+pub const INFERENCE_SERVICE_LABEL: &str =
+    lexserve_contract::names::label::INFERENCE_SERVICE_POD_LABEL;
 /// The component of an InferenceService a child is (`model-server`).
 pub const COMPONENT_LABEL: &str = "lexserve.io/component";
 /// Hash of the desired child, compared before applying so that an unchanged object causes no

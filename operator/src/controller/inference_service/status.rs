@@ -453,10 +453,10 @@ fn fetched_digest(pods: &[Pod]) -> Option<String> {
         .find_map(parse_digest)
 }
 
-/// Finds `sha256:<64 hex>` in a message.
+/// Finds `sha256:<64 hex>` (the sidecar's termination message) in a message.
 pub fn parse_digest(message: &str) -> Option<String> {
     message.split_whitespace().find_map(|word| {
-        let hex = word.strip_prefix("sha256:")?;
+        let hex = word.strip_prefix(lexserve_contract::names::TERMINATION_DIGEST_PREFIX)?;
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| hex.to_ascii_lowercase())
     })
