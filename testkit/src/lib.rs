@@ -62,12 +62,18 @@ pub fn models_dir() -> PathBuf {
 
 /// Where a model is, or why it is not there.
 pub fn locate(model: Model) -> Result<PathBuf, String> {
-    let path = models_dir().join(model.path);
-    provisioned(
-        &path,
-        &path.join(model.marker),
-        "inference-sidecar/scripts/setup-models.sh",
-    )
+    locate_in(&models_dir(), model)
+}
+
+fn locate_in(models: &Path, model: Model) -> Result<PathBuf, String> {
+    let path = models.join(model.path);
+    // `join("")` would add a trailing slash, and a file with one is no file.
+    let marker = if model.marker.is_empty() {
+        path.clone()
+    } else {
+        path.join(model.marker)
+    };
+    provisioned(&path, &marker, "inference-sidecar/scripts/setup-models.sh")
 }
 
 /// `$ORT_DYLIB_PATH`, else the library `setup-models.sh` installs, or why it is not there.
@@ -105,9 +111,85 @@ pub fn require(found: Result<PathBuf, String>) -> PathBuf {
     found.unwrap_or_else(|message| panic!("{message}"))
 }
 
+/// The SIMD extensions that decide the speed of inference kernels, in the order printed.
+const SIMD_FLAGS: &[&str] = &[
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+];
+
+/// One line naming this machine's CPU, its logical cores and its SIMD flags, printed beside
+/// every benchmark figure (these machines differ).
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    describe_cpu(&cpuinfo, cores)
+}
+
+fn describe_cpu(cpuinfo: &str, cores: usize) -> String {
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        })
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".to_string());
+    let flags = field("flags").unwrap_or_default();
+    let present: Vec<&str> = SIMD_FLAGS
+        .iter()
+        .copied()
+        .filter(|f| flags.split_whitespace().any(|g| g == *f))
+        .collect();
+    format!(
+        "CPU: {model}, {cores} logical cores; SIMD: {}",
+        if present.is_empty() {
+            "none of ".to_string() + &SIMD_FLAGS.join(" ")
+        } else {
+            present.join(" ")
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_that_is_one_file_is_found_as_that_file() {
+        let dir = std::env::temp_dir().join(format!("lexserve-testkit-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("m")).expect("temp dir");
+        std::fs::write(dir.join("m/model.onnx"), b"onnx").expect("model file");
+        let file = Model {
+            path: "m/model.onnx",
+            marker: "",
+        };
+        let folder = Model {
+            path: "m",
+            marker: "model.onnx",
+        };
+        assert_eq!(locate_in(&dir, file), Ok(dir.join("m/model.onnx")));
+        assert_eq!(locate_in(&dir, folder), Ok(dir.join("m")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_machine_line_names_the_model_and_only_the_simd_flags_present() {
+        let cpuinfo = "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni\n";
+        let line = describe_cpu(cpuinfo, 2);
+        assert_eq!(
+            line,
+            "CPU: AMD EPYC 9B14, 2 logical cores; SIMD: sse4_2 avx avx2 fma avx512f avx512_vnni"
+        );
+        assert!(describe_cpu("", 1).contains("unknown CPU"));
+    }
 
     #[test]
     fn a_missing_model_names_the_script_that_provisions_it() {
@@ -115,7 +197,7 @@ mod tests {
             path: "no-such-model-here",
             marker: "model.onnx",
         };
-        let message = locate(missing).unwrap_err();
+        let message = locate_in(Path::new("/nonexistent"), missing).unwrap_err();
         assert!(
             message.contains("no-such-model-here/model.onnx"),
             "{message}"
