@@ -10,7 +10,7 @@ use super::Error;
 use super::apply::Residuals;
 use super::backoff::Backoff;
 use super::cache::{ChildStores, ChildTriggers, Drivers, GpuStores, keda_installed};
-use super::inference_service::scaling_signal::SignalBoard;
+use super::signal_board::SignalBoard;
 use crate::config::OperatorConfig;
 use crate::telemetry::Metrics;
 

@@ -13,7 +13,7 @@
 //! - [`events`]: publishing Events;
 //! - [`error`] and [`error_policy`]: one error type, mapped once to a requeue, a metric and an
 //!   Event;
-//! - [`backoff`] and [`context`].
+//! - [`backoff`], [`signal_board`] (per-object memory) and [`context`].
 
 pub mod apply;
 pub mod backoff;
@@ -26,5 +26,6 @@ pub mod error_policy;
 pub mod events;
 pub mod inference_service;
 pub mod orphans;
+pub mod signal_board;
 
 pub use error::Error;

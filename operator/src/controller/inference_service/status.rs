@@ -10,12 +10,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::scaling_signal::SignalCondition;
 use crate::api::InferenceService;
 use crate::api::conditions::{
     ConditionStatus, ConditionType, DesiredCondition, remove_condition, set_condition,
 };
 use crate::api::inference_service::{InferenceServiceStatus, ResolvedModel};
+use crate::controller::signal_board::SignalCondition;
 use crate::gpu::GpuFit;
 
 use crate::api::conditions::reason;

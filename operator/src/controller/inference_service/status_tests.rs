@@ -6,11 +6,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
-use super::scaling_signal::SignalCondition;
 use super::status::{Observed, ScalingSignal, compute_status, is_settled, parse_digest};
 use crate::api::InferenceService;
 use crate::api::conditions::reason;
 use crate::api::conditions::{ConditionType, find_condition};
+use crate::controller::signal_board::SignalCondition;
 use crate::gpu::{NodeGpus, gpu_fit};
 use crate::metrics_api::load::SignalMissing;
 
