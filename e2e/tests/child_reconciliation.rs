@@ -204,19 +204,10 @@ async fn a_child_the_apiserver_rejects_is_a_degraded_condition_and_an_event() {
     let mut spec = embedder(1);
     spec["model"]["uri"] = json!("pvc://models.v1/minilm/model.onnx");
     create(&api, &isvc("refused", spec)).await.expect("create");
-    let object = wait_condition(
-        &api,
-        "refused",
-        ConditionType::Degraded,
-        "True",
-        Some("ChildRejected"),
-    )
-    .await
-    .expect("the rejection is reported");
+    let (object, message) = wait_degraded(&api, "refused", "ChildRejected")
+        .await
+        .expect("the rejection is reported");
     let status = object.status.expect("status");
-    let message = &find_condition(&status.conditions, ConditionType::Degraded)
-        .expect("Degraded")
-        .message;
     assert!(message.contains("Deployment refused"), "{message}");
     assert!(
         message.contains("pvc-models.v1"),

@@ -96,48 +96,12 @@ async fn install_crds(cluster: &LocalCluster) {
     static INSTALLED: OnceCell<()> = OnceCell::const_new();
     INSTALLED
         .get_or_init(|| async {
-            let mut names = Vec::new();
-            for file in crd_files() {
-                let text = std::fs::read_to_string(&file).expect("read CRD file");
-                let crd: serde_yaml::Value = serde_yaml::from_str(&text).expect("CRD YAML");
-                let name = crd["metadata"]["name"]
-                    .as_str()
-                    .expect("CRD name")
-                    .to_string();
-                cluster
-                    .kubectl_ok(["apply", "--server-side", "-f", &file.display().to_string()])
-                    .await
-                    .unwrap_or_else(|e| panic!("kubectl apply {}: {e:#}", file.display()));
-                names.push(name);
-            }
-            for name in &names {
-                cluster
-                    .kubectl_ok([
-                        "wait",
-                        "--for=condition=Established",
-                        &format!("crd/{name}"),
-                        "--timeout=60s",
-                    ])
-                    .await
-                    .unwrap_or_else(|e| panic!("CRD {name} not Established: {e:#}"));
-            }
+            cluster
+                .apply_crds(&repo_root().join("crds"))
+                .await
+                .expect("the CRDs apply and are Established");
         })
         .await;
-}
-
-fn crd_files() -> Vec<PathBuf> {
-    let files: Vec<PathBuf> = [
-        "inferenceservice.yaml",
-        "experiment.yaml",
-        "shadowdeployment.yaml",
-    ]
-    .iter()
-    .map(|f| repo_root().join("crds").join(f))
-    .collect();
-    for f in &files {
-        assert!(f.exists(), "missing {}", f.display());
-    }
-    files
 }
 
 #[tokio::test]

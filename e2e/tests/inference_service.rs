@@ -280,22 +280,9 @@ async fn keda_without_its_crd_is_reported() {
     let mut spec = embedder(1);
     spec["scaling"] = json!({"provider": "keda", "minReplicas": 1, "maxReplicas": 3});
     create(&api, &isvc("kedaless", spec)).await.expect("create");
-    let object = wait_condition(
-        &api,
-        "kedaless",
-        ConditionType::Degraded,
-        "True",
-        Some("MissingDependency"),
-    )
-    .await
-    .expect("missing KEDA reported");
-    let status = object.status.expect("status");
-    let message = &status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded")
-        .message;
+    let (_, message) = wait_degraded(&api, "kedaless", "MissingDependency")
+        .await
+        .expect("missing KEDA reported");
     assert!(message.contains("ScaledObject"), "{message}");
 }
 
@@ -353,22 +340,10 @@ async fn more_gpus_than_any_node_has_gives_insufficient_gpu_with_numbers() {
     let mut spec = embedder(1);
     spec["resources"]["gpu"] = json!({"count": 16});
     create(&api, &isvc("greedy", spec)).await.expect("create");
-    let object = wait_condition(
-        &api,
-        "greedy",
-        ConditionType::Degraded,
-        "True",
-        Some("InsufficientGPU"),
-    )
-    .await
-    .expect("InsufficientGPU");
+    let (object, message) = wait_degraded(&api, "greedy", "InsufficientGPU")
+        .await
+        .expect("InsufficientGPU");
     let status = object.status.expect("status");
-    let message = &status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded")
-        .message;
     assert!(message.contains("requests 16 nvidia.com/gpu"), "{message}");
     assert!(message.contains("8 allocatable"), "{message}");
     assert!(message.contains(" free"), "{message}");

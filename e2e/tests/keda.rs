@@ -35,21 +35,10 @@ async fn scaled_objects_pass_kedas_own_schema_with_the_hpas_query_and_threshold(
         "{} missing: run e2e/cluster/setup.sh",
         keda_crd.display()
     );
-    let keda_crd = keda_crd.display().to_string();
     cluster
-        .kubectl_ok(["apply", "--server-side", "-f", &keda_crd])
+        .apply_crds(&keda_crd)
         .await
-        .expect("KEDA's ScaledObject CRD applies");
-    cluster
-        .kubectl_ok([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "-f",
-            &keda_crd,
-        ])
-        .await
-        .expect("KEDA's CRD established");
+        .expect("KEDA's ScaledObject CRD applies and is Established");
 
     let ns = cluster.namespace("keda").await.expect("namespace");
     let _operator = OperatorProcess::start(

@@ -8,70 +8,27 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kube::api::Api;
-use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::shared_cluster;
-use lexserve_operator::api::InferenceService;
-use lexserve_operator::api::conditions::ConditionType;
-use serde_json::json;
 
-/// Sums the samples of a counter over its label sets.
-fn counter(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
+const RECONCILES: &str = "lexserve_operator_reconciliations_total";
+const REQUESTS: &str = "lexserve_operator_api_requests_total";
 
 #[tokio::test]
 async fn reconciles_of_settled_objects_make_no_api_requests() {
     let cluster = shared_cluster().await.expect("local cluster");
-    install_crds(cluster).await.expect("CRDs install");
-    let ns = cluster.namespace("idle-reads").await.expect("namespace");
-    let api: Api<InferenceService> = Api::namespaced(cluster.client().expect("client"), &ns);
     let resync = 2;
-    let operator = OperatorProcess::start(
-        cluster,
-        OperatorOptions {
-            identity: "idle-reads".to_string(),
-            namespace: Some(ns.to_string()),
-            resync_seconds: resync,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("operator");
-
-    let mut hpa = embedder(1);
-    hpa["scaling"] = json!({"provider": "hpa", "minReplicas": 1, "maxReplicas": 3});
-    let mut gpu = embedder(2);
-    gpu["resources"]["gpu"] = json!({"count": 1});
-    for (name, spec) in [("fixed", embedder(2)), ("scaled", hpa), ("gpu", gpu)] {
-        create(&api, &isvc(name, spec)).await.expect("create");
-    }
-    for name in ["fixed", "scaled", "gpu"] {
-        wait_condition(
-            &api,
-            name,
-            ConditionType::Progressing,
-            "False",
-            Some("RolloutComplete"),
-        )
+    let (_ns, operator) = settled_services(cluster, "idle-reads", resync)
         .await
-        .expect("settled");
-    }
-    tokio::time::sleep(Duration::from_secs(resync * 2)).await;
+        .expect("three services settled");
 
     let before = operator.metrics().await.expect("operator metrics");
     tokio::time::sleep(Duration::from_secs(resync * 8)).await;
     let after = operator.metrics().await.expect("operator metrics");
-    let reconciles = counter(&after, "lexserve_operator_reconciliations_total")
-        - counter(&before, "lexserve_operator_reconciliations_total");
-    let requests = counter(&after, "lexserve_operator_api_requests_total")
-        - counter(&before, "lexserve_operator_api_requests_total");
+    let reconciles = counter(&after, RECONCILES, "") - counter(&before, RECONCILES, "");
+    let requests = counter(&after, REQUESTS, "") - counter(&before, REQUESTS, "");
     println!("{reconciles} reconciles of settled objects, {requests} API requests");
     assert!(
-        counter(&before, "lexserve_operator_api_requests_total") > 0.0,
+        counter(&before, REQUESTS, "") > 0.0,
         "the counter counts: creating the children took requests"
     );
     assert!(

@@ -8,61 +8,19 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kube::api::Api;
-use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::shared_cluster;
-use lexserve_operator::api::InferenceService;
-use lexserve_operator::api::conditions::ConditionType;
-use serde_json::json;
 
 const WRITTEN: &[&str] = lexserve_e2e::request_counts::OPERATOR_WRITTEN;
+const RECONCILES: &str = "lexserve_operator_reconciliations_total";
 
 #[tokio::test]
 async fn unchanged_objects_cause_no_writes_across_resyncs() {
     let cluster = shared_cluster().await.expect("local cluster");
-    install_crds(cluster).await.expect("CRDs install");
-    let ns = cluster.namespace("idle").await.expect("namespace");
-    let api: Api<InferenceService> = Api::namespaced(cluster.client().expect("client"), &ns);
     let resync = 2;
-    let operator = OperatorProcess::start(
-        cluster,
-        OperatorOptions {
-            identity: "idle".to_string(),
-            namespace: Some(ns.to_string()),
-            resync_seconds: resync,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("operator");
-
-    let mut hpa = embedder(1);
-    hpa["scaling"] = json!({"provider": "hpa", "minReplicas": 1, "maxReplicas": 3});
-    let mut gpu = embedder(2);
-    gpu["resources"]["gpu"] = json!({"count": 1});
-    for (name, spec) in [("fixed", embedder(2)), ("scaled", hpa), ("gpu", gpu)] {
-        create(&api, &isvc(name, spec)).await.expect("create");
-    }
-    for name in ["fixed", "scaled", "gpu"] {
-        wait_condition(
-            &api,
-            name,
-            ConditionType::Progressing,
-            "False",
-            Some("RolloutComplete"),
-        )
+    let (_ns, operator) = settled_services(cluster, "idle", resync)
         .await
-        .expect("settled");
-    }
-    // Let in-flight reconciles (triggered by the last pod and status events) finish.
-    tokio::time::sleep(Duration::from_secs(resync * 2)).await;
+        .expect("three services settled");
 
-    let reconciles = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("lexserve_operator_reconciliations_total"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
     let per_resource = |text: &str| -> Vec<(String, f64)> {
         WRITTEN
             .iter()
@@ -71,7 +29,11 @@ async fn unchanged_objects_cause_no_writes_across_resyncs() {
     };
     let before_text = cluster.apiserver_metrics().await.expect("metrics");
     let before_writes = write_requests(&before_text, WRITTEN);
-    let before_reconciles = reconciles(&operator.metrics().await.expect("operator metrics"));
+    let before_reconciles = counter(
+        &operator.metrics().await.expect("operator metrics"),
+        RECONCILES,
+        "",
+    );
     let idle = Duration::from_secs(resync * 8);
     tokio::time::sleep(idle).await;
     let after_text = cluster.apiserver_metrics().await.expect("metrics");
@@ -82,8 +44,11 @@ async fn unchanged_objects_cause_no_writes_across_resyncs() {
         .filter(|(b, a)| a.1 != b.1)
         .map(|(b, a)| format!("{}: +{}", b.0, a.1 - b.1))
         .collect();
-    let after_reconciles = reconciles(&operator.metrics().await.expect("operator metrics"));
-
+    let after_reconciles = counter(
+        &operator.metrics().await.expect("operator metrics"),
+        RECONCILES,
+        "",
+    );
     println!(
         "idle {idle:?}: {} reconciles, {} write requests to {WRITTEN:?}",
         after_reconciles - before_reconciles,

@@ -88,14 +88,7 @@ fn every_field_has_a_description() {
         Experiment::crd(),
         ShadowDeployment::crd(),
     ] {
-        let schema = serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .expect("schema"),
-        )
-        .expect("schema serializes");
+        let schema = schema_json(&crd);
         let mut missing = Vec::new();
         walk("", &schema, &mut missing);
         assert!(
@@ -204,14 +197,7 @@ fn check_manifest(path: &Path) -> Result<(), String> {
         }
         other => return Err(format!("unknown kind {other:?}")),
     };
-    let schema = serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .expect("schema"),
-    )
-    .map_err(|e| e.to_string())?;
+    let schema = schema_json(&crd);
     let mut errors = Vec::new();
     schema_errors(&schema, &raw, "", &mut errors);
     if !errors.is_empty() {
@@ -268,4 +254,18 @@ fn invalid_examples_fail_with_their_expected_message() {
             ),
         }
     }
+}
+
+/// The CRD's (single version's) OpenAPI schema as JSON.
+fn schema_json(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> serde_json::Value {
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("the CRD has a schema"),
+    )
+    .expect("the schema serializes")
 }

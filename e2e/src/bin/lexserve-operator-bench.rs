@@ -25,7 +25,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, P
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
-use lexserve_e2e::request_counts::{OPERATOR_WRITTEN, write_requests};
+use lexserve_e2e::request_counts::{OPERATOR_WRITTEN, counter, requests, write_requests};
 use lexserve_e2e::{ClusterOptions, LocalCluster};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -109,36 +109,6 @@ const RECONCILE_RESOURCES: &[&str] = &[
     "nodes",
 ];
 
-/// Sums `apiserver_request_total` over the given verbs and resources (watches excluded).
-fn requests(metrics: &str, verbs: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|line| {
-            let (labels, value) = line.rsplit_once(' ')?;
-            let label = |name: &str| {
-                let key = format!("{name}=\"");
-                let start = labels.find(&key)? + key.len();
-                let end = labels[start..].find('"')? + start;
-                Some(labels[start..end].to_string())
-            };
-            let counted = verbs.contains(&label("verb")?.as_str())
-                && RECONCILE_RESOURCES.contains(&label("resource")?.as_str());
-            counted.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
-/// Sums the operator's counter `name` over its label sets, or over those whose labels contain
-/// `filter`.
-fn operator_counter(metrics: &str, name: &str, filter: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(filter))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// First time each object of kind K was seen in `namespace`, by name.
 fn first_seen<K>(client: &Client, namespace: &str) -> Arc<Mutex<HashMap<String, Instant>>>
 where
@@ -182,18 +152,8 @@ async fn main() -> Result<()> {
         ..ClusterOptions::default()
     })
     .await?;
-    let crds = lexserve_e2e::repo_root().join("crds");
     cluster
-        .kubectl_ok(["apply", "-f", &crds.display().to_string()])
-        .await?;
-    cluster
-        .kubectl_ok([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "-f",
-            &crds.display().to_string(),
-        ])
+        .apply_crds(&lexserve_e2e::repo_root().join("crds"))
         .await?;
     let operator = OperatorProcess::start(&cluster, OperatorOptions::default()).await?;
     let client = cluster.client()?;
@@ -294,17 +254,17 @@ async fn main() -> Result<()> {
     // Requests per reconcile while they settled.
     let apiserver_after = cluster.apiserver_metrics().await?;
     let operator_after = operator.metrics().await?;
-    let reconciles = operator_counter(
+    let reconciles = counter(
         &operator_after,
         "lexserve_operator_reconciliations_total",
         "",
-    ) - operator_counter(
+    ) - counter(
         &operator_before,
         "lexserve_operator_reconciliations_total",
         "",
     );
-    let reads = requests(&apiserver_after, &["GET", "LIST"])
-        - requests(&apiserver_before, &["GET", "LIST"]);
+    let reads = requests(&apiserver_after, &["GET", "LIST"], RECONCILE_RESOURCES)
+        - requests(&apiserver_before, &["GET", "LIST"], RECONCILE_RESOURCES);
     let own: Vec<(&str, f64)> = ["GET", "LIST", "APPLY", "DELETE", "POST"]
         .into_iter()
         .map(|verb| {
@@ -312,8 +272,7 @@ async fn main() -> Result<()> {
             let name = "lexserve_operator_api_requests_total";
             (
                 verb,
-                operator_counter(&operator_after, name, &filter)
-                    - operator_counter(&operator_before, name, &filter),
+                counter(&operator_after, name, &filter) - counter(&operator_before, name, &filter),
             )
         })
         .collect();
@@ -330,6 +289,7 @@ async fn main() -> Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!();
     println!("lexserve-operator on the local control plane (kube-apiserver 1.36, kwok nodes)");
+    println!("{}", lexserve_testkit::machine());
     println!(
         "{:<58} {:>10} {:>10} {:>8}",
         "create → child latency", "p50 ms", "p99 ms", "n"

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
-use lexserve_e2e::LocalCluster;
+use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::wait::{self, Poll};
+use lexserve_e2e::{LocalCluster, TestNamespace};
 use lexserve_operator::api::InferenceService;
 use lexserve_operator::api::conditions::{ConditionType, find_condition};
 use serde_json::json;
@@ -16,26 +17,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Installs the CRDs the way users do, and waits until they are served.
 pub async fn install_crds(cluster: &LocalCluster) -> Result<()> {
-    let crds = lexserve_e2e::repo_root().join("crds");
     cluster
-        .kubectl_ok([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &crds.display().to_string(),
-        ])
-        .await?;
-    cluster
-        .kubectl_ok([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "-f",
-            &crds.display().to_string(),
-        ])
-        .await?;
-    Ok(())
+        .apply_crds(&lexserve_e2e::repo_root().join("crds"))
+        .await
 }
 
 /// An InferenceService from a JSON spec.
@@ -56,6 +40,67 @@ pub fn embedder(replicas: u32) -> serde_json::Value {
         "resources": {"cpu": "500m", "memory": "512Mi"},
         "scaling": {"provider": "none", "minReplicas": replicas}
     })
+}
+
+/// An operator of its own (namespaced to a fresh namespace, resyncing every `resync_seconds`)
+/// with three InferenceServices settled in that namespace: fixed replicas, an HPA, and a GPU
+/// service. Returns once all three report a complete rollout and the reconciles their last
+/// events triggered have had time to finish.
+pub async fn settled_services(
+    cluster: &LocalCluster,
+    identity: &str,
+    resync_seconds: u64,
+) -> Result<(TestNamespace, OperatorProcess)> {
+    install_crds(cluster).await?;
+    let ns = cluster.namespace(identity).await?;
+    let api: Api<InferenceService> = Api::namespaced(cluster.client()?, &ns);
+    let operator = OperatorProcess::start(
+        cluster,
+        OperatorOptions {
+            identity: identity.to_string(),
+            namespace: Some(ns.to_string()),
+            resync_seconds,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut hpa = embedder(1);
+    hpa["scaling"] = json!({"provider": "hpa", "minReplicas": 1, "maxReplicas": 3});
+    let mut gpu = embedder(2);
+    gpu["resources"]["gpu"] = json!({"count": 1});
+    for (name, spec) in [("fixed", embedder(2)), ("scaled", hpa), ("gpu", gpu)] {
+        create(&api, &isvc(name, spec)).await?;
+    }
+    for name in ["fixed", "scaled", "gpu"] {
+        wait_condition(
+            &api,
+            name,
+            ConditionType::Progressing,
+            "False",
+            Some("RolloutComplete"),
+        )
+        .await?;
+    }
+    // Let in-flight reconciles (triggered by the last pod and status events) finish.
+    tokio::time::sleep(Duration::from_secs(resync_seconds * 2)).await;
+    Ok((ns, operator))
+}
+
+/// Waits until the InferenceService is `Degraded=True` for `reason`; returns the object and
+/// the condition's message.
+pub async fn wait_degraded(
+    api: &Api<InferenceService>,
+    name: &str,
+    reason: &str,
+) -> Result<(InferenceService, String)> {
+    let object = wait_condition(api, name, ConditionType::Degraded, "True", Some(reason)).await?;
+    let message = object
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, ConditionType::Degraded))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    Ok((object, message))
 }
 
 pub async fn create(
@@ -162,4 +207,4 @@ pub fn rolling_update(d: &Deployment) -> (String, String) {
 }
 
 #[allow(unused_imports)]
-pub use lexserve_e2e::request_counts::write_requests;
+pub use lexserve_e2e::request_counts::{counter, write_requests};

@@ -1,6 +1,7 @@
 //! The builders' outputs, field by field.
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
@@ -44,6 +45,15 @@ fn pod_spec(c: &Children) -> &PodSpec {
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .expect("pod spec")
+}
+
+/// The pod template's metadata.
+fn pod_meta(c: &Children) -> &ObjectMeta {
+    c.deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .expect("pod template metadata")
 }
 
 fn sidecar(c: &Children) -> &Container {
@@ -107,18 +117,7 @@ fn config_change_changes_the_pod_template_hash() {
     let a = children(embedder());
     let b = children(with(embedder(), json!({"runtime": {"threads": 4}})));
     let hash = |c: &Children| {
-        c.deployment
-            .spec
-            .as_ref()
-            .expect("spec")
-            .template
-            .metadata
-            .as_ref()
-            .expect("meta")
-            .annotations
-            .as_ref()
-            .expect("annotations")[CONFIG_HASH_ANNOTATION]
-            .clone()
+        pod_meta(c).annotations.as_ref().expect("annotations")[CONFIG_HASH_ANNOTATION].clone()
     };
     assert_ne!(hash(&a), hash(&b));
     assert_eq!(hash(&a), hash(&children(embedder())));
@@ -265,18 +264,7 @@ fn pdb_only_when_more_than_one_replica_is_possible() {
 fn service_selects_the_pods_on_the_http_port() {
     let c = children(embedder());
     let spec = c.service.spec.as_ref().expect("spec");
-    let pod_labels = c
-        .deployment
-        .spec
-        .as_ref()
-        .expect("spec")
-        .template
-        .metadata
-        .as_ref()
-        .expect("meta")
-        .labels
-        .clone()
-        .expect("labels");
+    let pod_labels = pod_meta(&c).labels.clone().expect("labels");
     for (k, v) in spec.selector.as_ref().expect("selector") {
         assert_eq!(pod_labels.get(k), Some(v), "pod lacks selector label {k}");
     }
@@ -344,18 +332,7 @@ fn sidecar_is_restricted_and_probed() {
         budget >= 300,
         "slow model loads get at least 5 minutes, got {budget}s"
     );
-    let annotations = c
-        .deployment
-        .spec
-        .as_ref()
-        .expect("spec")
-        .template
-        .metadata
-        .as_ref()
-        .expect("meta")
-        .annotations
-        .clone()
-        .expect("annotations");
+    let annotations = pod_meta(&c).annotations.clone().expect("annotations");
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], "8080");
     assert_eq!(s.args.as_ref().expect("args")[0], "serve");
@@ -528,15 +505,7 @@ fn pod_template_fragments_are_merged() {
         pod.image_pull_secrets.as_ref().map(|s| s[0].name.clone()),
         Some("registry".to_string())
     );
-    let meta = c
-        .deployment
-        .spec
-        .as_ref()
-        .expect("spec")
-        .template
-        .metadata
-        .clone()
-        .expect("meta");
+    let meta = pod_meta(&c).clone();
     let labels = meta.labels.expect("labels");
     assert_eq!(labels["team"], "search");
     assert_eq!(
