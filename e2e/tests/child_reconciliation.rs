@@ -13,33 +13,15 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::wait::{self, Poll};
-use lexserve_e2e::{LocalCluster, shared_cluster};
+use lexserve_e2e::LocalCluster;
 use lexserve_operator::api::InferenceService;
 use lexserve_operator::api::conditions::{ConditionType, find_condition};
 use serde_json::json;
-use tokio::sync::OnceCell;
 
 /// The cluster, with the CRDs installed and one operator running.
 async fn setup() -> &'static LocalCluster {
-    static OPERATOR: OnceCell<OperatorProcess> = OnceCell::const_new();
-    let cluster = shared_cluster().await.expect("local cluster");
-    OPERATOR
-        .get_or_init(|| async {
-            install_crds(cluster).await.expect("CRDs install");
-            OperatorProcess::start(
-                cluster,
-                OperatorOptions {
-                    identity: "children".to_string(),
-                    ..OperatorOptions::default()
-                },
-            )
-            .await
-            .expect("operator starts")
-        })
-        .await;
-    cluster
+    cluster_with_operator("children").await
 }
 
 /// A child of `owner` as an older operator might have left it, under a name no longer built.
@@ -67,9 +49,7 @@ fn old_child(owner: &InferenceService, name: &str, managed: bool) -> serde_json:
 #[tokio::test]
 async fn an_owned_child_no_longer_built_is_removed() {
     let cluster = setup().await;
-    let ns = cluster.namespace("renamed").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "renamed").await;
     create(&api, &isvc("renamed", embedder(1)))
         .await
         .expect("create");
@@ -136,9 +116,7 @@ fn sidecar(d: &Deployment) -> k8s_openapi::api::core::v1::Container {
 #[tokio::test]
 async fn a_hand_edited_deployment_is_restored() {
     let cluster = setup().await;
-    let ns = cluster.namespace("drift").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "drift").await;
     create(&api, &isvc("edited", embedder(1)))
         .await
         .expect("create");
@@ -196,9 +174,7 @@ async fn a_hand_edited_deployment_is_restored() {
 #[tokio::test]
 async fn a_child_the_apiserver_rejects_is_a_degraded_condition_and_an_event() {
     let cluster = setup().await;
-    let ns = cluster.namespace("rejected").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "rejected").await;
     // A claim name with dots is a valid PVC name, but the Deployment's volume named after it
     // is not a valid volume name: the apiserver refuses the Deployment (422).
     let mut spec = embedder(1);

@@ -13,35 +13,21 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::wait::{self, Poll};
-use lexserve_e2e::{LocalCluster, shared_cluster};
+use lexserve_e2e::LocalCluster;
 use lexserve_operator::api::InferenceService;
 use lexserve_operator::api::conditions::ConditionType;
 use serde_json::json;
-use tokio::sync::OnceCell;
 
 /// The cluster, with the CRDs installed and one operator running.
 async fn setup() -> &'static LocalCluster {
-    static OPERATOR: OnceCell<OperatorProcess> = OnceCell::const_new();
-    let cluster = shared_cluster().await.expect("local cluster");
-    OPERATOR
-        .get_or_init(|| async {
-            install_crds(cluster).await.expect("CRDs install");
-            OperatorProcess::start(cluster, OperatorOptions::default())
-                .await
-                .expect("operator starts")
-        })
-        .await;
-    cluster
+    cluster_with_operator("operator").await
 }
 
 #[tokio::test]
 async fn create_builds_owned_children_and_becomes_ready() {
     let cluster = setup().await;
-    let ns = cluster.namespace("create").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "create").await;
     let created = create(&api, &isvc("embedder", embedder(2)))
         .await
         .expect("create");
@@ -129,9 +115,7 @@ async fn create_builds_owned_children_and_becomes_ready() {
 #[tokio::test]
 async fn changing_the_model_rolls_the_deployment() {
     let cluster = setup().await;
-    let ns = cluster.namespace("rollout").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "rollout").await;
     create(&api, &isvc("roller", embedder(2)))
         .await
         .expect("create");
@@ -195,9 +179,7 @@ async fn changing_the_model_rolls_the_deployment() {
 #[tokio::test]
 async fn switching_the_scaling_provider_replaces_the_autoscaler() {
     let cluster = setup().await;
-    let ns = cluster.namespace("provider").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "provider").await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let mut spec = embedder(1);
@@ -275,8 +257,7 @@ async fn switching_the_scaling_provider_replaces_the_autoscaler() {
 #[tokio::test]
 async fn keda_without_its_crd_is_reported() {
     let cluster = setup().await;
-    let ns = cluster.namespace("keda").await.expect("namespace");
-    let api: Api<InferenceService> = Api::namespaced(cluster.client().expect("client"), &ns);
+    let Scene { ns: _ns, api, .. } = scene(cluster, "keda").await;
     let mut spec = embedder(1);
     spec["scaling"] = json!({"provider": "keda", "minReplicas": 1, "maxReplicas": 3});
     create(&api, &isvc("kedaless", spec)).await.expect("create");
@@ -289,9 +270,7 @@ async fn keda_without_its_crd_is_reported() {
 #[tokio::test]
 async fn deleting_garbage_collects_the_children() {
     let cluster = setup().await;
-    let ns = cluster.namespace("delete").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "delete").await;
     create(&api, &isvc("doomed", embedder(2)))
         .await
         .expect("create");
@@ -335,8 +314,7 @@ async fn deleting_garbage_collects_the_children() {
 #[tokio::test]
 async fn more_gpus_than_any_node_has_gives_insufficient_gpu_with_numbers() {
     let cluster = setup().await;
-    let ns = cluster.namespace("gpu-short").await.expect("namespace");
-    let api: Api<InferenceService> = Api::namespaced(cluster.client().expect("client"), &ns);
+    let Scene { ns: _ns, api, .. } = scene(cluster, "gpu-short").await;
     let mut spec = embedder(1);
     spec["resources"]["gpu"] = json!({"count": 16});
     create(&api, &isvc("greedy", spec)).await.expect("create");
@@ -361,9 +339,7 @@ async fn more_gpus_than_any_node_has_gives_insufficient_gpu_with_numbers() {
 #[tokio::test]
 async fn gpu_service_without_spare_capacity_rolls_in_place() {
     let cluster = setup().await;
-    let ns = cluster.namespace("gpu-full").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "gpu-full").await;
     // Two replicas of 8 GPUs fill both GPU nodes: a surge pod could never be scheduled.
     let mut spec = embedder(2);
     spec["resources"]["gpu"] = json!({"count": 8, "product": "NVIDIA-H100-80GB-HBM3"});
@@ -413,8 +389,7 @@ async fn gpu_service_without_spare_capacity_rolls_in_place() {
 #[tokio::test]
 async fn cel_violation_is_rejected_by_the_apiserver() {
     let cluster = setup().await;
-    let ns = cluster.namespace("cel").await.expect("namespace");
-    let api: Api<InferenceService> = Api::namespaced(cluster.client().expect("client"), &ns);
+    let Scene { ns: _ns, api, .. } = scene(cluster, "cel").await;
     let mut spec = embedder(1);
     spec["scaling"] = json!({"provider": "hpa", "minReplicas": 5, "maxReplicas": 2});
     let err = create(&api, &isvc("bad", spec))

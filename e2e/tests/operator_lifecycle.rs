@@ -14,7 +14,6 @@ use kube::api::{Api, ListParams};
 use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::wait::{self, Poll};
 use lexserve_e2e::{LocalCluster, shared_cluster};
-use lexserve_operator::api::InferenceService;
 use lexserve_operator::api::conditions::ConditionType;
 
 use tokio::sync::Mutex;
@@ -31,9 +30,7 @@ async fn setup() -> &'static LocalCluster {
 async fn killed_in_the_middle_of_reconciling_converges_without_duplicates() {
     let _serial = SERIAL.lock().await;
     let cluster = setup().await;
-    let ns = cluster.namespace("killed").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "killed").await;
     let count = 30;
     for i in 0..count {
         create(&api, &isvc(&format!("svc-{i}"), embedder(1)))
@@ -130,9 +127,7 @@ async fn leader_of(leases: &Api<Lease>, name: &str) -> Option<String> {
 async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
     let _serial = SERIAL.lock().await;
     let cluster = setup().await;
-    let ns = cluster.namespace("leader").await.expect("namespace");
-    let client = cluster.client().expect("client");
-    let api: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
+    let Scene { ns, client, api } = scene(cluster, "leader").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let lease = format!("lexserve-operator-{}", &*ns);
     let options = |identity: &str| OperatorOptions {

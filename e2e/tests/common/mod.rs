@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
 use kube::api::{Api, PostParams};
 use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::wait::{self, Poll};
@@ -20,6 +21,45 @@ pub async fn install_crds(cluster: &LocalCluster) -> Result<()> {
     cluster
         .apply_crds(&lexserve_e2e::repo_root().join("crds"))
         .await
+}
+
+/// The shared cluster of this test binary with the CRDs installed and one operator, named
+/// `identity`, watching every namespace; the operator starts once per binary.
+pub async fn cluster_with_operator(identity: &str) -> &'static LocalCluster {
+    static OPERATOR: tokio::sync::OnceCell<OperatorProcess> = tokio::sync::OnceCell::const_new();
+    let cluster = lexserve_e2e::shared_cluster().await.expect("local cluster");
+    OPERATOR
+        .get_or_init(|| async {
+            install_crds(cluster).await.expect("CRDs install");
+            OperatorProcess::start(
+                cluster,
+                OperatorOptions {
+                    identity: identity.to_string(),
+                    ..OperatorOptions::default()
+                },
+            )
+            .await
+            .expect("operator starts")
+        })
+        .await;
+    cluster
+}
+
+/// What a test works in: a namespace of its own, a client, and the InferenceServices there.
+/// Keep `ns` bound for the whole test (`ns: _ns` where it is not used): dropping it deletes
+/// the namespace.
+pub struct Scene {
+    pub ns: TestNamespace,
+    pub client: Client,
+    pub api: Api<InferenceService>,
+}
+
+/// A fresh namespace named after `prefix`, with a client and the InferenceService API in it.
+pub async fn scene(cluster: &LocalCluster, prefix: &str) -> Scene {
+    let ns = cluster.namespace(prefix).await.expect("namespace");
+    let client = cluster.client().expect("client");
+    let api = Api::namespaced(client.clone(), &ns);
+    Scene { ns, client, api }
 }
 
 /// An InferenceService from a JSON spec.
