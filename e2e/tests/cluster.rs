@@ -2,16 +2,18 @@
 //!
 //! One cluster is shared by the tests of this binary; each test works in its own namespace.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::install_crds;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use lexserve_e2e::wait::{self, Poll};
-use lexserve_e2e::{LocalCluster, repo_root, shared_cluster};
+use lexserve_e2e::{repo_root, shared_cluster};
 use serde_json::json;
-use tokio::sync::OnceCell;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -91,23 +93,10 @@ async fn control_plane_is_real_and_complete() {
     assert_eq!(out.stdout.trim(), "no", "RBAC should deny: {out:?}");
 }
 
-/// The CRDs are installed once per binary, the way users install them: `kubectl apply`.
-async fn install_crds(cluster: &LocalCluster) {
-    static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
-            cluster
-                .apply_crds(&repo_root().join("crds"))
-                .await
-                .expect("the CRDs apply and are Established");
-        })
-        .await;
-}
-
 #[tokio::test]
 async fn crds_install_and_become_established() {
     let cluster = shared_cluster().await.expect("local cluster");
-    install_crds(cluster).await;
+    install_crds(cluster).await.expect("CRDs install");
     let out = cluster
         .kubectl_ok(["api-resources", "--api-group=lexserve.io", "-o", "name"])
         .await
@@ -120,7 +109,7 @@ async fn crds_install_and_become_established() {
 #[tokio::test]
 async fn invalid_examples_are_rejected_with_their_cel_message() {
     let cluster = shared_cluster().await.expect("local cluster");
-    install_crds(cluster).await;
+    install_crds(cluster).await.expect("CRDs install");
     let ns = cluster
         .namespace("invalid-examples")
         .await
@@ -178,7 +167,7 @@ async fn invalid_examples_are_rejected_with_their_cel_message() {
 #[tokio::test]
 async fn valid_examples_pass_admission() {
     let cluster = shared_cluster().await.expect("local cluster");
-    install_crds(cluster).await;
+    install_crds(cluster).await.expect("CRDs install");
     let ns = cluster
         .namespace("valid-examples")
         .await

@@ -16,11 +16,18 @@ use serde_json::json;
 
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Installs the CRDs the way users do, and waits until they are served.
+/// Installs the CRDs the way users do (`kubectl apply`), and waits until they are served; once
+/// per test binary.
 pub async fn install_crds(cluster: &LocalCluster) -> Result<()> {
-    cluster
-        .apply_crds(&lexserve_e2e::repo_root().join("crds"))
-        .await
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_try_init(|| async {
+            cluster
+                .apply_crds(&lexserve_e2e::repo_root().join("crds"))
+                .await
+        })
+        .await?;
+    Ok(())
 }
 
 /// The shared cluster of this test binary with the CRDs installed and one operator, named
