@@ -241,6 +241,18 @@ async fn every_error_has_its_status_and_names_the_field() {
         (status, &error["field"]),
         (StatusCode::UNPROCESSABLE_ENTITY, &json!("inputs[0].shape"))
     );
+    // A shape whose product overflows (2^32 · 2^32 wraps to 0, as many elements as `data`
+    // holds) is refused by field, not a panic that drops the connection.
+    let (status, error) = post(
+        &client,
+        sidecar.url("/v2/models/minilm/infer"),
+        json!({"inputs": [{"name": "text", "shape": [4_294_967_296_i64, 4_294_967_296_i64], "datatype": "BYTES", "data": []}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &error["field"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("inputs[0].shape"))
+    );
     let (status, _) = post(
         &client,
         sidecar.url("/v1/embeddings"),

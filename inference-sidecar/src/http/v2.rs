@@ -95,7 +95,21 @@ pub fn texts_of(request: &InferRequest) -> Result<Vec<String>, ApiError> {
             "dimensions must not be negative",
         ));
     }
-    let elements: i64 = input.shape.iter().product();
+    // A crafted shape's product can overflow: checked, never wrapped (a wrapped product could
+    // match the data's length) nor panicking.
+    let Some(elements) = input
+        .shape
+        .iter()
+        .try_fold(1i64, |product, &d| product.checked_mul(d))
+    else {
+        return Err(invalid(
+            "inputs[0].shape",
+            format!(
+                "the product of the dimensions {:?} overflows a 64-bit integer",
+                input.shape
+            ),
+        ));
+    };
     if usize::try_from(elements).ok() != Some(texts.len()) {
         return Err(invalid(
             "inputs[0].shape",
@@ -300,6 +314,11 @@ mod tests {
                 json!({"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": ["a"]}]})
             )
             .as_deref(),
+            Some("inputs[0].shape")
+        );
+        // 2^32 · 2^32 wraps to 0, which an empty data array would match.
+        assert_eq!(
+            field_of(json!({"inputs": [{"name": "t", "shape": [4_294_967_296_i64, 4_294_967_296_i64], "datatype": "BYTES", "data": []}]})).as_deref(),
             Some("inputs[0].shape")
         );
         assert_eq!(
