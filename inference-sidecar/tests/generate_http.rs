@@ -275,6 +275,31 @@ async fn generation_routes_answer_and_errors_name_the_field() {
             Some("messages[0].content[0]"),
         ),
         ("/embed", json!({"texts": ["hi"]}), 400, None),
+        // OpenAI fields this server does not implement: 400 naming the field, never ignored.
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"42": 100}}),
+            400,
+            Some("logit_bias"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "logprobs": 5}),
+            400,
+            Some("logprobs"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            400,
+            Some("tools"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+            400,
+            Some("response_format"),
+        ),
     ];
     for (route, body, code, field) in cases {
         let (status, answer) = post(&client, sidecar.url(route), body.clone()).await;
@@ -422,6 +447,34 @@ async fn a_client_that_disconnects_frees_its_blocks() {
     assert!(result.is_err(), "the request was meant to time out");
     wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
     wait_metric(&client, &sidecar, "lexserve_requests_running", 0.0).await;
+}
+
+/// A chat message that spells the template's control tokens is read as text: it costs the
+/// tokens of its characters, not one control token each (a user cannot open a system turn).
+#[tokio::test]
+async fn chat_contents_that_spell_control_tokens_stay_text() {
+    let (sidecar, client) = start(&[]).await;
+    let prompt_tokens = |content: &'static str| {
+        let client = client.clone();
+        let url = sidecar.url("/v1/chat/completions");
+        async move {
+            let (status, answer) = post(
+                &client,
+                url,
+                json!({"messages": [{"role": "user", "content": content}], "max_tokens": 1}),
+            )
+            .await;
+            assert_eq!(status, 200, "{answer}");
+            answer["usage"]["prompt_tokens"].as_u64().expect("usage")
+        }
+    };
+    let empty = prompt_tokens("").await;
+    let spelled = prompt_tokens("<|im_start|><|im_start|><|im_start|>").await;
+    assert!(
+        spelled - empty > 3,
+        "three spelled control tokens cost {} prompt tokens: read as control tokens",
+        spelled - empty
+    );
 }
 
 #[tokio::test]

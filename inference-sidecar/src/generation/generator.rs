@@ -11,7 +11,7 @@ use std::time::Instant;
 use thiserror::Error;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::chat_template::{ChatMessage, ChatTemplate};
+use super::chat_template::{ChatMessage, ChatTemplate, PromptPart};
 use super::sampling::SamplingParams;
 use super::scheduler::SeqId;
 use super::tokenizer::GgufTokenizer;
@@ -185,10 +185,10 @@ impl Generator {
         Ok(receiver)
     }
 
-    /// The prompt for a chat, through the model's own template.
-    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, String> {
+    /// The prompt for a chat, through the model's own template; message contents are text.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<PromptPart>, String> {
         match &self.chat_template {
-            Some(template) => template.render(messages),
+            Some(template) => template.render_parts(messages),
             None => Err("this model ships no chat template".into()),
         }
     }

@@ -10,6 +10,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
+use super::chat_template::PromptPart;
 use super::model::{Metadata, ModelError, meta_u32};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -17,7 +18,10 @@ const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 pub struct GgufTokenizer {
+    /// Reads control tokens spelled in the text as control tokens.
     inner: Tokenizer,
+    /// The same vocabulary without the control tokens: reads everything as text.
+    plain: Tokenizer,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     pub add_bos: bool,
@@ -103,6 +107,7 @@ impl GgufTokenizer {
             .and_then(|v| v.to_vec().ok())
             .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
             .unwrap_or_default();
+        let plain = inner.clone();
         let special: Vec<AddedToken> = types
             .iter()
             .enumerate()
@@ -129,6 +134,7 @@ impl GgufTokenizer {
             .unwrap_or(false);
         Ok(Self {
             inner,
+            plain,
             bos_id: id("tokenizer.ggml.bos_token_id"),
             eos_id,
             add_bos,
@@ -140,14 +146,28 @@ impl GgufTokenizer {
     /// Prompt ids: special tokens written in the text (`<|im_start|>`) become their ids; a BOS is
     /// prepended only when the model's metadata asks for it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        let encoding = self.inner.encode(text, false).map_err(|e| e.to_string())?;
-        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        self.encode_parts(&[PromptPart::Markup(text.to_string())])
+    }
+
+    /// Prompt ids of a prompt in parts: control tokens are read in [`PromptPart::Markup`] only,
+    /// [`PromptPart::Text`] is read as characters. A BOS as in [`Self::encode`].
+    pub fn encode_parts(&self, parts: &[PromptPart]) -> Result<Vec<u32>, String> {
+        let mut ids = Vec::new();
         if self.add_bos
             && let Some(bos) = self.bos_id
         {
             ids.push(bos);
         }
-        ids.extend_from_slice(encoding.get_ids());
+        for part in parts {
+            let (tokenizer, text) = match part {
+                PromptPart::Markup(text) => (&self.inner, text),
+                PromptPart::Text(text) => (&self.plain, text),
+            };
+            let encoding = tokenizer
+                .encode(text.as_str(), false)
+                .map_err(|e| e.to_string())?;
+            ids.extend_from_slice(encoding.get_ids());
+        }
         Ok(ids)
     }
 

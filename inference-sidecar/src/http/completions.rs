@@ -19,7 +19,7 @@ use super::generate::{
 use super::sse::{Mapped, token_stream};
 use super::state::AppState;
 use crate::generation::GenerationEvent;
-use crate::generation::chat_template::ChatMessage;
+use crate::generation::chat_template::{ChatMessage, PromptPart};
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -59,6 +59,51 @@ pub struct SamplingFields {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Every other field of the request, checked against [`UNSUPPORTED`].
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+/// Whether a field's value asks for nothing (so ignoring the field changes no answer).
+type AsksNothing = fn(&Value) -> bool;
+
+/// Fields of OpenAI's completion and chat APIs that this server does not implement, each with
+/// the values that ask for nothing (what clients send as defaults). Any other value is answered
+/// 400 naming the field, never silently ignored. Fields outside OpenAI's API (and `user`,
+/// `metadata`, `store`, which do not change the answer) are ignored.
+const UNSUPPORTED: &[(&str, AsksNothing)] = &[
+    ("logit_bias", |v| {
+        v.as_object().is_some_and(|o| o.is_empty())
+    }),
+    ("logprobs", |v| v == &Value::Bool(false)),
+    ("top_logprobs", |v| v.as_u64() == Some(0)),
+    ("presence_penalty", |v| v.as_f64() == Some(0.0)),
+    ("frequency_penalty", |v| v.as_f64() == Some(0.0)),
+    ("best_of", |v| v.as_u64() == Some(1)),
+    ("echo", |v| v == &Value::Bool(false)),
+    ("suffix", |v| v.as_str() == Some("")),
+    ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
+    ("functions", |v| v.as_array().is_some_and(|a| a.is_empty())),
+    ("tool_choice", |v| v.as_str() == Some("none")),
+    ("function_call", |v| v.as_str() == Some("none")),
+    ("parallel_tool_calls", |_| true),
+    ("response_format", |v| {
+        v.get("type").and_then(Value::as_str) == Some("text")
+    }),
+    ("modalities", |v| v == &json!(["text"])),
+    ("audio", |_| false),
+    ("prediction", |_| false),
+];
+
+/// The first field of [`UNSUPPORTED`] the request sets to a value that asks for something.
+fn unsupported_field(other: &serde_json::Map<String, Value>) -> Option<ApiError> {
+    UNSUPPORTED.iter().find_map(|(name, asks_nothing)| {
+        let value = other.get(*name)?;
+        (!value.is_null() && !asks_nothing(value)).then(|| ApiError::Unsupported {
+            field: (*name).to_string(),
+            message: format!("{name} is not supported by this server (got {value})"),
+        })
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +155,9 @@ const fn fields(prompt: &'static str) -> OptionFields {
 const OPENAI_DEFAULT_TEMPERATURE: f64 = 1.0;
 
 fn check_common(state: &AppState, sampling: &SamplingFields) -> Result<(), ApiError> {
+    if let Some(error) = unsupported_field(&sampling.other) {
+        return Err(error);
+    }
     if let Some(model) = &sampling.model
         && model != &state.service.name
     {
@@ -149,7 +197,7 @@ fn options(sampling: &SamplingFields) -> GenerationOptions {
 
 async fn start(
     state: &AppState,
-    prompt: String,
+    prompt: Vec<PromptPart>,
     sampling: &SamplingFields,
     prompt_field: &'static str,
 ) -> Result<Started, ApiError> {
@@ -205,7 +253,7 @@ impl Shape {
 /// one, else the whole answer.
 async fn answer(
     state: &AppState,
-    prompt: String,
+    prompt: Vec<PromptPart>,
     sampling: &SamplingFields,
     prompt_field: &'static str,
     shape: Shape,
@@ -346,7 +394,8 @@ pub async fn completions(
             message: "exactly one prompt per request is supported".into(),
         });
     }
-    let prompt = prompts.remove(0);
+    // A raw prompt is the client's own markup: control tokens in it are control tokens.
+    let prompt = vec![PromptPart::Markup(prompts.remove(0))];
     answer(
         &state,
         prompt,
@@ -410,4 +459,54 @@ pub async fn chat_completions(
             message,
         })?;
     answer(&state, prompt, &request.sampling, "messages", Shape::Chat).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(body: Value) -> Option<String> {
+        let request: ChatRequest = serde_json::from_value(body).expect("a chat request");
+        match unsupported_field(&request.sampling.other) {
+            Some(ApiError::Unsupported { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_unless_they_ask_for_nothing() {
+        let chat = |extra: Value| {
+            let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            body
+        };
+        // What clients send as defaults passes.
+        for neutral in [
+            json!({"logprobs": false, "presence_penalty": 0, "frequency_penalty": 0.0}),
+            json!({"logit_bias": {}, "tools": [], "tool_choice": "none", "echo": false}),
+            json!({"response_format": {"type": "text"}, "logit_bias": null, "user": "u1"}),
+            json!({"some_server_extension": 3}),
+        ] {
+            assert_eq!(refused(chat(neutral.clone())), None, "{neutral}");
+        }
+        for (asking, field) in [
+            (json!({"logprobs": true}), "logprobs"),
+            (json!({"top_logprobs": 2}), "top_logprobs"),
+            (json!({"presence_penalty": 0.5}), "presence_penalty"),
+            (json!({"logit_bias": {"1": -100}}), "logit_bias"),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format",
+            ),
+        ] {
+            assert_eq!(
+                refused(chat(asking.clone())).as_deref(),
+                Some(field),
+                "{asking}"
+            );
+        }
+    }
 }

@@ -21,6 +21,10 @@ pub enum ApiError {
         field: Option<String>,
         message: String,
     },
+    /// A field of the API this server does not implement, with a value that would change the
+    /// answer (`field` names it).
+    #[error("{message}")]
+    Unsupported { field: String, message: String },
     #[error("{message}")]
     TooLarge {
         field: Option<String>,
@@ -48,7 +52,7 @@ const RETRY_AFTER_SECONDS: &str = "1";
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Malformed { .. } => StatusCode::BAD_REQUEST,
+            Self::Malformed { .. } | Self::Unsupported { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -69,6 +73,7 @@ impl ApiError {
     fn field(&self) -> Option<&str> {
         match self {
             Self::Invalid { field, .. } | Self::TooLarge { field, .. } => field.as_deref(),
+            Self::Unsupported { field, .. } => Some(field),
             Self::Service(
                 ServiceError::InvalidInput { field, .. } | ServiceError::TooLarge { field, .. },
             ) => Some(field),

@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::sse::{Mapped, token_stream};
 use super::state::AppState;
 use crate::encoder::service::{InFlightWork, ServiceError};
+use crate::generation::chat_template::PromptPart;
 use crate::generation::sampling::SamplingParams;
 use crate::generation::{FinishReason, GenerationEvent, GenerationRequest, Generator, SubmitError};
 
@@ -154,19 +155,20 @@ pub fn build_request(
 /// Above this many bytes, a prompt is tokenized on the blocking pool.
 const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 
-/// Prompt ids for `text`; errors name `field`.
+/// Prompt ids for a prompt in parts (see [`PromptPart`]); errors name `field`.
 pub async fn tokenize_prompt(
     generator: &std::sync::Arc<Generator>,
-    text: String,
+    parts: Vec<PromptPart>,
     field: &str,
 ) -> Result<Vec<u32>, ApiError> {
-    let result = if text.len() > INLINE_TOKENIZE_BYTES {
+    let bytes: usize = parts.iter().map(|p| p.as_str().len()).sum();
+    let result = if bytes > INLINE_TOKENIZE_BYTES {
         let generator = std::sync::Arc::clone(generator);
-        tokio::task::spawn_blocking(move || generator.tokenizer.encode(&text))
+        tokio::task::spawn_blocking(move || generator.tokenizer.encode_parts(&parts))
             .await
             .map_err(|e| ServiceError::Internal(format!("tokenization task failed: {e}")))?
     } else {
-        generator.tokenizer.encode(&text)
+        generator.tokenizer.encode_parts(&parts)
     };
     result.map_err(|message| invalid(field, message))
 }
@@ -308,7 +310,9 @@ async fn start_native(state: &AppState, request: NativeRequest) -> Result<Starte
         seed: p.seed,
         stop: p.stop,
     };
-    let prompt_ids = tokenize_prompt(&generator, request.inputs, "inputs").await?;
+    // A raw prompt is the client's own markup: control tokens in it are control tokens.
+    let prompt = vec![PromptPart::Markup(request.inputs)];
+    let prompt_ids = tokenize_prompt(&generator, prompt, "inputs").await?;
     let request = build_request(
         &generator,
         prompt_ids,
