@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod encoder;
+pub mod fault;
 pub mod fetch;
 pub mod generation;
 pub mod http;

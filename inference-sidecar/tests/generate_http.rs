@@ -477,6 +477,36 @@ async fn chat_contents_that_spell_control_tokens_stay_text() {
     );
 }
 
+/// A generation engine that dies leaves a process that can never answer: liveness must fail so
+/// that the kubelet restarts it (the crash is injected: `LEXSERVE_FAULT`, debug builds only).
+#[tokio::test]
+async fn a_crashed_engine_fails_liveness() {
+    let mut args = smollm2_args();
+    args.extend(["--threads", "2"].map(String::from));
+    let sidecar = Sidecar::start_with_env(&args, &[("LEXSERVE_FAULT", "engine-step")]);
+    let client = common::http::client();
+    sidecar.wait_ready(&client).await;
+    let (status, _) = get(&client, sidecar.url("/health")).await;
+    assert_eq!(status, 200, "alive before the crash");
+
+    let (status, answer) = post(
+        &client,
+        sidecar.url("/generate"),
+        json!({"inputs": "Hello", "parameters": {"max_new_tokens": 4}}),
+    )
+    .await;
+    assert!(status.is_server_error(), "{status}: {answer}");
+    for path in ["/health", "/v2/health/live", "/ready"] {
+        let body = sidecar.wait_status(&client, path, 503).await;
+        if path != "/ready" {
+            assert!(
+                body.to_string().contains("generation engine crashed"),
+                "{path}: {body}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
     let (sidecar, client) =

@@ -325,3 +325,29 @@ async fn a_missing_runtime_library_means_not_ready_with_the_reason() {
         "no model is reported loaded:\n{text}"
     );
 }
+
+/// The encoder's batch worker dying: the texts it held and those queued get an answer (no
+/// request hangs), and liveness fails so that the kubelet restarts the process (the crash is
+/// injected: `LEXSERVE_FAULT`, debug builds only).
+#[tokio::test]
+async fn a_crashed_batch_worker_fails_liveness_and_answers_what_waited() {
+    let mut args = onnx_embed_args();
+    args.extend(["--threads", "1"].map(String::from));
+    let sidecar = Sidecar::start_with_env(&args, &[("LEXSERVE_FAULT", "batch-worker")]);
+    let client = client();
+    sidecar.wait_ready(&client).await;
+    let (status, _) = get(&client, sidecar.url("/health")).await;
+    assert_eq!(status, 200, "alive before the crash");
+    let (status, answer) = post(&client, sidecar.url("/embed"), json!({"texts": ["hello"]})).await;
+    assert!(status.is_server_error(), "{status}: {answer}");
+    for path in ["/health", "/v2/health/live"] {
+        let body = sidecar.wait_status(&client, path, 503).await;
+        assert!(
+            body.to_string().contains("batch worker crashed"),
+            "{path}: {body}"
+        );
+    }
+    // New work is refused at once, not queued for a worker that is gone.
+    let (status, _) = post(&client, sidecar.url("/embed"), json!({"texts": ["again"]})).await;
+    assert_eq!(status, 503);
+}

@@ -3,8 +3,9 @@
 //! head that does not fit the encoder) leave the server up but not ready, with the reason on `/ready`,
 //! so a pod shows why it is not serving instead of crash-looping.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -75,6 +76,10 @@ pub struct ModelService {
     draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Set when the thread that serves the model (the batch worker, the generation engine) has
+    /// stopped while the server was not draining: nothing will ever answer again, so liveness
+    /// fails and the kubelet restarts the container.
+    dead: OnceLock<String>,
 }
 
 /// Decrements the in-flight count when an inference call ends, however it ends.
@@ -145,6 +150,7 @@ impl ModelService {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            dead: OnceLock::new(),
         });
         let worker_service = Arc::clone(&service);
         let spawned = std::thread::Builder::new()
@@ -156,6 +162,30 @@ impl ModelService {
             )));
         }
         service
+    }
+
+    /// The thread serving the model returned (or `crashed`). Expected only while draining;
+    /// otherwise the server is dead: not ready, and liveness fails.
+    fn serving_stopped(&self, what: &str, crashed: bool) {
+        if !crashed && self.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        let reason = if crashed {
+            format!("{what} crashed; see the logs")
+        } else {
+            format!("{what} stopped while the server was not draining")
+        };
+        tracing::error!(%reason, "the server can no longer answer");
+        self.set_readiness(Readiness::Failed(reason.clone()));
+        let _ = self.dead.set(reason);
+    }
+
+    /// `Ok` while the threads that serve the model run (`/health`); otherwise why not.
+    pub fn check_alive(&self) -> Result<(), String> {
+        match self.dead.get() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
     }
 
     fn set_readiness(&self, readiness: Readiness) {
@@ -189,14 +219,8 @@ impl ModelService {
                     self.mark_loaded();
                     self.set_readiness(Readiness::Generating(generator));
                     // A panic in the engine must not leave a server that looks ready and hangs.
-                    let run =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run()));
-                    if run.is_err() {
-                        tracing::error!("the generation engine crashed");
-                        self.set_readiness(Readiness::Failed(
-                            "the generation engine crashed; see the logs".into(),
-                        ));
-                    }
+                    let run = catch_unwind(AssertUnwindSafe(|| engine.run()));
+                    self.serving_stopped("the generation engine", run.is_err());
                 }
                 Err(reason) => {
                     tracing::error!(%reason, "model failed to load");
@@ -215,7 +239,14 @@ impl ModelService {
                 if self.draining.load(Ordering::SeqCst) {
                     queue.close();
                 }
-                serve_batches(&queue, pipeline.encoder.as_mut(), &pipeline.head, pad_id);
+                let served = catch_unwind(AssertUnwindSafe(|| {
+                    serve_batches(&queue, pipeline.encoder.as_mut(), &pipeline.head, pad_id);
+                }));
+                if served.is_err() {
+                    // Nobody takes from the queue any more: answer what waits, refuse the rest.
+                    queue.abandon(&BatchError::Inference("the batch worker crashed".into()));
+                }
+                self.serving_stopped("the batch worker", served.is_err());
             }
             Err(reason) => {
                 tracing::error!(%reason, "model failed to load");

@@ -171,6 +171,7 @@ impl Engine {
                 }
                 continue;
             }
+            crate::fault::inject("engine-step");
             self.run_step(&step);
             self.update_gauges();
         }

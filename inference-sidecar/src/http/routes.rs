@@ -54,8 +54,17 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(json!({"status": "alive"}))
+/// Liveness: fails once the thread that serves the model has died, so that the kubelet restarts
+/// the container (a load failure is not death: it shows on `/ready` with its reason).
+async fn health(State(state): State<AppState>) -> Response {
+    match state.service.check_alive() {
+        Ok(()) => axum::Json(json!({"status": "alive"})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "dead", "error": reason})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -210,8 +210,16 @@ pub async fn server_metadata() -> Json<Value> {
     }))
 }
 
-pub async fn live() -> Json<Value> {
-    Json(json!({"live": true}))
+/// Liveness as `/health` judges it: false once the thread serving the model has died.
+pub async fn live(State(state): State<AppState>) -> Response {
+    match state.service.check_alive() {
+        Ok(()) => Json(json!({"live": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"live": false, "error": reason})),
+        )
+            .into_response(),
+    }
 }
 
 fn readiness_response(state: &AppState) -> Response {

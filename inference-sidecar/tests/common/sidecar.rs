@@ -97,6 +97,30 @@ impl Sidecar {
         }
     }
 
+    /// Polls `path` until it answers `status` (the thread that noticed a change may still be
+    /// on its way: no timing is asserted, only that it happens within a generous bound); returns
+    /// the JSON answer, or panics with the last answer and the server's logs.
+    pub async fn wait_status(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        status: u16,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (got, body) = super::http::get(client, self.url(path)).await;
+            if got == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never answered {status} (last: {got} {body}); logs: {:?}",
+                self.logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self, client: &reqwest::Client) -> String {
         client

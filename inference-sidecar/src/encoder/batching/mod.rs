@@ -152,6 +152,20 @@ impl BatchQueue {
         self.shared.wake.notify_all();
     }
 
+    /// Refuses new texts and answers every queued one with `error`: no worker is left to run
+    /// them, and a caller must not wait forever.
+    pub fn abandon(&self, error: &BatchError) {
+        let pending: Vec<_> = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.pending.drain(..).collect()
+        };
+        self.shared.metrics.queue_size.set(0);
+        for job in pending {
+            let _ = job.item.reply.send(Err(error.clone()));
+        }
+    }
+
     pub(crate) fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
     }

@@ -71,6 +71,7 @@ pub fn serve_batches(
     let shared: Arc<Shared> = queue.shared();
     let metrics = Arc::clone(&shared.metrics);
     while let Some(jobs) = next_batch(&shared) {
+        crate::fault::inject("batch-worker");
         let started = Instant::now();
         let n = jobs.len();
         metrics.requests_running.inc_by(n as i64);
