@@ -62,6 +62,9 @@ pub struct OperatorOptions {
     /// Check the load signal every `.0` seconds with a grace period of `.1` seconds; None turns
     /// the checks off (tests that do not run Prometheus).
     pub scaling_signal: Option<(u64, u64)>,
+    /// Whom it acts as: a kubeconfig of its own (see
+    /// [`LocalCluster::service_account_kubeconfig`]); None, the cluster's admin.
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Default for OperatorOptions {
@@ -76,6 +79,7 @@ impl Default for OperatorOptions {
             prometheus_url: None,
             metrics_api: false,
             scaling_signal: None,
+            kubeconfig: None,
         }
     }
 }
@@ -88,13 +92,42 @@ fn free_port() -> Result<u16> {
 impl OperatorProcess {
     /// Starts the operator and waits until it answers `/readyz`.
     pub async fn start(cluster: &LocalCluster, options: OperatorOptions) -> Result<Self> {
+        let operator = Self::spawn(cluster, options)?;
+        let url = format!("http://127.0.0.1:{}/readyz", operator.health_port);
+        wait::until(
+            "the operator's /readyz",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let url = url.clone();
+                async move {
+                    Ok(match reqwest::get(&url).await {
+                        Ok(r) if r.status().is_success() => Poll::Ready(()),
+                        Ok(r) => Poll::pending(format!("status {}", r.status())),
+                        Err(e) => Poll::pending(e),
+                    })
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("operator log:\n{}", operator.log_tail(30)))?;
+        Ok(operator)
+    }
+
+    /// Starts the operator without waiting for it to be ready.
+    pub fn spawn(cluster: &LocalCluster, options: OperatorOptions) -> Result<Self> {
         let binary = workspace_bin("lexserve-operator")?;
         let metrics_port = free_port()?;
         let health_port = free_port()?;
         let mut args = vec![
             "run".to_string(),
             "--kubeconfig".to_string(),
-            cluster.kubeconfig().display().to_string(),
+            options
+                .kubeconfig
+                .as_deref()
+                .unwrap_or(cluster.kubeconfig())
+                .display()
+                .to_string(),
             "--metrics-addr".to_string(),
             format!("127.0.0.1:{metrics_port}"),
             "--health-addr".to_string(),
@@ -145,32 +178,13 @@ impl OperatorProcess {
             &args,
             &log,
         )?;
-        let operator = Self {
+        Ok(Self {
             process,
             identity: options.identity,
             metrics_port,
             health_port,
             metrics_api_port,
-        };
-        let url = format!("http://127.0.0.1:{health_port}/readyz");
-        wait::until(
-            "the operator's /readyz",
-            Duration::from_secs(30),
-            Duration::from_millis(200),
-            || {
-                let url = url.clone();
-                async move {
-                    Ok(match reqwest::get(&url).await {
-                        Ok(r) if r.status().is_success() => Poll::Ready(()),
-                        Ok(r) => Poll::pending(format!("status {}", r.status())),
-                        Err(e) => Poll::pending(e),
-                    })
-                }
-            },
-        )
-        .await
-        .with_context(|| format!("operator log:\n{}", crate::cluster::tail(&log, 30)))?;
-        Ok(operator)
+        })
     }
 
     /// Its identity.
@@ -200,6 +214,13 @@ impl OperatorProcess {
     /// The port of the external metrics API (HTTPS), when started with one.
     pub fn metrics_api_port(&self) -> Option<u16> {
         self.metrics_api_port
+    }
+
+    /// `GET /readyz` (or `/healthz`): the status code and the text.
+    pub async fn probe(&self, path: &str) -> Result<(u16, String)> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.health_port)).await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
     }
 
     /// The port of `/healthz` and `/readyz`.

@@ -221,3 +221,45 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
         .and_then(|s| s.lease_transitions);
     assert_eq!(transitions, Some(1));
 }
+
+/// An operator that may not list pods does not hang behind a green health check: `/readyz`
+/// says what it waits for and quotes the apiserver's refusal, while `/healthz` stays up.
+#[tokio::test]
+async fn without_permission_to_list_pods_readiness_says_why() {
+    let cluster = setup().await;
+    let ns = cluster.namespace("powerless").await.expect("namespace");
+    let kubeconfig = cluster
+        .service_account_kubeconfig(&ns, "powerless")
+        .await
+        .expect("a kubeconfig with no permissions");
+    let operator = OperatorProcess::spawn(
+        cluster,
+        OperatorOptions {
+            identity: "powerless".to_string(),
+            kubeconfig: Some(kubeconfig),
+            ..OperatorOptions::default()
+        },
+    )
+    .expect("operator starts");
+    let readyz = wait::until(
+        "/readyz to say why the operator is not ready",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            Ok(match operator.probe("/readyz").await {
+                Ok((503, text)) if text.contains("forbidden") => Poll::Ready(text),
+                Ok((code, text)) => Poll::pending(format!("{code}: {text}")),
+                Err(e) => Poll::pending(e),
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; operator log:\n{}", operator.log_tail(20)));
+    assert!(readyz.contains("pods"), "{readyz}");
+    assert!(
+        readyz.contains("system:serviceaccount:"),
+        "names who was refused: {readyz}"
+    );
+    let (code, _) = operator.probe("/healthz").await.expect("/healthz");
+    assert_eq!(code, 200, "the process is alive; it only may not work");
+}

@@ -1,8 +1,8 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz` (the process runs) and `/readyz` (it
 //! leads with its controllers started, or stands by as a follower).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,6 +17,23 @@ use crate::telemetry::Metrics;
 pub struct Health {
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
+    /// Why the operator is not ready yet (what it waits for), shown by `/readyz`.
+    pub waiting_for: Arc<Mutex<String>>,
+}
+
+impl Health {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            ready: Arc::default(),
+            waiting_for: Arc::new(Mutex::new("starting".to_string())),
+        }
+    }
+
+    /// Says what the operator waits for, on `/readyz`, until it is ready.
+    pub fn waiting_for(&self, what: impl Into<String>) {
+        *self.waiting_for.lock().unwrap_or_else(|p| p.into_inner()) = what.into();
+    }
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
@@ -33,11 +50,19 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
+async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
     if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        let waiting = health
+            .waiting_for
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {waiting}\n"),
+        )
     }
 }
 

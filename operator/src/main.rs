@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use lexserve_operator::config::{DEFAULT_SIDECAR_IMAGE, OperatorConfig};
 use lexserve_operator::controller::context::Context;
@@ -219,11 +219,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => kube::Client::try_default().await?,
     };
     let metrics = Metrics::default();
-    let ready = Arc::new(AtomicBool::new(false));
-    let health = lexserve_operator::http::Health {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
+    let health = lexserve_operator::http::Health::new(metrics.clone());
+    let ready = health.ready.clone();
     let mut addrs = vec![args.metrics_addr];
     if args.health_addr != args.metrics_addr {
         addrs.push(args.health_addr);
@@ -244,11 +241,37 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The load signal: Prometheus plus a cache of the model-server pods' readiness. Every
     // replica serves the metrics API (the APIService's Service selects them all); only the
     // leader turns the signal into conditions.
-    let pods = lexserve_operator::metrics_api::signal::watch_model_pods(
+    let (pods, pod_errors) = lexserve_operator::metrics_api::signal::watch_model_pods(
         client.clone(),
         args.namespace.as_deref(),
-    )
-    .await;
+    );
+    // Until the first list arrives, `/readyz` says what is awaited and why it does not come
+    // (no permission to list pods, an apiserver that does not answer), instead of hanging silently.
+    health.waiting_for("the model-server pod cache's first list");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            filled = tokio::time::timeout(std::time::Duration::from_secs(2), pods.wait_until_ready()) => {
+                if filled.is_ok() {
+                    break;
+                }
+                let why = pod_errors
+                    .last()
+                    .unwrap_or_else(|| "no answer from the apiserver yet".to_string());
+                let message = format!(
+                    "the model-server pod cache is not filled (can the operator list and watch pods?): {why}"
+                );
+                warn!("{message}");
+                health.waiting_for(message);
+            }
+            _ = &mut shutdown => {
+                info!("shutting down while waiting for the pod cache");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    health.waiting_for("starting");
     let load_signal = LoadSignal::new(&args.prometheus_url, pods)?;
     if !args.metrics_api_addr.trim().is_empty() {
         start_metrics_api(&args, &client, load_signal.clone(), metrics.clone()).await?;

@@ -1,6 +1,6 @@
 //! kubectl against a [`LocalCluster`], and applying manifests the way users do.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -71,6 +71,37 @@ impl LocalCluster {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })
+    }
+
+    /// A kubeconfig acting as ServiceAccount `name` of `namespace` (created if missing), with
+    /// a token valid for an hour: for running a process with only the permissions RBAC grants
+    /// that account (none unless the test binds some).
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let exists = self
+            .kubectl(["get", "serviceaccount", name, "-n", namespace])
+            .await?
+            .success;
+        if !exists {
+            self.kubectl_ok(["create", "serviceaccount", name, "-n", namespace])
+                .await?;
+        }
+        let token = self
+            .kubectl_ok(["create", "token", name, "-n", namespace, "--duration=1h"])
+            .await?;
+        let admin = std::fs::read_to_string(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(&admin).context("parsing the admin kubeconfig")?;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        config["users"] = serde_yaml::to_value(vec![serde_json::json!({
+            "name": user,
+            "user": {"token": token.trim()},
+        })])?;
+        config["contexts"][0]["context"]["user"] = serde_yaml::Value::from(user);
+        let path = self.work_dir.join(format!("{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&config)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 
     /// Applies the manifests at `path` (a file or a folder) server-side, as users install CRDs,

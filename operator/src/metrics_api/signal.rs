@@ -110,9 +110,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Starts a watch-backed cache of the model-server pods (in `namespace`, or everywhere) and
-/// returns its reader once the first list has arrived.
-pub async fn watch_model_pods(client: Client, namespace: Option<&str>) -> Store<Pod> {
+/// Starts a watch-backed cache of the model-server pods (in `namespace`, or everywhere); returns
+/// its reader (wait with `wait_until_ready` for the first list) and the watch's last error, which
+/// says why the first list does not come (`pods is forbidden: ...`).
+pub fn watch_model_pods(client: Client, namespace: Option<&str>) -> (Store<Pod>, WatchErrors) {
     let api: Api<Pod> = match namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
@@ -129,14 +130,31 @@ pub async fn watch_model_pods(client: Client, namespace: Option<&str>) -> Store<
         })
         .reflect(writer)
         .applied_objects();
+    let errors = WatchErrors::default();
+    let last = errors.clone();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             if let Err(e) = event {
                 warn!(error = %e, "watching model-server pods");
+                last.record(e.to_string());
             }
         }
     });
-    let _ = reader.wait_until_ready().await;
-    reader
+    (reader, errors)
+}
+
+/// The last error of a watch, for saying why its cache is not filled.
+#[derive(Clone, Default)]
+pub struct WatchErrors(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl WatchErrors {
+    fn record(&self, error: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+
+    /// The last error seen, if any.
+    pub fn last(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
