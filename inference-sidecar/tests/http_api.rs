@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::http::{client, get, post};
+use common::http::{client, get, metric_value, post};
 use common::sidecar::Sidecar;
 use common::{cosine, onnx_embed_args};
 use reqwest::StatusCode;
@@ -350,4 +350,45 @@ async fn a_crashed_batch_worker_fails_liveness_and_answers_what_waited() {
     // New work is refused at once, not queued for a worker that is gone.
     let (status, _) = post(&client, sidecar.url("/embed"), json!({"texts": ["again"]})).await;
     assert_eq!(status, 503);
+}
+
+/// Texts whose client went away before a batch ran them are dropped, not run: with a long
+/// batching delay, clients that give up first leave a queue that empties without any batch.
+#[tokio::test]
+async fn texts_whose_client_went_away_are_not_run() {
+    let (sidecar, client) = start(&["--max-queue-delay", "3s", "--max-batch-requests", "64"]).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(200))
+        .build()
+        .expect("client");
+    let gave_up = futures::future::join_all((0..5).map(|i| {
+        impatient
+            .post(sidecar.url("/embed"))
+            .json(&json!({"texts": [format!("text number {i}")]}))
+            .send()
+    }))
+    .await;
+    assert!(gave_up.iter().all(|r| r.is_err()), "{gave_up:?}");
+    let queued = sidecar.metrics(&client).await;
+    assert_eq!(
+        metric_value(&queued, "lexserve_queue_size"),
+        Some(5.0),
+        "their texts wait for the batching delay"
+    );
+    // The worker wakes when the oldest text's delay is up and finds nobody waiting.
+    let metrics = loop {
+        let text = sidecar.metrics(&client).await;
+        if metric_value(&text, "lexserve_queue_size") == Some(0.0) {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        metric_value(&metrics, "lexserve_batch_size_count"),
+        Some(0.0),
+        "no batch ran for clients that were gone"
+    );
+    // The server still answers a client that waits.
+    let (status, _) = post(&client, sidecar.url("/embed"), json!({"texts": ["hello"]})).await;
+    assert_eq!(status, 200);
 }
