@@ -93,20 +93,16 @@ impl OperatorProcess {
     /// Starts the operator and waits until it answers `/readyz`.
     pub async fn start(cluster: &LocalCluster, options: OperatorOptions) -> Result<Self> {
         let operator = Self::spawn(cluster, options)?;
-        let url = format!("http://127.0.0.1:{}/readyz", operator.health_port);
         wait::until(
             "the operator's /readyz",
             Duration::from_secs(30),
             Duration::from_millis(200),
-            || {
-                let url = url.clone();
-                async move {
-                    Ok(match reqwest::get(&url).await {
-                        Ok(r) if r.status().is_success() => Poll::Ready(()),
-                        Ok(r) => Poll::pending(format!("status {}", r.status())),
-                        Err(e) => Poll::pending(e),
-                    })
-                }
+            || async {
+                Ok(match operator.probe("/readyz").await {
+                    Ok((200, _)) => Poll::Ready(()),
+                    Ok((code, text)) => Poll::pending(format!("{code}: {text}")),
+                    Err(e) => Poll::pending(e),
+                })
             },
         )
         .await

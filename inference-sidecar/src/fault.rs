@@ -8,12 +8,21 @@
 /// The variable that names the faults to inject.
 pub const FAULT_ENV: &str = "LEXSERVE_FAULT";
 
-/// Panics when `point` is named in [`FAULT_ENV`] (debug builds only).
+/// Panics when `point` is named in [`FAULT_ENV`] (debug builds only). The variable is read once:
+/// this runs on every engine step and every batch.
 pub fn inject(point: &str) {
     #[cfg(debug_assertions)]
     {
-        let named = std::env::var(FAULT_ENV).unwrap_or_default();
-        if named.split(',').any(|p| p.trim() == point) {
+        static NAMED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let named = NAMED.get_or_init(|| {
+            std::env::var(FAULT_ENV)
+                .unwrap_or_default()
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        });
+        if named.iter().any(|p| p == point) {
             panic!("fault injected at {point} ({FAULT_ENV})");
         }
     }

@@ -1,7 +1,6 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz` (the process runs) and `/readyz` (it
 //! leads with its controllers started, or stands by as a follower).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -16,23 +15,30 @@ use crate::telemetry::Metrics;
 #[derive(Clone)]
 pub struct Health {
     pub metrics: Metrics,
-    pub ready: Arc<AtomicBool>,
-    /// Why the operator is not ready yet (what it waits for), shown by `/readyz`.
-    pub waiting_for: Arc<Mutex<String>>,
+    /// What the operator waits for before it is ready (shown by `/readyz`); None once ready.
+    waiting_for: Arc<Mutex<Option<String>>>,
 }
 
 impl Health {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             metrics,
-            ready: Arc::default(),
-            waiting_for: Arc::new(Mutex::new("starting".to_string())),
+            waiting_for: Arc::new(Mutex::new(Some("starting".to_string()))),
         }
     }
 
-    /// Says what the operator waits for, on `/readyz`, until it is ready.
+    /// Says what the operator waits for, on `/readyz`, which answers 503 until [`Self::ready`].
     pub fn waiting_for(&self, what: impl Into<String>) {
-        *self.waiting_for.lock().unwrap_or_else(|p| p.into_inner()) = what.into();
+        *self.lock() = Some(what.into());
+    }
+
+    /// `/readyz` answers 200 from now on.
+    pub fn ready(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.waiting_for.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -51,18 +57,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok".to_string())
-    } else {
-        let waiting = health
-            .waiting_for
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        (
+    match health.lock().as_deref() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(waiting) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {waiting}\n"),
-        )
+        ),
     }
 }
 

@@ -220,7 +220,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let metrics = Metrics::default();
     let health = lexserve_operator::http::Health::new(metrics.clone());
-    let ready = health.ready.clone();
     let mut addrs = vec![args.metrics_addr];
     if args.health_addr != args.metrics_addr {
         addrs.push(args.health_addr);
@@ -271,7 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    health.waiting_for("starting");
+    health.waiting_for("starting the metrics API");
     let load_signal = LoadSignal::new(&args.prometheus_url, pods)?;
     if !args.metrics_api_addr.trim().is_empty() {
         start_metrics_api(&args, &client, load_signal.clone(), metrics.clone()).await?;
@@ -300,7 +299,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
 
     // A follower is ready (it serves its endpoints and waits); it must not write.
-    ready.store(true, Ordering::Relaxed);
+    health.ready();
     if let Some(elector) = &elector {
         tokio::select! {
             _ = elector.acquire() => {},

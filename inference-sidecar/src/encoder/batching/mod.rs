@@ -121,6 +121,14 @@ impl BatchQueue {
             return Err(SubmitError::Closed);
         }
         if state.pending.len() + texts.len() > self.capacity {
+            // Before refusing, reclaim the slots of texts whose caller went away.
+            state.pending.retain(|p| !p.item.reply.is_closed());
+            self.shared
+                .metrics
+                .queue_size
+                .set(state.pending.len() as i64);
+        }
+        if state.pending.len() + texts.len() > self.capacity {
             return Err(SubmitError::QueueFull {
                 waiting: state.pending.len(),
                 capacity: self.capacity,

@@ -39,13 +39,6 @@ pub fn run_batch(
 fn next_batch(shared: &Shared) -> Option<Vec<super::queue::Pending<Job>>> {
     let mut state = shared.lock();
     loop {
-        // Texts whose caller went away (client disconnected, request timed out) are dropped
-        // unrun: nobody would read their answer, and they would hold queue slots.
-        let waiting = state.pending.len();
-        state.pending.retain(|p| !p.item.reply.is_closed());
-        if state.pending.len() != waiting {
-            shared.metrics.queue_size.set(state.pending.len() as i64);
-        }
         match plan(&state.pending, &shared.limits, Instant::now(), state.closed) {
             NextStep::Idle if state.closed => return None,
             NextStep::Idle => {
@@ -60,9 +53,17 @@ fn next_batch(shared: &Shared) -> Option<Vec<super::queue::Pending<Job>>> {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
             NextStep::Run(n) => {
-                let jobs: Vec<_> = state.pending.drain(..n).collect();
+                // Texts whose caller went away (client disconnected, request timed out) are
+                // dropped unrun: nobody would read their answer.
+                let jobs: Vec<_> = state
+                    .pending
+                    .drain(..n)
+                    .filter(|p| !p.item.reply.is_closed())
+                    .collect();
                 shared.metrics.queue_size.set(state.pending.len() as i64);
-                return Some(jobs);
+                if !jobs.is_empty() {
+                    return Some(jobs);
+                }
             }
         }
     }
