@@ -95,6 +95,9 @@ pub fn serve_batches(
         metrics
             .inference_duration
             .observe(started.elapsed().as_secs_f64());
+        // Uncounted before the answers go out: a caller that has its answer (and then reads the
+        // metrics) must not still find its texts counted as running here.
+        metrics.requests_running.dec_by(n as i64);
         match results {
             Ok(results) => {
                 for (job, result) in jobs.into_iter().zip(results) {
@@ -109,6 +112,5 @@ pub fn serve_batches(
                 }
             }
         }
-        metrics.requests_running.dec_by(n as i64);
     }
 }
