@@ -37,6 +37,7 @@ pub mod env {
     pub const FETCH_DEST: &str = "LEXSERVE_FETCH_DEST";
     pub const TERMINATION_LOG: &str = "LEXSERVE_TERMINATION_LOG";
     pub const DRAIN_TIMEOUT: &str = "LEXSERVE_DRAIN_TIMEOUT";
+    pub const SHUTDOWN_DELAY: &str = "LEXSERVE_SHUTDOWN_DELAY";
     /// The log filter (tracing's `EnvFilter` syntax) of both binaries.
     pub const LOG: &str = "LEXSERVE_LOG";
     /// The ONNX Runtime shared library (ort's own variable).
@@ -95,14 +96,40 @@ pub mod http {
     }
 }
 
-/// Shutdown timing: the sidecar drains for at most [`DRAIN_TIMEOUT_SECONDS`] after SIGTERM; the
-/// pod's grace period leaves room beyond it for the process to exit.
+/// Shutdown timing. After SIGTERM the sidecar keeps serving for `runtime.shutdownDelay` (readiness
+/// already false, while the endpoint removal propagates), then refuses new work and drains for at
+/// most [`DRAIN_TIMEOUT_SECONDS`]; the pod's grace period covers both and leaves room for the
+/// process to close its connections and exit.
 pub mod drain {
+    use std::time::Duration;
+
     pub const DRAIN_TIMEOUT_SECONDS: u64 = 30;
-    pub const TERMINATION_GRACE_SECONDS: i64 = 45;
 
     /// The drain timeout as the sidecar's flag default (a Go duration).
     pub const DRAIN_TIMEOUT_TEXT: &str = "30s";
+
+    /// What the grace period leaves beyond the delay and the drain: the sidecar's 5 s for
+    /// connections to close, and the exit.
+    pub const EXIT_MARGIN_SECONDS: u64 = 15;
+
+    /// The pod's `terminationGracePeriodSeconds` for a sidecar with this shutdown delay.
+    pub fn termination_grace_seconds(shutdown_delay: Duration) -> i64 {
+        let delay = shutdown_delay.as_secs() + u64::from(shutdown_delay.subsec_nanos() > 0);
+        i64::try_from(delay + DRAIN_TIMEOUT_SECONDS + EXIT_MARGIN_SECONDS).unwrap_or(i64::MAX)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_grace_period_covers_delay_drain_and_exit() {
+            assert_eq!(termination_grace_seconds(Duration::ZERO), 45);
+            assert_eq!(termination_grace_seconds(Duration::from_secs(5)), 50);
+            // A fraction of a second is a whole second more, never less.
+            assert_eq!(termination_grace_seconds(Duration::from_millis(1500)), 47);
+        }
+    }
 }
 
 /// The fetch init container's termination message on success: `sha256:<hex>` of what it verified.

@@ -9,7 +9,7 @@
 use schemars::Schema;
 use serde_json::{Value, json};
 
-use crate::runtime::defaults::MAX_QUEUE_DELAY_BOUND_TEXT;
+use crate::runtime::defaults::{MAX_QUEUE_DELAY_BOUND_TEXT, MAX_SHUTDOWN_DELAY_BOUND_TEXT};
 
 /// Rules on `model` alone.
 pub const MODEL_RULES: &[(&str, &str)] = &[
@@ -72,6 +72,14 @@ pub fn max_queue_delay_rule() -> (String, String) {
     )
 }
 
+/// The rule on `runtime.shutdownDelay`: the grace period of every pod grows by it.
+pub fn shutdown_delay_rule() -> (String, String) {
+    (
+        format!("duration(self) <= duration('{MAX_SHUTDOWN_DELAY_BOUND_TEXT}')"),
+        format!("runtime.shutdownDelay must be at most {MAX_SHUTDOWN_DELAY_BOUND_TEXT}"),
+    )
+}
+
 /// Appends rules to a schema's `x-kubernetes-validations`.
 fn append(schema: &mut Schema, rules: impl IntoIterator<Item = (String, String)>) {
     let object = schema.ensure_object();
@@ -104,4 +112,9 @@ pub fn add_serving_rules(schema: &mut Schema) {
 /// Schema transform for `runtime.batching.maxQueueDelay`.
 pub fn queue_delay_rules(schema: &mut Schema) {
     append(schema, [max_queue_delay_rule()]);
+}
+
+/// Schema transform for `runtime.shutdownDelay`.
+pub fn shutdown_delay_rules(schema: &mut Schema) {
+    append(schema, [shutdown_delay_rule()]);
 }

@@ -33,6 +33,16 @@ pub mod defaults {
     /// reads it in the CRD's rule and as the sidecar checks it.
     pub const MAX_QUEUE_DELAY_BOUND_TEXT: &str = "1m";
     pub const MAX_QUEUE_DELAY_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// `runtime.shutdownDelay`: long enough for the endpoint removal to reach kube-proxy (its
+    /// minimum sync period is 1 s) and typical ingress controllers and service meshes, which
+    /// watch EndpointSlices and reprogram within a few seconds.
+    pub const SHUTDOWN_DELAY_TEXT: &str = "5s";
+    pub const SHUTDOWN_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+    /// The longest `runtime.shutdownDelay` allowed: the pod's grace period is computed from it,
+    /// and a rollout waits this long for every replica it replaces.
+    pub const MAX_SHUTDOWN_DELAY_BOUND_TEXT: &str = "2m";
+    pub const MAX_SHUTDOWN_DELAY_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 }
 
 /// How the sidecar runs the model.
@@ -61,6 +71,28 @@ pub struct RuntimeSpec {
     /// none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<Quantize>,
+    /// After SIGTERM, how long the sidecar keeps serving with readiness already false, before it
+    /// refuses new work and drains (a Go duration, at most 2m): endpoints are removed
+    /// asynchronously, and clients keep sending to a terminating pod until kube-proxy, the
+    /// ingress or the mesh has caught up. The pod's grace period grows by this much.
+    /// Default: 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        pattern(DURATION_PATTERN),
+        transform = crate::rules::shutdown_delay_rules
+    )]
+    pub shutdown_delay: Option<String>,
+}
+
+impl RuntimeSpec {
+    /// `shutdownDelay`, or its default when unset or (refused at admission) unreadable.
+    pub fn shutdown_delay(&self) -> std::time::Duration {
+        self.shutdown_delay
+            .as_deref()
+            .and_then(|text| crate::duration::parse_duration(text).ok())
+            .unwrap_or(defaults::SHUTDOWN_DELAY)
+    }
 }
 
 /// The inference engine.
@@ -198,6 +230,10 @@ mod tests {
                 defaults::MAX_QUEUE_SIZE.to_string(),
             ),
             (
+                description::<RuntimeSpec>("shutdownDelay"),
+                defaults::SHUTDOWN_DELAY_TEXT.to_string(),
+            ),
+            (
                 description::<ModelSpec>("normalize"),
                 defaults::NORMALIZE.to_string(),
             ),
@@ -218,7 +254,25 @@ mod tests {
             Ok(defaults::MAX_QUEUE_DELAY_BOUND)
         );
         assert!(parse_duration(defaults::MAX_QUEUE_DELAY_TEXT).is_ok());
+        assert_eq!(
+            parse_duration(defaults::SHUTDOWN_DELAY_TEXT),
+            Ok(defaults::SHUTDOWN_DELAY)
+        );
+        assert_eq!(
+            parse_duration(defaults::MAX_SHUTDOWN_DELAY_BOUND_TEXT),
+            Ok(defaults::MAX_SHUTDOWN_DELAY_BOUND)
+        );
         assert!(crate::quantity::parse_quantity(defaults::KV_CACHE_MEMORY).is_ok());
+    }
+
+    #[test]
+    fn the_shutdown_delay_rule_is_on_its_field() {
+        let schema = serde_json::to_value(schemars::schema_for!(RuntimeSpec)).unwrap();
+        let rules = &schema["properties"]["shutdownDelay"]["x-kubernetes-validations"];
+        assert!(
+            matches!(rules, Value::Array(list) if list.len() == 1),
+            "{rules}"
+        );
     }
 
     #[test]

@@ -140,6 +140,8 @@ spec:
     matchExpressions:
     - key: '.metadata.deletionTimestamp'
       operator: 'DoesNotExist'
+    - key: '.metadata.annotations["lexserve.io/e2e-kubelet"]'
+      operator: 'DoesNotExist'
     - key: '.status.phase'
       operator: 'In'
       values: ['Pending']
@@ -208,6 +210,70 @@ spec:
       {{ end }}
       {{ end }}
 ---
+# Pods annotated for a test's own kubelet (HARNESS_KUBELET): scheduled -> Running with an IP, not
+# Ready. The test runs the pod's real sidecar and marks the pod Ready when its readiness probe
+# would pass.
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: lexserve-pod-started
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.metadata.annotations["lexserve.io/e2e-kubelet"]'
+      operator: 'Exists'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      phase: Running
+      startTime: {{ $now | Quote }}
+      conditions:
+      - type: PodReadyToStartContainers
+        status: "True"
+        lastTransitionTime: {{ $now | Quote }}
+      - type: Initialized
+        status: "True"
+        lastTransitionTime: {{ $now | Quote }}
+      - type: ContainersReady
+        status: "False"
+        lastTransitionTime: {{ $now | Quote }}
+      - type: Ready
+        status: "False"
+        lastTransitionTime: {{ $now | Quote }}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - name: {{ .name | Quote }}
+        image: {{ .image | Quote }}
+        ready: false
+        started: true
+        restartCount: 0
+        state:
+          running:
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      {{ with NodeIPsWith .spec.nodeName }}
+      hostIP: {{ index . 0 | Quote }}
+      hostIPs:
+      {{ range . }}
+      - ip: {{ . | Quote }}
+      {{ end }}
+      {{ end }}
+      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
+      podIP: {{ index . 0 | Quote }}
+      podIPs:
+      {{ range . }}
+      - ip: {{ . | Quote }}
+      {{ end }}
+      {{ end }}
+---
 # Pods: being deleted -> gone (there is no kubelet to confirm termination).
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -224,6 +290,11 @@ spec:
   next:
     delete: true
 "#;
+
+/// The pod annotation that hands a pod's readiness to the test (see the `lexserve-pod-started`
+/// stage): kwok makes the pod Running with an IP but leaves it not Ready; the test runs the
+/// real sidecar and sets Ready as the kubelet's readiness probe would.
+pub const HARNESS_KUBELET: (&str, &str) = ("lexserve.io/e2e-kubelet", "harness");
 
 /// What kind of simulated node to make.
 #[derive(Debug, Clone)]

@@ -106,6 +106,28 @@ impl Process {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Sends SIGTERM to the process group, as the kubelet does to a terminating pod's container,
+    /// and returns at once.
+    pub fn terminate(&self) {
+        if let Ok(pid) = child_pid(&self.child) {
+            signal_group(pid, libc::SIGTERM);
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the process group: SIGTERM, then SIGKILL after a grace period. Idempotent.
     pub fn stop(&mut self) {
         let Ok(pid) = child_pid(&self.child) else {

@@ -106,6 +106,21 @@ impl SidecarProcess {
         }
     }
 
+    /// SIGTERM, as the kubelet sends it to a terminating pod; returns at once.
+    pub fn terminate(&self) {
+        self.process.terminate();
+    }
+
+    /// Waits (blocking) up to `limit` for the sidecar to exit; its exit status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_exit(limit)
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        self.process.log()
+    }
+
     /// Stops it (SIGTERM, then SIGKILL after a grace period).
     pub fn stop(&mut self) {
         self.process.stop();

@@ -126,6 +126,11 @@ pub struct ServeArgs {
     /// After SIGTERM, how long work in flight may take before the server exits anyway.
     #[arg(long, env = env::DRAIN_TIMEOUT, default_value = drain::DRAIN_TIMEOUT_TEXT)]
     pub drain_timeout: String,
+    /// After SIGTERM, how long to keep serving with readiness already false before draining, so
+    /// that clients still routed here while the endpoint removal propagates are answered
+    /// (overrides `runtime.shutdownDelay`; default 5s). A second SIGTERM skips what is left of it.
+    #[arg(long, env = env::SHUTDOWN_DELAY)]
+    pub shutdown_delay: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

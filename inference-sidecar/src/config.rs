@@ -161,6 +161,8 @@ pub struct ServeConfig {
     /// Overrides the model's own input limit (truncation length) when set.
     pub max_input_tokens: Option<usize>,
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long to keep serving (readiness already false) before draining.
+    pub shutdown_delay: Duration,
 }
 
 fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
@@ -177,6 +179,11 @@ impl ServeConfig {
     pub fn resolve(file: ConfigFile, args: &ServeArgs) -> Result<Self, ConfigError> {
         let model = file.model;
         let runtime = file.runtime.unwrap_or_default();
+        let shutdown_delay = shutdown_delay(
+            args.shutdown_delay
+                .as_deref()
+                .or(runtime.shutdown_delay.as_deref()),
+        )?;
         let batching = runtime.batching.unwrap_or_default();
         let generation = runtime.generation.unwrap_or_default();
 
@@ -388,8 +395,28 @@ impl ServeConfig {
                 .transpose()?,
             drain_timeout: parse_duration(&args.drain_timeout)
                 .map_err(|e| invalid("--drain-timeout", e.to_string()))?,
+            shutdown_delay,
         })
     }
+}
+
+/// `runtime.shutdownDelay` (or `--shutdown-delay`), checked as the CRD's rule checks it.
+fn shutdown_delay(text: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(defaults::SHUTDOWN_DELAY);
+    };
+    let field = "runtime.shutdownDelay";
+    let delay = parse_duration(text).map_err(|e| invalid(field, e.to_string()))?;
+    if delay > defaults::MAX_SHUTDOWN_DELAY_BOUND {
+        return Err(invalid(
+            field,
+            format!(
+                "must be at most {}",
+                defaults::MAX_SHUTDOWN_DELAY_BOUND_TEXT
+            ),
+        ));
+    }
+    Ok(delay)
 }
 
 /// A uri that ends in a file name with a known extension says its format; a directory does not.

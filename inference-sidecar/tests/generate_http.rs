@@ -543,8 +543,9 @@ async fn a_full_queue_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn sigterm_lets_streams_in_flight_finish() {
-    // A drain limit far above what the stream needs, so that only a bug can cut it.
-    let (mut sidecar, client) = start(&["--drain-timeout", "600s"]).await;
+    // A drain limit far above what the stream needs, so that only a bug can cut it; no shutdown
+    // delay, so that the drain (refusing new work) begins at once.
+    let (mut sidecar, client) = start(&["--drain-timeout", "600s", "--shutdown-delay", "0s"]).await;
     let mut events = stream(&client, sidecar.url("/v1/chat/completions"), long_chat(24)).await;
     assert!(events.next().await.is_some());
     sidecar.sigterm();

@@ -112,11 +112,14 @@ async fn overload_is_refused_with_429_and_the_server_survives() {
 
 #[tokio::test]
 async fn sigterm_finishes_work_in_flight_then_exits_zero() {
+    // No shutdown delay: the drain (new work refused) begins at SIGTERM.
     let (mut sidecar, client) = Sidecar::start_ready(&args(&[
         "--max-batch-requests",
         "4",
         "--max-queue-size",
         "1024",
+        "--shutdown-delay",
+        "0s",
     ]))
     .await;
     let long = "the server must finish every admitted request before it exits ".repeat(8);
@@ -184,4 +187,69 @@ async fn sigterm_finishes_work_in_flight_then_exits_zero() {
     assert_eq!(code, Some(0), "clean exit after draining");
     // Informational: whether SIGTERM really arrived with work queued (it almost always does).
     eprintln!("work was still queued at SIGTERM: {admitted_all}");
+}
+
+/// Polls `/ready` until it stops answering 200.
+async fn wait_not_ready(sidecar: &Sidecar, client: &reqwest::Client) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = client.get(sidecar.url("/ready")).send().await.unwrap();
+        if response.status() != 200 {
+            assert_eq!(response.status(), 503);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_keeps_serving_through_the_shutdown_delay_then_drains() {
+    let (mut sidecar, client) = Sidecar::start_ready(&args(&["--shutdown-delay", "4s"])).await;
+    sidecar.sigterm();
+    // Readiness turns false at once, so that the endpoint is removed...
+    wait_not_ready(&sidecar, &client).await;
+    // ...but clients still routed here (the removal has not reached them yet) are answered.
+    let embed = || {
+        client
+            .post(sidecar.url("/embed"))
+            .json(&json!({"texts": ["routed here before the endpoint was removed"]}))
+            .send()
+    };
+    let response = embed().await.expect("served during the delay");
+    assert_eq!(response.status(), 200, "work is taken during the delay");
+    // Then the drain refuses new work (503), and the process exits cleanly.
+    let refused = loop {
+        match embed().await {
+            Ok(response) if response.status() == 200 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(response) => break Some(response.status()),
+            Err(_) => break None,
+        }
+    };
+    assert!(
+        matches!(refused, Some(s) if s == 503) || refused.is_none(),
+        "after the delay: 503 or a closed listener, got {refused:?}"
+    );
+    let code = tokio::task::spawn_blocking(move || sidecar.wait_exit(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn a_second_sigterm_skips_the_shutdown_delay() {
+    // A delay far longer than the wait below: only the second signal can end it in time.
+    let (mut sidecar, client) = Sidecar::start_ready(&args(&["--shutdown-delay", "2m"])).await;
+    sidecar.sigterm();
+    wait_not_ready(&sidecar, &client).await;
+    sidecar.sigterm();
+    let code = tokio::task::spawn_blocking(move || sidecar.wait_exit(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "exits after the second signal, not after 2m");
 }

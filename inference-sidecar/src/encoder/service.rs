@@ -73,6 +73,9 @@ pub struct ModelService {
     pub metrics: Arc<Metrics>,
     pub max_texts_per_request: usize,
     readiness: RwLock<Readiness>,
+    /// SIGTERM arrived: readiness is false, but work is still taken until the shutdown delay
+    /// has passed and the drain begins.
+    terminating: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -147,6 +150,7 @@ impl ModelService {
             metrics,
             max_texts_per_request: config.max_texts_per_request,
             readiness: RwLock::new(Readiness::Loading),
+            terminating: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -282,8 +286,17 @@ impl ModelService {
         Ok((model, pipeline))
     }
 
-    /// `Ok` when the server takes work (`/ready`); otherwise why not.
+    /// `Ok` when the server wants new traffic (`/ready`); otherwise why not. False from SIGTERM
+    /// on, while work is still accepted through the shutdown delay.
     pub fn check_ready(&self) -> Result<(), ServiceError> {
+        if self.terminating.load(Ordering::SeqCst) {
+            return Err(ServiceError::Draining);
+        }
+        self.check_accepting()
+    }
+
+    /// `Ok` when the server takes work; otherwise why not.
+    fn check_accepting(&self) -> Result<(), ServiceError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(ServiceError::Draining);
         }
@@ -296,7 +309,7 @@ impl ModelService {
 
     /// The loaded encoder when ready; otherwise why not.
     pub fn ready(&self) -> Result<Arc<LoadedModel>, ServiceError> {
-        self.check_ready()?;
+        self.check_accepting()?;
         match &*self.readiness.read().unwrap_or_else(|p| p.into_inner()) {
             Readiness::Ready(model) => Ok(Arc::clone(model)),
             Readiness::Generating(_) => Err(ServiceError::WrongTask(
@@ -312,7 +325,7 @@ impl ModelService {
     pub fn generator(self: &Arc<Self>) -> Result<(Arc<Generator>, InFlightWork), ServiceError> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let work = InFlightWork(Arc::clone(self));
-        self.check_ready()?;
+        self.check_accepting()?;
         match &*self.readiness.read().unwrap_or_else(|p| p.into_inner()) {
             Readiness::Generating(generator) => Ok((Arc::clone(generator), work)),
             _ => Err(ServiceError::WrongTask(
@@ -424,8 +437,15 @@ impl ModelService {
         })
     }
 
-    /// SIGTERM: readiness goes false and new work is refused; queued texts still run.
+    /// SIGTERM: readiness goes false so that the endpoint is removed; work is still taken (clients
+    /// routed here before the removal propagates are answered) until [`Self::begin_drain`].
+    pub fn begin_termination(&self) {
+        self.terminating.store(true, Ordering::SeqCst);
+    }
+
+    /// After the shutdown delay: new work is refused; queued texts still run.
     pub fn begin_drain(&self) {
+        self.terminating.store(true, Ordering::SeqCst);
         self.draining.store(true, Ordering::SeqCst);
         if let Some(model) = self.model() {
             model.queue.close();

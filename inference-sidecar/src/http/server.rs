@@ -24,36 +24,52 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
-/// Resolves on SIGTERM or Ctrl-C. If the handlers cannot be installed the server runs until killed,
-/// which is what it would do without them.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// A stream of SIGTERM and Ctrl-C. If the handlers cannot be installed, `recv` never resolves
+/// and the server runs until killed, which is what it would do without them.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        Self {
+            #[cfg(unix)]
+            terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .ok(),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    }
+
+    async fn recv(&mut self) {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match self.terminate.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = terminate => {},
+        }
     }
 }
 
 /// Time allowed, after in-flight inference has finished, for connections to close.
 const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves until SIGTERM/Ctrl-C, then drains: readiness turns false and new work gets 503 while
-/// accepted work completes (up to `drain_timeout`), then the listener closes and the function returns.
+/// Serves until SIGTERM/Ctrl-C; then readiness turns false while work is still taken for
+/// `shutdown_delay`; then drains: new work gets 503 while accepted work completes (up to
+/// `drain_timeout`), then the listener closes and the function returns.
 pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -69,6 +85,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     };
     let max_body_bytes = config.max_body_bytes;
     let drain_timeout = config.drain_timeout;
+    let shutdown_delay = config.shutdown_delay;
     let service = ModelService::start(config, Arc::clone(&metrics));
     let state = AppState {
         service: Arc::clone(&service),
@@ -81,6 +98,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     let app = router(state, max_body_bytes);
     tracing::info!(addr = %addr, "listening");
 
+    let mut signals = ShutdownSignals::install();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async {
         let _ = stopped.await;
@@ -95,9 +113,23 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
                 Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
             };
         }
-        _ = shutdown_signal() => {}
+        _ = signals.recv() => {}
     }
-    tracing::info!("shutdown requested: draining");
+    // Readiness turns false now, but the endpoint's removal reaches kube-proxy, ingresses and
+    // meshes only after a while: until then clients are still sent here, so keep answering them.
+    // A second signal (an impatient operator, Ctrl-C twice) skips the rest of the delay.
+    tracing::info!(
+        ?shutdown_delay,
+        "shutdown requested: not ready, still serving"
+    );
+    service.begin_termination();
+    tokio::select! {
+        _ = tokio::time::sleep(shutdown_delay) => {}
+        _ = signals.recv() => {
+            tracing::info!("second shutdown signal: skipping the rest of the delay");
+        }
+    }
+    tracing::info!("draining");
     service.begin_drain();
     if tokio::time::timeout(drain_timeout, service.wait_idle())
         .await

@@ -113,9 +113,12 @@ pub fn build_deployment(
         priority_class_name: fragment.priority_class_name.clone(),
         service_account_name: fragment.service_account_name.clone(),
         image_pull_secrets: fragment.image_pull_secrets.clone(),
-        // Long enough for in-flight requests to drain after SIGTERM (the sidecar's own drain
-        // timeout), with room for the process to exit.
-        termination_grace_period_seconds: Some(drain::TERMINATION_GRACE_SECONDS),
+        // Long enough for the sidecar to keep serving through its shutdown delay, then drain
+        // in-flight requests (its own drain timeout), with room for the process to exit. The
+        // delay reaches the sidecar through the config file's runtime block.
+        termination_grace_period_seconds: Some(drain::termination_grace_seconds(
+            spec.runtime.clone().unwrap_or_default().shutdown_delay(),
+        )),
         ..Default::default()
     };
 

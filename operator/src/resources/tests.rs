@@ -562,3 +562,17 @@ fn rollout_plan_sets_the_strategy() {
     assert_eq!(in_place.max_surge, Some(IntOrString::Int(0)));
     assert_eq!(in_place.max_unavailable, Some(IntOrString::Int(1)));
 }
+
+#[test]
+fn grace_period_covers_the_shutdown_delay_and_the_drain() {
+    let default = children(embedder());
+    assert_eq!(
+        pod_spec(&default).termination_grace_period_seconds,
+        Some(50)
+    );
+    let longer = children(with(
+        embedder(),
+        json!({"runtime": {"shutdownDelay": "20s"}}),
+    ));
+    assert_eq!(pod_spec(&longer).termination_grace_period_seconds, Some(65));
+}
