@@ -33,10 +33,20 @@ pub const EXTERNAL_METRICS_GROUP: &str = "external.metrics.k8s.io";
 /// Its version.
 pub const EXTERNAL_METRICS_VERSION: &str = "v1beta1";
 
+/// How the apiserver is to trust an APIService's backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTrust {
+    /// `insecureSkipTLSVerify`: for test servers with throwaway self-signed certificates.
+    InsecureSkipVerify,
+    /// Neither `caBundle` nor `insecureSkipTLSVerify`: the backend itself sets the `caBundle`
+    /// (the operator does, for its metrics API); until then the APIService is not Available.
+    CaBundleFromBackend,
+}
+
 /// Registers an APIService `VERSION.GROUP` backed by a process listening on 127.0.0.1:`port`
 /// (through an ExternalName Service named `service` in `namespace`), and waits until the
-/// apiserver reports it Available. The backend's certificate is not verified
-/// (`insecureSkipTLSVerify`): the backends here use self-signed certificates.
+/// apiserver reports it Available.
+#[allow(clippy::too_many_arguments)]
 pub async fn register_local_apiservice(
     cluster: &LocalCluster,
     group: &str,
@@ -44,9 +54,20 @@ pub async fn register_local_apiservice(
     namespace: &str,
     service: &str,
     port: u16,
+    trust: BackendTrust,
     timeout: Duration,
 ) -> Result<()> {
     let name = format!("{version}.{group}");
+    let mut spec = json!({
+        "group": group,
+        "version": version,
+        "groupPriorityMinimum": 100,
+        "versionPriority": 100,
+        "service": { "name": service, "namespace": namespace, "port": port },
+    });
+    if trust == BackendTrust::InsecureSkipVerify {
+        spec["insecureSkipTLSVerify"] = json!(true);
+    }
     let manifest = json!({
         "apiVersion": "v1",
         "kind": "List",
@@ -65,14 +86,7 @@ pub async fn register_local_apiservice(
                 "apiVersion": "apiregistration.k8s.io/v1",
                 "kind": "APIService",
                 "metadata": { "name": name },
-                "spec": {
-                    "group": group,
-                    "version": version,
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": 100,
-                    "insecureSkipTLSVerify": true,
-                    "service": { "name": service, "namespace": namespace, "port": port },
-                },
+                "spec": spec,
             },
         ],
     });

@@ -111,6 +111,26 @@ pub fn self_signed_localhost() -> Result<(String, String)> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A CA that mints client certificates, for tests that publish a CA of their own (a rotated
+/// front-proxy CA, for example).
+pub struct TestCa(CertifiedIssuer<'static, KeyPair>);
+
+impl TestCa {
+    pub fn new(cn: &str) -> Result<Self> {
+        Ok(Self(new_ca(cn)?))
+    }
+
+    /// The CA certificate (PEM).
+    pub fn pem(&self) -> String {
+        self.0.pem()
+    }
+
+    /// A client certificate with common name `cn`: (certificate PEM, key PEM).
+    pub fn client_cert(&self, cn: &str) -> Result<(String, String)> {
+        leaf(&self.0, cn, None, vec![], false)
+    }
+}
+
 fn name(cn: &str, org: Option<&str>) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);

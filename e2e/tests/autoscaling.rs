@@ -21,7 +21,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use lexserve_e2e::aggregation::register_local_apiservice;
+use lexserve_e2e::aggregation::{BackendTrust, register_local_apiservice};
 use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::prometheus::Prometheus;
 use lexserve_e2e::sidecar::{SidecarProcess, minilm_int8_uris};
@@ -32,6 +32,8 @@ use lexserve_operator::api::conditions::{ConditionType, find_condition};
 use serde_json::json;
 
 const NAME: &str = "minilm";
+/// Where the e2e operators run (their lease, their metrics API's Secret and Service).
+const OPERATOR_NAMESPACE: &str = "default";
 const METRIC: &str = "lexserve_inference_load";
 /// Closed-loop clients: the total load stays near this many requests in flight.
 const CLIENTS: usize = 12;
@@ -471,13 +473,17 @@ async fn hpa_scales_real_sidecars_on_their_load_and_holds_when_prometheus_is_gon
     .await
     .expect("operator");
     let api_port = operator.metrics_api_port().expect("metrics API port");
+    // The Service in the operator's own namespace (the e2e operators run in `default`), so
+    // that the certificate the operator generated for it verifies against the caBundle the
+    // operator puts into the APIService: the apiserver checks the backend like any client.
     register_local_apiservice(
         cluster,
         "external.metrics.k8s.io",
         "v1beta1",
-        &ns_name,
+        OPERATOR_NAMESPACE,
         "lexserve-operator",
         api_port,
+        BackendTrust::CaBundleFromBackend,
         Duration::from_secs(90),
     )
     .await

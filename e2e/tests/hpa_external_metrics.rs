@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, PostParams};
-use lexserve_e2e::aggregation::{ExternalMetricsServer, register_local_apiservice};
+use lexserve_e2e::aggregation::{BackendTrust, ExternalMetricsServer, register_local_apiservice};
 use lexserve_e2e::shared_cluster;
 use lexserve_e2e::wait::{self, Poll};
 use serde_json::json;
@@ -65,6 +65,7 @@ async fn hpa_scales_a_deployment_on_an_external_metric_served_through_an_apiserv
         ns.name(),
         "test-external-metrics",
         server.port(),
+        BackendTrust::InsecureSkipVerify,
         Duration::from_secs(60),
     )
     .await

@@ -109,8 +109,8 @@ struct RunArgs {
         default_value = "0.0.0.0:6443"
     )]
     metrics_api_addr: String,
-    /// The metrics API's serving certificate (PEM); re-read when it changes. Without it, a
-    /// self-signed certificate is generated at start.
+    /// The metrics API's serving certificate (PEM); re-read when it changes. Without it, the
+    /// replicas share one generated in --metrics-api-secret.
     #[arg(
         long,
         env = "LEXSERVE_METRICS_API_CERT_FILE",
@@ -133,6 +133,30 @@ struct RunArgs {
         default_value = "requestheader"
     )]
     metrics_api_client_auth: String,
+    /// The Service in front of the metrics API, in the operator's namespace: the generated
+    /// certificate is valid for its DNS names.
+    #[arg(
+        long,
+        env = "LEXSERVE_METRICS_API_SERVICE",
+        default_value = "lexserve-operator"
+    )]
+    metrics_api_service: String,
+    /// The Secret, in the operator's namespace, holding the generated CA and serving certificate
+    /// (created by the first replica, read by the others and by later starts).
+    #[arg(
+        long,
+        env = "LEXSERVE_METRICS_API_SECRET",
+        default_value = "lexserve-operator-metrics-api-tls"
+    )]
+    metrics_api_secret: String,
+    /// The APIService whose `caBundle` is kept at the generated CA (the operator needs get,
+    /// watch and patch on it); empty leaves APIServices alone.
+    #[arg(
+        long,
+        env = "LEXSERVE_METRICS_API_APISERVICE",
+        default_value = "v1beta1.external.metrics.k8s.io"
+    )]
+    metrics_api_apiservice: String,
     /// How often the leader checks each autoscaled InferenceService's load signal for its
     /// `ScalingSignalAvailable` condition, in seconds; 0 turns the checks off.
     #[arg(
@@ -392,6 +416,7 @@ async fn start_metrics_api(
         .metrics_api_addr
         .parse()
         .map_err(|e| anyhow::anyhow!("--metrics-api-addr {:?}: {e}", args.metrics_api_addr))?;
+    let mut generated_ca = None;
     let serving = match (&args.metrics_api_cert_file, &args.metrics_api_key_file) {
         (Some(cert), Some(key)) => ServingCert::Files {
             cert: cert.clone(),
@@ -402,13 +427,22 @@ async fn start_metrics_api(
                 .lease_namespace
                 .clone()
                 .unwrap_or_else(|| client.default_namespace().to_string());
-            let service = "lexserve-operator";
-            ServingCert::SelfSigned {
-                names: vec![
-                    "localhost".to_string(),
-                    format!("{service}.{namespace}.svc"),
-                    format!("{service}.{namespace}.svc.{}", args.cluster_domain),
-                ],
+            let service = &args.metrics_api_service;
+            let names = vec![
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.{}", args.cluster_domain),
+            ];
+            let material = lexserve_operator::metrics_api::serving_secret::ensure(
+                client,
+                &namespace,
+                &args.metrics_api_secret,
+                &names,
+            )
+            .await?;
+            generated_ca = Some(material.ca_pem);
+            ServingCert::Pem {
+                cert: material.cert_pem,
+                key: material.key_pem,
             }
         }
     };
@@ -420,6 +454,22 @@ async fn start_metrics_api(
     let tls = server_config(client, &serving, &auth)
         .await
         .map_err(|e| anyhow::anyhow!("metrics API TLS: {e:#}"))?;
+    if let Some(verifier) = tls.front_proxy.clone() {
+        tokio::spawn(lexserve_operator::metrics_api::client_trust::keep_current(
+            client.clone(),
+            verifier,
+        ));
+    }
+    if let Some(ca) = generated_ca
+        && !args.metrics_api_apiservice.trim().is_empty()
+    {
+        tokio::spawn(lexserve_operator::metrics_api::ca_bundle::keep_ca_bundle(
+            client.clone(),
+            args.metrics_api_apiservice.clone(),
+            ca,
+        ));
+    }
+    let tls = tls.config;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-api-addr): {e}"))?;

@@ -7,9 +7,15 @@
 //! - [`signal`]: reading one service's load from Prometheus and the pods' readiness.
 //! - [`server`]: the aggregated API's HTTP endpoints.
 //! - [`tls`]: serving certificate and client authentication.
+//! - [`serving_secret`]: the default serving certificate, shared by replicas through a Secret.
+//! - [`ca_bundle`]: the APIService's `caBundle`, kept at the generated CA.
+//! - [`client_trust`]: the front proxy's CA and allowed names, kept current.
 
+pub mod ca_bundle;
+pub mod client_trust;
 pub mod load;
 pub mod selector;
 pub mod server;
+pub mod serving_secret;
 pub mod signal;
 pub mod tls;

@@ -1,42 +1,46 @@
 //! TLS for the external metrics API.
 //!
 //! The serving certificate comes from files (a Secret mounted by the chart, for example from
-//! cert-manager; re-read when the files change, so a rotation needs no restart) or, when none
-//! is given, is generated at start and self-signed (the APIService then needs
-//! `insecureSkipTLSVerify`, or the chart's own CA in `caBundle`).
+//! cert-manager; re-read when the files change, so a rotation needs no restart) or, by default,
+//! from the Secret all replicas share (see [`super::serving_secret`]), whose CA the operator
+//! puts into the APIService's `caBundle`.
 //!
 //! Clients are authenticated the way every aggregated API server authenticates the
 //! kube-apiserver: the apiserver proxies with its front-proxy client certificate, signed by the
 //! CA it publishes as `requestheader-client-ca-file` in the ConfigMap
-//! `kube-system/extension-apiserver-authentication`. A connection without a certificate from
-//! that CA is refused during the handshake, so only requests the apiserver has authenticated
-//! and authorized (RBAC on `external.metrics.k8s.io`) reach the handlers.
+//! `kube-system/extension-apiserver-authentication`, with a name from its
+//! `requestheader-allowed-names` (see [`super::client_trust`], which keeps both current). A
+//! connection without such a certificate is refused during the handshake, so only requests the
+//! apiserver has authenticated and authorized (RBAC on `external.metrics.k8s.io`) reach the
+//! handlers.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, Client};
+use kube::Client;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+
+use super::client_trust::{self, FrontProxyVerifier};
 
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug)]
 pub enum ServingCert {
     /// PEM files, re-read when their modification time changes.
     Files { cert: PathBuf, key: PathBuf },
-    /// Generated at start for these DNS names.
-    SelfSigned { names: Vec<String> },
+    /// PEM held in memory (the shared Secret's material).
+    Pem { cert: String, key: String },
 }
 
 /// Which clients may connect.
 #[derive(Clone, Debug)]
 pub enum ClientAuth {
-    /// Only holders of a certificate from the apiserver's request-header (front-proxy) CA.
+    /// Only the apiserver's front proxy: a certificate from its request-header CA with an
+    /// allowed name, as published in kube-system/extension-apiserver-authentication.
     RequestHeader,
     /// Only holders of a certificate from the CA in this PEM file.
     CaFile(PathBuf),
@@ -44,31 +48,41 @@ pub enum ClientAuth {
     None,
 }
 
+/// The metrics API's TLS: the rustls configuration, and in `requestheader` mode the verifier
+/// to keep current with [`client_trust::keep_current`].
+pub struct MetricsTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub front_proxy: Option<Arc<FrontProxyVerifier>>,
+}
+
 /// The rustls configuration for the metrics API.
 pub async fn server_config(
     client: &Client,
     serving: &ServingCert,
     auth: &ClientAuth,
-) -> Result<Arc<rustls::ServerConfig>> {
+) -> Result<MetricsTls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver: Arc<dyn ResolvesServerCert> = match serving {
         ServingCert::Files { cert, key } => Arc::new(FileCert::load(cert, key, &provider)?),
-        ServingCert::SelfSigned { names } => {
-            let key = self_signed(names, &provider)?;
-            Arc::new(rustls::sign::SingleCertAndKey::from(key))
-        }
+        ServingCert::Pem { cert, key } => Arc::new(rustls::sign::SingleCertAndKey::from(
+            certified_key(cert.as_bytes(), key.as_bytes(), &provider)?,
+        )),
     };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
+    let mut front_proxy = None;
     let builder = match auth {
         ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::RequestHeader | ClientAuth::CaFile(_) => {
-            let pem = match auth {
-                ClientAuth::CaFile(path) => std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the client CA {}", path.display()))?,
-                _ => requestheader_ca(client).await?,
-            };
+        ClientAuth::RequestHeader => {
+            let trust = client_trust::read_trust(client).await?;
+            let verifier = Arc::new(FrontProxyVerifier::new(trust, provider.clone())?);
+            front_proxy = Some(verifier.clone());
+            builder.with_client_cert_verifier(verifier)
+        }
+        ClientAuth::CaFile(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the client CA {}", path.display()))?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 roots
@@ -86,31 +100,13 @@ pub async fn server_config(
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(MetricsTls {
+        config: Arc::new(config),
+        front_proxy,
+    })
 }
 
-/// The front-proxy CA the apiserver publishes for aggregated API servers.
-async fn requestheader_ca(client: &Client) -> Result<String> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
-    let cm = api
-        .get("extension-apiserver-authentication")
-        .await
-        .context(
-            "reading kube-system/extension-apiserver-authentication (the operator needs the \
-             extension-apiserver-authentication-reader Role there; or pass \
-             --metrics-api-client-auth none|<ca file>)",
-        )?;
-    cm.data
-        .and_then(|d| d.get("requestheader-client-ca-file").cloned())
-        .filter(|pem| !pem.trim().is_empty())
-        .context(
-            "kube-system/extension-apiserver-authentication has no requestheader-client-ca-file: \
-             the apiserver runs without --requestheader-client-ca-file, so aggregated APIs \
-             cannot authenticate it",
-        )
-}
-
-fn certified_key(
+pub(super) fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     provider: &rustls::crypto::CryptoProvider,
@@ -123,24 +119,6 @@ fn certified_key(
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).context("parsing the serving key")?;
     CertifiedKey::from_der(certs, key, provider).context("the serving certificate and key")
-}
-
-fn self_signed(
-    names: &[String],
-    provider: &rustls::crypto::CryptoProvider,
-) -> Result<CertifiedKey> {
-    let mut params =
-        rcgen::CertificateParams::new(names.to_vec()).context("certificate parameters")?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "lexserve-operator metrics API");
-    let key = rcgen::KeyPair::generate().context("generating a key")?;
-    let cert = params.self_signed(&key).context("self-signing")?;
-    certified_key(
-        cert.pem().as_bytes(),
-        key.serialize_pem().as_bytes(),
-        provider,
-    )
 }
 
 /// A certificate read from files and re-read when they change (checked at most every 10 s,
