@@ -55,7 +55,10 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalize: Option<bool>,
     /// A Secret in the same namespace with credentials for `s3://` (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, optional `AWS_ENDPOINT_URL`) or `hf://` (`HF_TOKEN`) URIs.
+    /// `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`) or
+    /// `hf://` (`HF_TOKEN`) URIs. Without one, `s3://` uses the pod's web identity when it has one
+    /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, as EKS IRSA injects them for the
+    /// ServiceAccount named in `podTemplate.serviceAccountName`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretReference>,
 }

@@ -10,6 +10,7 @@ use schemars::Schema;
 use serde_json::{Value, json};
 
 use crate::runtime::defaults::{MAX_QUEUE_DELAY_BOUND_TEXT, MAX_SHUTDOWN_DELAY_BOUND_TEXT};
+use crate::uri::MODEL_URI_REFUSED_PATTERN;
 
 /// Rules on `model` alone.
 pub const MODEL_RULES: &[(&str, &str)] = &[
@@ -99,9 +100,28 @@ fn owned(rules: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
     rules.iter().map(|(r, m)| (r.to_string(), m.to_string()))
 }
 
+/// The part of the model URI grammar an RE2 `pattern` cannot say (an S3 bucket with `..` or in IP
+/// address form; see [`MODEL_URI_REFUSED_PATTERN`]), for `uri` and `tokenizer`.
+pub fn uri_rules() -> [(String, String); 2] {
+    let message = "is an s3:// uri whose bucket is not an S3 bucket name: it must not contain '..' nor be an IP address";
+    [
+        (
+            format!("!self.uri.matches('{MODEL_URI_REFUSED_PATTERN}')"),
+            format!("model.uri {message}"),
+        ),
+        (
+            format!(
+                "!has(self.tokenizer) || !self.tokenizer.matches('{MODEL_URI_REFUSED_PATTERN}')"
+            ),
+            format!("model.tokenizer {message}"),
+        ),
+    ]
+}
+
 /// Schema transform for [`crate::ModelSpec`].
 pub fn model_rules(schema: &mut Schema) {
     append(schema, owned(MODEL_RULES));
+    append(schema, uri_rules());
 }
 
 /// Schema transform for an object with `model` and `runtime` fields.

@@ -10,7 +10,8 @@ use thiserror::Error;
 /// A model or tokenizer location, as the apiserver checks it:
 /// - `file:///<absolute path>`
 /// - `pvc://<claim>[/<relative path>]`, the claim a DNS subdomain, no `..` in the path
-/// - `s3://<bucket>/<key>`, the bucket an S3 bucket name (3–63 of `a-z 0-9 . -`)
+/// - `s3://<bucket>/<key>`, the bucket an S3 bucket name (3–63 of `a-z 0-9 . -`; the two rules an
+///   RE2 pattern cannot add to these, see [`MODEL_URI_REFUSED_PATTERN`])
 /// - `hf://<org>/<name>[@<revision>]`
 pub const MODEL_URI_PATTERN: &str = concat!(
     r"^(",
@@ -20,6 +21,14 @@ pub const MODEL_URI_PATTERN: &str = concat!(
     r"|hf://[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*(@[^\s@]+)?",
     r")$"
 );
+
+/// What [`MODEL_URI_PATTERN`] admits but the grammar refuses: an `s3://` bucket with `..` in it or
+/// written as an IP address (S3 refuses both names). Kept apart because the apiserver's patterns
+/// are RE2, which has no lookahead to say "not this" inside the length-bounded bucket above; the CRD
+/// applies it as a CEL rule (`!self.uri.matches(...)`, see `rules.rs`). `[.]` rather than `\.` so
+/// that the pattern reads the same inside a CEL string literal.
+pub const MODEL_URI_REFUSED_PATTERN: &str =
+    r"^s3://([^/]*[.][.][^/]*|[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+)/";
 
 /// Where a model lives. `file://` and `pvc://` are read in place by `serve`; `s3://` and `hf://` are
 /// downloaded by `fetch` (the init container) into a volume that `serve` then
@@ -104,7 +113,7 @@ impl ModelUri {
                 }
                 if !is_bucket_name(bucket) {
                     return Err(invalid(
-                        "an s3:// bucket name is 3 to 63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit",
+                        "an s3:// bucket name is 3 to 63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit, without '..', and not an IP address",
                     ));
                 }
                 Ok(Self::S3 {
@@ -159,7 +168,8 @@ impl ModelUri {
 }
 
 /// An S3 bucket name (the rules every S3 region enforces), so that a crafted URI cannot turn the
-/// bucket into another host when the bucket goes into a virtual-hosted URL.
+/// bucket into another host when the bucket goes into a virtual-hosted URL (`<bucket>.s3...`):
+/// no `:`, `@`, `/` or empty label can get through, and an IP address is not a name at all.
 fn is_bucket_name(bucket: &str) -> bool {
     let bytes = bucket.as_bytes();
     (3..=63).contains(&bytes.len())
@@ -168,6 +178,17 @@ fn is_bucket_name(bucket: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && !bucket.contains("..")
+        && !is_ip_address_form(bucket)
+}
+
+/// Four dot-separated groups of digits (`192.168.5.4`): the form S3 refuses as a bucket name.
+fn is_ip_address_form(name: &str) -> bool {
+    let groups: Vec<&str> = name.split('.').collect();
+    groups.len() == 4
+        && groups
+            .iter()
+            .all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A PersistentVolumeClaim name: a DNS subdomain (lowercase alphanumerics, `-`, `.`).
@@ -266,14 +287,19 @@ mod tests {
             "s3://Bad_Bucket/k",
             "s3://evil.example.com:443/k",
             "s3://ab/k",
+            "s3://a..b/k",
+            "s3://my..bucket/k",
+            "s3://192.168.5.4/k",
+            "s3://127.0.0.1/k",
+            "s3://a-bucket-name-that-is-much-too-long-for-s3-because-it-has-64-chars/k",
+            "s3://-bucket/k",
+            "s3://bucket-/k",
+            "s3://user@host/k",
             "pvc://Claim/x",
             "pvc://claim.with.dots./x",
         ] {
             assert!(ModelUri::parse(bad).is_err(), "{bad} should be rejected");
-            assert!(
-                !pattern().is_match(bad),
-                "{bad} should not match the CRD pattern"
-            );
+            assert!(!admitted(bad), "{bad} should not be admitted by the CRD");
         }
     }
 
@@ -281,11 +307,52 @@ mod tests {
         regex::Regex::new(MODEL_URI_PATTERN).expect("the pattern compiles")
     }
 
+    /// What the CRD admits: the pattern, less what the CEL rule built from
+    /// [`MODEL_URI_REFUSED_PATTERN`] refuses.
+    fn admitted(uri: &str) -> bool {
+        let refused = regex::Regex::new(MODEL_URI_REFUSED_PATTERN).expect("the pattern compiles");
+        pattern().is_match(uri) && !refused.is_match(uri)
+    }
+
+    #[test]
+    fn bucket_names_follow_s3s_rules() {
+        for good in [
+            "abc",
+            "my.bucket-1",
+            "a--b",
+            "a-.b",
+            "1.2.3",
+            "1.2.3.4.5",
+            "192.168.5.x",
+            "a.b.c.d",
+            "a23456789012345678901234567890123456789012345678901234567890123",
+        ] {
+            let uri = format!("s3://{good}/k");
+            assert!(ModelUri::parse(&uri).is_ok(), "{good} is a bucket name");
+            assert!(admitted(&uri), "{good} should be admitted");
+        }
+        for bad in [
+            "a..b",
+            "..ab",
+            "10.0.0.1",
+            "999.999.999.999",
+            "ab",
+            "Ab-c",
+            "a_bc",
+            "a:80",
+            "a23456789012345678901234567890123456789012345678901234567890123x",
+        ] {
+            let uri = format!("s3://{bad}/k");
+            assert!(ModelUri::parse(&uri).is_err(), "{bad} is not a bucket name");
+            assert!(!admitted(&uri), "{bad} should not be admitted");
+        }
+    }
+
     /// The contract: what the CRD's pattern admits, the parser reads. Each piece of the grammar
     /// is combined with the others, corners included.
     #[test]
     fn everything_the_pattern_admits_parses() {
-        let mut admitted = 0;
+        let mut admitted_count = 0;
         let claims = ["m", "models", "team.models-1", "a-b"];
         let paths = [
             "",
@@ -297,7 +364,7 @@ mod tests {
             "/v1.0/model.onnx",
             "/a..b",
         ];
-        let buckets = ["abc", "my.bucket-1", "a1b"];
+        let buckets = ["abc", "my.bucket-1", "a1b", "a..b", "10.0.0.1", "1.2.3"];
         let keys = ["k", "prefix/", "a/b/model.onnx", "../x"];
         let hf = [
             "org/name",
@@ -326,8 +393,8 @@ mod tests {
             }
         }
         for uri in &candidates {
-            if pattern().is_match(uri) {
-                admitted += 1;
+            if admitted(uri) {
+                admitted_count += 1;
                 assert!(
                     ModelUri::parse(uri).is_ok(),
                     "{uri} is admitted but does not parse: {:?}",
@@ -336,7 +403,7 @@ mod tests {
             }
         }
         assert!(
-            admitted >= candidates.len() - 4,
+            admitted_count >= candidates.len() - 12,
             "the corpus is mostly valid URIs"
         );
         for refused in [
@@ -344,8 +411,10 @@ mod tests {
             "pvc://claim//abs",
             "file://relative",
             "hf://org/..",
+            "s3://a..b/k",
+            "s3://10.0.0.1/k",
         ] {
-            assert!(!pattern().is_match(refused), "{refused} should not match");
+            assert!(!admitted(refused), "{refused} should not be admitted");
         }
     }
 

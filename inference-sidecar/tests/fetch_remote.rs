@@ -2,15 +2,18 @@
 //! servers. S3 is moto (a real S3 emulator speaking the S3 wire protocol, SigV4 and ListObjectsV2
 //! included) started as a process; run `inference-sidecar/scripts/setup-s3-emulator.sh` once to
 //! install it. The Hub is a small axum server here that serves the two endpoints `fetch` uses, with
-//! the Hub's answers for a missing or refused token.
+//! the Hub's answers for a missing or refused token. The cases a real server cannot be made to
+//! produce (a connection cut mid-body, a redirect to another host) put a small proxy or listener
+//! of this file's own between `fetch` and moto.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Json;
@@ -168,6 +171,60 @@ impl Moto {
             status
         });
         assert!(status.is_success());
+    }
+}
+
+impl Moto {
+    /// An IAM query-API call (`Action=...&...`), signed for the `iam` service so that moto routes
+    /// it there.
+    fn iam(&self, form: &str) {
+        let url = reqwest::Url::parse(&format!("{}/", self.endpoint)).unwrap();
+        let credentials = Credentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            session_token: None,
+        };
+        let date = sigv4::amz_date(SystemTime::now());
+        let payload = sha256_hex(form.as_bytes());
+        let headers = vec![
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("host".to_string(), sigv4::host_header(&url)),
+            ("x-amz-content-sha256".to_string(), payload.clone()),
+            ("x-amz-date".to_string(), date.clone()),
+        ];
+        let authorization = sigv4::authorization(
+            &credentials,
+            "us-east-1",
+            "iam",
+            &date,
+            &sigv4::SigningRequest {
+                method: "POST",
+                path: "/",
+                query: &[],
+                headers: &headers,
+                payload_sha256: &payload,
+            },
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut request = reqwest::Client::new()
+                .post(url.clone())
+                .body(form.to_string())
+                .header("authorization", authorization);
+            for (name, value) in headers.iter().filter(|(n, _)| n != "host") {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let response = request.send().await.expect("POST to moto");
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            assert!(status.is_success(), "IAM {form}: {status}: {text}");
+        });
     }
 }
 
@@ -345,6 +402,13 @@ fn s3_without_credentials_names_the_variables() {
         "{}",
         out.stderr
     );
+    // Both ways a pod gets credentials are named: a Secret's keys, or a web identity.
+    assert!(
+        out.stderr
+            .contains("or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN"),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.termination.contains("AWS_SECRET_ACCESS_KEY"),
         "{}",
@@ -377,6 +441,366 @@ fn s3_refused_credentials_say_to_check_the_secret() {
             .starts_with("access denied to s3://secure/model.onnx")
     );
     assert!(entries(&dest).is_empty());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listeners and a proxy of the test's own, for what moto cannot be made to do
+
+/// Reads an HTTP request head (requests `fetch` sends have no body).
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The value of header `name` in a request head (names compared case-insensitively).
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// A listener that records every request head it receives, then answers with `response`.
+struct Recorder {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start(response: impl Fn(&str) -> String + Send + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let head = read_head(&mut stream);
+                // Recorded before answering: once `fetch` has read an answer, the head is here.
+                recorded.lock().unwrap().push(head.clone());
+                let _ = stream.write_all(response(&head).as_bytes());
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        });
+        Self { addr, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// A proxy in front of moto that records each request head and can cut responses short: the
+/// next `cut_next` responses are sent up to `cut_after` bytes of their body, then the connection
+/// is closed, as a restarted load balancer or a dropped link would.
+struct CuttingProxy {
+    endpoint: String,
+    heads: Arc<Mutex<Vec<String>>>,
+    responses: Arc<Mutex<Vec<String>>>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: &str, cut_after: usize, cut_next: usize) -> Self {
+        let upstream: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("moto listens on an IP address");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        let responses = Arc::new(Mutex::new(Vec::new()));
+        let answered = responses.clone();
+        std::thread::spawn(move || {
+            let mut cuts_left = cut_next;
+            for stream in listener.incoming() {
+                let Ok(mut client) = stream else { continue };
+                let head = read_head(&mut client);
+                recorded.lock().unwrap().push(head.clone());
+                // One request per connection, so that where a response ends is where moto closes.
+                let head: String = head
+                    .trim_end()
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect::<String>()
+                    + "connection: close\r\n\r\n";
+                let Ok(mut server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                server.write_all(head.as_bytes()).unwrap();
+                let mut response = Vec::new();
+                let _ = server.read_to_end(&mut response);
+                let body_start = response
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(response.len(), |p| p + 4);
+                answered
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&response[..body_start]).into_owned());
+                let end = if cuts_left > 0 && response.len() > body_start + cut_after {
+                    cuts_left -= 1;
+                    body_start + cut_after
+                } else {
+                    response.len()
+                };
+                let _ = client.write_all(&response[..end]);
+                let _ = client.shutdown(Shutdown::Both);
+            }
+        });
+        Self {
+            endpoint,
+            heads,
+            responses,
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// The head of each response moto gave (before any cut).
+    fn responses(&self) -> Vec<String> {
+        self.responses.lock().unwrap().clone()
+    }
+}
+
+/// Whatever the bucket or key of a uri holds, signed requests go to the configured endpoint and
+/// nowhere else: a host in the bucket is refused by the grammar, a key full of URL syntax is
+/// fetched as the key it is, and dot segments (which a URL parser would resolve, in path style
+/// into another bucket) are refused.
+#[test]
+fn s3_crafted_uris_never_reach_another_host() {
+    let moto = Moto::start("crafted", None);
+    let trap = Recorder::start(|_| "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ntrap".into());
+    let odd_key = format!("a?x-id=1&list-type=2#frag%41@{}/model.onnx", trap.addr);
+    moto.put("models", Vec::new());
+    moto.put(&format!("models/{odd_key}"), b"the real weights".to_vec());
+    let mut env = s3_env(&moto);
+    env.push(("AWS_SESSION_TOKEN", "session-token".into()));
+    let env = as_refs(&env);
+    let work = scratch("s3-crafted");
+
+    let dest = work.join("odd");
+    let out = fetch_into(&format!("s3://models/{odd_key}"), &dest, None, &env);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(dest.join("model.onnx")).unwrap(),
+        b"the real weights"
+    );
+
+    for (uri, says) in [
+        (format!("s3://{}/model.onnx", trap.addr), "bucket name"),
+        (format!("s3://user@{}/model.onnx", trap.addr), "bucket name"),
+        ("s3://127.0.0.1/model.onnx".to_string(), "bucket name"),
+        ("s3://169.254.169.254/latest".to_string(), "bucket name"),
+        ("s3://a..b/model.onnx".to_string(), "bucket name"),
+        (
+            format!("s3://models/../{}/model.onnx", trap.addr),
+            "refusing to write",
+        ),
+        ("s3://models/x/./y".to_string(), "refusing to write"),
+    ] {
+        let dest = work.join("refused");
+        let out = fetch_into(&uri, &dest, None, &env);
+        assert_eq!(out.code, Some(1), "{uri}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{uri}: {}", out.stderr);
+        assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
+    }
+    assert!(trap.heads().is_empty(), "{:?}", trap.heads());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A redirect is not followed with the signature and the session token: it becomes an error that
+/// says which setting to fix, and the host it pointed at hears nothing.
+#[test]
+fn s3_redirects_are_not_followed_with_credentials() {
+    let elsewhere = Recorder::start(|_| "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstole".into());
+    let location = format!("http://{}/models/model.onnx", elsewhere.addr);
+    let redirecting = Recorder::start(move |_| {
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\nx-amz-bucket-region: eu-west-1\r\ncontent-length: 0\r\n\r\n"
+        )
+    });
+    let work = scratch("s3-redirect");
+    let dest = work.join("dest");
+    let endpoint = format!("http://{}", redirecting.addr);
+    let out = fetch_into(
+        "s3://models/model.onnx",
+        &dest,
+        None,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "session-token"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    for says in [
+        "HTTP 307",
+        "redirected",
+        "AWS_REGION=eu-west-1",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        assert!(out.stderr.contains(says), "{says}: {}", out.stderr);
+    }
+    let asked = redirecting.heads();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(header_value(&asked[0], "x-amz-security-token").is_some());
+    assert!(elsewhere.heads().is_empty(), "{:?}", elsewhere.heads());
+    assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A connection cut mid-body is resumed from the byte it reached, guarded by the object's ETag,
+/// and the result is the object, byte for byte (its digest verified). A link that keeps failing
+/// is given up after a bounded number of attempts.
+#[test]
+fn s3_interrupted_downloads_resume_where_they_stopped() {
+    let moto = Moto::start("resume", None);
+    let model = payload(3 << 20, 11);
+    moto.put("models", Vec::new());
+    moto.put("models/big/model.onnx", model.clone());
+    let work = scratch("s3-resume");
+    let digest = sha256_hex(&model);
+    let cut_after = (1 << 20) + 7;
+
+    let proxy = CuttingProxy::start(&moto.endpoint, cut_after, 1);
+    let mut env = s3_env(&moto);
+    env[3].1 = proxy.endpoint.clone();
+    let dest = work.join("resumed");
+    let out = fetch_into(
+        "s3://models/big/model.onnx",
+        &dest,
+        Some(&digest),
+        &as_refs(&env),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(std::fs::read(dest.join("model.onnx")).unwrap() == model);
+    assert_eq!(out.termination, format!("sha256:{digest}"));
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 2, "{heads:#?}");
+    assert_eq!(header_value(&heads[0], "range"), None);
+    assert_eq!(
+        header_value(&heads[1], "range"),
+        Some(format!("bytes={cut_after}-"))
+    );
+    let etag = header_value(&heads[1], "if-match").expect("the resume names the ETag");
+    let announced = header_value(&proxy.responses()[0], "etag").expect("moto sends an ETag");
+    assert_eq!(etag, announced);
+
+    // Every response cut: bounded attempts, then a clear failure and nothing left behind.
+    let proxy = CuttingProxy::start(&moto.endpoint, 1000, usize::MAX);
+    env[3].1 = proxy.endpoint.clone();
+    let dest = work.join("given-up");
+    let out = fetch_into(
+        "s3://models/big/model.onnx",
+        &dest,
+        Some(&digest),
+        &as_refs(&env),
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("gave up after 5 resumed attempts"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(proxy.heads().len(), 6, "one request and five resumes");
+    assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The credentials a pod gets from EKS IRSA: a projected service account token and a role, which
+/// STS (moto's) exchanges for temporary credentials. Moto checks every S3 request after the
+/// setup: its signature with the temporary secret, its session token, and the role's policy.
+#[test]
+fn s3_web_identity_credentials_come_from_sts() {
+    // Four setup actions and the unsigned AssumeRoleWithWebIdentity run before moto checks
+    // credentials; every S3 request after them is checked.
+    let moto = Moto::start("irsa", Some(5));
+    moto.put("private", Vec::new());
+    moto.put("private/model.onnx", b"irsa weights".to_vec());
+    moto.iam("Action=CreateRole&Version=2010-05-08&RoleName=model-fetcher&AssumeRolePolicyDocument=%7B%7D");
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#;
+    moto.iam(&format!(
+        "Action=PutRolePolicy&Version=2010-05-08&RoleName=model-fetcher&PolicyName=read&PolicyDocument={}",
+        sigv4::uri_encode(policy, false)
+    ));
+    let work = scratch("s3-irsa");
+    let token_file = work.join("token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.projected.token\n").unwrap();
+    let dest = work.join("dest");
+    let token_path = token_file.display().to_string();
+    let env = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+        (
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/model-fetcher",
+        ),
+        ("AWS_ROLE_SESSION_NAME", "lexserve-test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL_S3", moto.endpoint.as_str()),
+        ("AWS_ENDPOINT_URL_STS", moto.endpoint.as_str()),
+    ];
+    let digest = sha256_hex(b"irsa weights");
+    let out = fetch_into("s3://private/model.onnx", &dest, Some(&digest), &env);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{}\nmoto: {}",
+        out.stderr,
+        std::fs::read_to_string(&moto.log).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read(dest.join("model.onnx")).unwrap(),
+        b"irsa weights"
+    );
+    assert!(
+        out.stderr
+            .contains("assumed the role with the web identity token"),
+        "{}",
+        out.stderr
+    );
+
+    // The same request with static keys moto does not know is refused: the success above was
+    // the temporary credentials', not an open door.
+    let dest = work.join("static");
+    let out = fetch_into(
+        "s3://private/model.onnx",
+        &dest,
+        None,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("access denied"), "{}", out.stderr);
+
+    // An unreadable token file says which setting points at it.
+    let missing = work.join("no-token").display().to_string();
+    let mut env = env;
+    env[0].1 = missing.as_str();
+    let out = fetch_into("s3://private/model.onnx", &work.join("none"), None, &env);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("invalid AWS_WEB_IDENTITY_TOKEN_FILE="),
+        "{}",
+        out.stderr
+    );
     let _ = std::fs::remove_dir_all(&work);
 }
 

@@ -226,6 +226,29 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
+            message: "model.uri is an s3:// uri whose bucket is not an S3 bucket name: it must not contain '..' nor be an IP address",
+            accept: vec![
+                spec(json!({"model": {"uri": "s3://my.bucket-1/a/../b..c"}})),
+                spec(json!({"model": {"uri": "s3://1.2.3/model.onnx"}})),
+                spec(json!({"model": {"uri": "file:///models/10.0.0.1/x"}})),
+            ],
+            reject: vec![
+                spec(json!({"model": {"uri": "s3://169.254.169.254/latest"}})),
+                spec(json!({"model": {"uri": "s3://my..bucket/model.onnx"}})),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "model.tokenizer is an s3:// uri whose bucket is not an S3 bucket name: it must not contain '..' nor be an IP address",
+            accept: vec![spec(
+                json!({"model": {"tokenizer": "s3://bucket/tokenizer.json"}}),
+            )],
+            reject: vec![spec(
+                json!({"model": {"tokenizer": "s3://10.0.0.1/tokenizer.json"}}),
+            )],
+        },
+        RuleCase {
+            kind: InferenceService,
             message: "model.pooling applies to embed and classify, not generate",
             accept: vec![spec(json!({"model": {"pooling": "cls"}}))],
             reject: vec![spec(

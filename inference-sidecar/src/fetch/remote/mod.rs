@@ -9,7 +9,9 @@
 //! everything has arrived and the caller has verified the digest, so a failed or interrupted fetch
 //! never leaves a half-written model where the server would load it.
 
+pub mod aws_credentials;
 pub mod hf;
+pub mod resume;
 pub mod s3;
 pub mod sigv4;
 
@@ -126,12 +128,27 @@ pub(crate) async fn send<E: Future<Output = RemoteError>>(
 /// One client per fetch. No overall timeout (models are gigabytes), but a connection that cannot be
 /// opened, or that stops sending, fails instead of hanging the pod's start forever.
 pub(crate) fn http_client() -> Result<reqwest::Client, RemoteError> {
+    client_builder()
+        .build()
+        .map_err(|e| RemoteError::Client(e.to_string()))
+}
+
+/// [`http_client`] for signed requests (S3, STS): redirects are not followed, since reqwest
+/// strips only `Authorization` on the way to another host and the `x-amz-security-token` would go
+/// along. The Hub, whose downloads redirect to a CDN and whose token is an `Authorization`
+/// header, keeps the default.
+pub(crate) fn signed_http_client() -> Result<reqwest::Client, RemoteError> {
+    client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| RemoteError::Client(e.to_string()))
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("lexserve-sidecar/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| RemoteError::Client(e.to_string()))
 }
 
 /// Reads an environment variable, treating an empty value as unset (an optional Secret key that is
@@ -330,7 +347,7 @@ pub fn download(uri: &ModelUri, staging: &Path) -> Result<Option<PathBuf>, Remot
         ModelUri::S3 { bucket, key } => {
             let config = s3::S3Config::from_env(&uri.to_string())?;
             block_on(async {
-                let client = http_client()?;
+                let client = signed_http_client()?;
                 s3::download(&client, &config, bucket, key, staging).await
             })?
         }

@@ -2,25 +2,34 @@
 //! directory), with SigV4-signed GetObject and ListObjectsV2 requests.
 //!
 //! Settings are the AWS SDKs' environment variables, so a Secret written for any AWS tool works:
-//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`, `AWS_REGION` (or
-//! `AWS_DEFAULT_REGION`; default `us-east-1`) and optional `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
+//! credentials as [`aws_credentials`](super::aws_credentials) reads them (static keys, or a web
+//! identity token exchanged with STS), `AWS_REGION` (or `AWS_DEFAULT_REGION`; default `us-east-1`)
+//! and optional `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
 //! With an endpoint (MinIO, Ceph, moto, ...) requests use path-style addressing
 //! (`{endpoint}/{bucket}/{key}`), which every S3-compatible store accepts without wildcard DNS.
+//!
+//! Signed requests go to exactly one host, the endpoint's (or the bucket's AWS host), whatever the
+//! uri holds: the bucket is an S3 bucket name (checked by the uri grammar), the key is
+//! percent-encoded into the path and never re-parsed as a URL, and redirects are not followed
+//! (the client is built without them), because a redirected request would carry the session token
+//! to wherever the `Location` points. S3 answers a request sent to the wrong region with a
+//! redirect; that becomes an error naming the setting to fix.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use reqwest::header::LOCATION;
 use reqwest::{StatusCode, Url};
 
-use super::sigv4::{self, Credentials, EMPTY_SHA256, uri_encode};
-use super::{
-    RemoteError, env_var, error_body, request_error, safe_relative_path, send, write_body,
-};
+use super::aws_credentials::{CredentialSource, parse_endpoint};
+use super::resume::{self, Part};
+use super::sigv4::{self, EMPTY_SHA256, uri_encode};
+use super::{RemoteError, env_var, error_body, request_error, safe_relative_path, send};
 
 /// Where and as whom to talk to S3.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct S3Config {
-    pub credentials: Credentials,
+    pub credentials: CredentialSource,
     pub region: String,
     /// An S3-compatible endpoint; `None` means AWS itself.
     pub endpoint: Option<Url>,
@@ -37,52 +46,29 @@ impl S3Config {
         uri: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, RemoteError> {
-        let access_key_id = lookup("AWS_ACCESS_KEY_ID");
-        let secret_access_key = lookup("AWS_SECRET_ACCESS_KEY");
-        let (access_key_id, secret_access_key) = match (access_key_id, secret_access_key) {
-            (Some(id), Some(secret)) => (id, secret),
-            (id, secret) => {
-                let missing: Vec<&str> = [
-                    id.is_none().then_some("AWS_ACCESS_KEY_ID"),
-                    secret.is_none().then_some("AWS_SECRET_ACCESS_KEY"),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                return Err(RemoteError::MissingCredentials {
-                    uri: uri.to_string(),
-                    missing: missing.join(" and "),
-                });
-            }
-        };
         let region = lookup("AWS_REGION")
             .or_else(|| lookup("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| "us-east-1".to_string());
-        let endpoint = [("AWS_ENDPOINT_URL_S3"), ("AWS_ENDPOINT_URL")]
+        // The region becomes part of a host name (`s3.<region>.amazonaws.com`).
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(RemoteError::InvalidSetting {
+                var: "AWS_REGION",
+                value: region,
+                reason: "a region is lowercase letters, digits and '-' (eu-west-1)".into(),
+            });
+        }
+        let credentials = CredentialSource::from_lookup(uri, &lookup, &region)?;
+        let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .into_iter()
             .find_map(|var| lookup(var).map(|value| (var, value)))
-            .map(|(var, value)| {
-                let invalid = |reason: String| RemoteError::InvalidSetting {
-                    var,
-                    value: value.clone(),
-                    reason,
-                };
-                let url = Url::parse(value.trim()).map_err(|e| invalid(e.to_string()))?;
-                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                    return Err(invalid("expected http://host[:port] or https://...".into()));
-                }
-                if url.query().is_some() {
-                    return Err(invalid("an endpoint cannot have a query".into()));
-                }
-                Ok(url)
-            })
+            .map(|(var, value)| parse_endpoint(var, &value))
             .transpose()?;
         Ok(Self {
-            credentials: Credentials {
-                access_key_id,
-                secret_access_key,
-                session_token: lookup("AWS_SESSION_TOKEN"),
-            },
+            credentials,
             region,
             endpoint,
         })
@@ -91,41 +77,49 @@ impl S3Config {
     /// The URL of `path_in_bucket` (already encoded, starting with `/` or empty) in `bucket`, plus
     /// an encoded query. Virtual-hosted style on AWS, except for bucket names with dots (they do not
     /// match the `*.s3` TLS certificate); path style on a custom endpoint.
+    ///
+    /// The host is fixed before the bucket's path and the key are added, and they are only ever
+    /// set as a path: nothing in them is read as an authority, a query or a fragment.
     fn url(&self, bucket: &str, path_in_bucket: &str, query: &str) -> Result<Url, RemoteError> {
-        let bucket_enc = uri_encode(bucket, false);
-        let mut text = match &self.endpoint {
-            Some(endpoint) => format!(
-                "{}/{bucket_enc}{path_in_bucket}",
-                endpoint.as_str().trim_end_matches('/')
-            ),
-            None if bucket.contains('.') => format!(
-                "https://s3.{}.amazonaws.com/{bucket_enc}{path_in_bucket}",
-                self.region
-            ),
-            None => format!(
-                "https://{bucket}.s3.{}.amazonaws.com{}",
-                self.region,
-                if path_in_bucket.is_empty() {
-                    "/"
-                } else {
-                    path_in_bucket
-                }
-            ),
-        };
-        if !query.is_empty() {
-            text.push('?');
-            text.push_str(query);
-        }
-        Url::parse(&text).map_err(|e| RemoteError::InvalidSetting {
+        let invalid_bucket = || RemoteError::InvalidSetting {
             var: "AWS_REGION",
             value: self.region.clone(),
-            reason: format!("it makes an invalid S3 url {text:?}: {e}"),
-        })
+            reason: format!("it makes no valid S3 host for the bucket {bucket:?}"),
+        };
+        let (mut url, path) = match &self.endpoint {
+            Some(endpoint) => (
+                endpoint.clone(),
+                format!(
+                    "{}/{}{path_in_bucket}",
+                    endpoint.path().trim_end_matches('/'),
+                    uri_encode(bucket, false)
+                ),
+            ),
+            None if bucket.contains('.') => (
+                Url::parse(&format!("https://s3.{}.amazonaws.com", self.region))
+                    .map_err(|_| invalid_bucket())?,
+                format!("/{}{path_in_bucket}", uri_encode(bucket, false)),
+            ),
+            None => {
+                let host = format!("{bucket}.s3.{}.amazonaws.com", self.region);
+                let url = Url::parse(&format!("https://{host}")).map_err(|_| invalid_bucket())?;
+                // The bucket name rules make this hold; checked anyway, as the credentials go there.
+                if url.host_str() != Some(host.as_str()) {
+                    return Err(invalid_bucket());
+                }
+                (url, path_in_bucket.to_string())
+            }
+        };
+        url.set_path(if path.is_empty() { "/" } else { &path });
+        url.set_query((!query.is_empty()).then_some(query));
+        url.set_fragment(None);
+        Ok(url)
     }
 
     fn object_url(&self, uri: &str, bucket: &str, key: &str) -> Result<Url, RemoteError> {
-        // A URL parser resolves `.` and `..` segments, which would fetch a different key than the
-        // one named: refuse them rather than download the wrong object.
+        // A URL parser resolves `.` and `..` segments (`%2e` too), which would fetch a different
+        // key, or in path style another bucket, than the one named: refuse them rather than
+        // download the wrong object.
         if key.split('/').any(|s| s == "." || s == "..") {
             return Err(RemoteError::UnsafeName {
                 uri: uri.to_string(),
@@ -135,18 +129,21 @@ impl S3Config {
         self.url(bucket, &format!("/{}", uri_encode(key, true)), "")
     }
 
+    /// A signed GET of `url` with `extra` headers (signed too).
     async fn get(
         &self,
         client: &reqwest::Client,
         uri: &str,
         url: Url,
+        extra: &[(String, String)],
     ) -> Result<reqwest::Response, RemoteError> {
+        let credentials = self.credentials.current(client, uri).await?;
         let headers = sigv4::sign(
             "GET",
             &url,
-            &[],
+            extra,
             EMPTY_SHA256,
-            &self.credentials,
+            &credentials,
             &self.region,
             SystemTime::now(),
         );
@@ -154,12 +151,13 @@ impl S3Config {
         for (name, value) in &headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        send(request, &url, |response| status_error(uri, response)).await
+        let hint = self.credentials.denied_hint();
+        send(request, &url, |response| status_error(uri, hint, response)).await
     }
 }
 
-/// The `<Code>` and `<Message>` of an S3 error body, as ` (Code: Message)`.
-fn s3_error_detail(body: &str) -> String {
+/// The `<Code>` and `<Message>` of an S3 (or STS) error body, as ` (Code: Message)`.
+pub(crate) fn s3_error_detail(body: &str) -> String {
     let Ok(doc) = roxmltree::Document::parse(body) else {
         return String::new();
     };
@@ -179,14 +177,24 @@ fn s3_error_detail(body: &str) -> String {
     }
 }
 
-async fn status_error(uri: &str, response: reqwest::Response) -> RemoteError {
+async fn status_error(uri: &str, hint: &'static str, response: reqwest::Response) -> RemoteError {
     let status = response.status();
     let url = response.url().to_string();
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bucket_region = response
+        .headers()
+        .get("x-amz-bucket-region")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let detail = s3_error_detail(&error_body(response).await);
     match status {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => RemoteError::AccessDenied {
             uri: uri.to_string(),
-            hint: "check the credentials Secret (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) and that its key may read this object",
+            hint,
             detail,
         },
         StatusCode::NOT_FOUND => RemoteError::NotFound {
@@ -198,17 +206,39 @@ async fn status_error(uri: &str, response: reqwest::Response) -> RemoteError {
                 "; to fetch every object under a prefix, end the uri with '/'"
             },
         },
+        _ if status.is_redirection() => RemoteError::Status {
+            uri: uri.to_string(),
+            url,
+            status: status.as_u16(),
+            detail: redirect_detail(&detail, location.as_deref(), bucket_region.as_deref()),
+        },
+        StatusCode::PRECONDITION_FAILED => RemoteError::Status {
+            uri: uri.to_string(),
+            url,
+            status: status.as_u16(),
+            detail: format!(
+                "{detail}: the object changed while it was being downloaded (its ETag no longer matches); fetch again"
+            ),
+        },
         _ => RemoteError::Status {
             uri: uri.to_string(),
             url,
             status: status.as_u16(),
-            detail: if status == StatusCode::MOVED_PERMANENTLY {
-                format!("{detail}: set AWS_REGION to the bucket's region")
-            } else {
-                detail
-            },
+            detail,
         },
     }
+}
+
+/// What a redirect means for a signed request, and what to set so that there is none.
+fn redirect_detail(detail: &str, location: Option<&str>, bucket_region: Option<&str>) -> String {
+    let to = location.map_or(String::new(), |l| format!(" to {l}"));
+    let region = bucket_region.map_or_else(
+        || "AWS_REGION to the bucket's region".to_string(),
+        |r| format!("AWS_REGION={r} (the bucket's region)"),
+    );
+    format!(
+        "{detail}: S3 redirected the request{to}, and signed requests are not followed to another address (they carry the credentials); set {region}, or AWS_ENDPOINT_URL_S3 to the endpoint that serves the bucket"
+    )
 }
 
 /// One page of a ListObjectsV2 answer.
@@ -267,7 +297,7 @@ async fn list(
             query = format!("continuation-token={}&{query}", uri_encode(token, false));
         }
         let url = config.url(bucket, "", &query)?;
-        let response = config.get(client, uri, url.clone()).await?;
+        let response = config.get(client, uri, url.clone(), &[]).await?;
         let body = response
             .text()
             .await
@@ -301,8 +331,11 @@ async fn get_object(
     path: &Path,
 ) -> Result<u64, RemoteError> {
     let url = config.object_url(uri, bucket, key)?;
-    let response = config.get(client, uri, url).await?;
-    let bytes = write_body(response, path).await?;
+    let bytes = resume::download(path, url.as_str(), |part: Part| {
+        let url = url.clone();
+        async move { config.get(client, uri, url, &part.headers()).await }
+    })
+    .await?;
     tracing::info!(bucket, key, bytes, "downloaded");
     Ok(bytes)
 }
@@ -416,6 +449,79 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("AWS_ENDPOINT_URL")
+        );
+    }
+
+    /// Whatever the key holds, the request goes to the endpoint's host (or the bucket's AWS host)
+    /// with the query the code wrote: the key is a path, never a URL.
+    #[test]
+    fn crafted_keys_change_neither_the_host_nor_the_query() {
+        let mut vars = KEYS.to_vec();
+        vars.push(("AWS_ENDPOINT_URL", "http://127.0.0.1:9000/prefix/"));
+        let minio = config(&vars).unwrap();
+        let aws = config(&KEYS).unwrap();
+        for key in [
+            "a?x-id=1",
+            "a#frag",
+            "@evil.example.com/x",
+            "a/%2e%2e/%2E%2E/b",
+            "..a/b..",
+            "x\\..\\y",
+            "//evil.example.com/x",
+            "a b/c+d=e&f",
+            "http://evil.example.com/",
+            "é/\u{0}",
+        ] {
+            for (config, host) in [
+                (&minio, "127.0.0.1"),
+                (&aws, "models.s3.us-east-1.amazonaws.com"),
+            ] {
+                let url = config.object_url("u", "models", key).unwrap();
+                assert_eq!(url.host_str(), Some(host), "{key:?} -> {url}");
+                assert_eq!(url.query(), None, "{key:?} -> {url}");
+                assert_eq!(url.fragment(), None, "{key:?} -> {url}");
+                // The path holds the key, encoded: decoded, it is the key again.
+                let path = percent_encoding::percent_decode_str(url.path())
+                    .decode_utf8()
+                    .unwrap();
+                assert!(path.ends_with(&format!("/{key}")), "{key:?} -> {url}");
+            }
+        }
+        let url = minio.object_url("u", "models", "a?b").unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:9000/prefix/models/a%3Fb");
+        let url = minio.url("models", "", "list-type=2&prefix=a%23b").unwrap();
+        assert_eq!(url.query(), Some("list-type=2&prefix=a%23b"));
+        for key in ["../other-bucket/x", "a/./b", "a/.."] {
+            assert!(minio.object_url("u", "models", key).is_err(), "{key}");
+        }
+        for region in ["evil.example.com/", "us-east-1@x", "US-EAST-1", "a b"] {
+            let mut vars = KEYS.to_vec();
+            vars.push(("AWS_REGION", region));
+            let message = config(&vars).unwrap_err().to_string();
+            assert!(message.contains("invalid AWS_REGION"), "{message}");
+        }
+        let mut vars = KEYS.to_vec();
+        vars.push(("AWS_ENDPOINT_URL", "http://user:pw@127.0.0.1:9000"));
+        assert!(config(&vars).is_err());
+    }
+
+    #[test]
+    fn a_redirect_names_what_to_set() {
+        let detail = redirect_detail(
+            " (PermanentRedirect)",
+            Some("https://models.s3.eu-west-1.amazonaws.com/m"),
+            Some("eu-west-1"),
+        );
+        assert!(detail.contains("set AWS_REGION=eu-west-1"), "{detail}");
+        assert!(detail.contains("AWS_ENDPOINT_URL_S3"), "{detail}");
+        assert!(
+            detail.contains("to https://models.s3.eu-west-1.amazonaws.com/m"),
+            "{detail}"
+        );
+        let detail = redirect_detail("", None, None);
+        assert!(
+            detail.contains("set AWS_REGION to the bucket's region"),
+            "{detail}"
         );
     }
 
