@@ -60,6 +60,13 @@ if [ -x inference-sidecar/scripts/setup-s3-emulator.sh ]; then
   elapsed $t
 fi
 
+if [ -x inference-sidecar/scripts/setup-triton-client.sh ]; then
+  step "Triton's HTTP client for the /v2 tests (inference-sidecar/scripts/setup-triton-client.sh)"
+  t=$SECONDS
+  inference-sidecar/scripts/setup-triton-client.sh
+  elapsed $t
+fi
+
 # What `cargo clippy --workspace --all-targets -- -D warnings` sets, applied to the test build.
 export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"

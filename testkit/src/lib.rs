@@ -95,6 +95,20 @@ pub fn moto_server() -> Result<PathBuf, String> {
     provisioned(&bin, &bin, "inference-sidecar/scripts/setup-s3-emulator.sh")
 }
 
+/// The Python of the virtual environment holding Triton's HTTP client (`tritonclient[http]`),
+/// installed by `inference-sidecar/scripts/setup-triton-client.sh`.
+pub fn triton_client_python() -> Result<PathBuf, String> {
+    let venv = from_env("LEXSERVE_TRITON_CLIENT_VENV")
+        .unwrap_or_else(|| cache_root().join("triton-client-venv"));
+    let python = venv.join("bin/python");
+    let marker = venv.join(".lexserve-tritonclient");
+    provisioned(
+        &python,
+        &marker,
+        "inference-sidecar/scripts/setup-triton-client.sh",
+    )
+}
+
 fn provisioned(path: &Path, marker: &Path, script: &str) -> Result<PathBuf, String> {
     if marker.is_file() {
         Ok(path.to_path_buf())

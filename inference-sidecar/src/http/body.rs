@@ -13,7 +13,14 @@ pub fn parse_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| {
+    let body = read_body(body)?;
+    require_json(headers)?;
+    decode(&body)
+}
+
+/// The body, or why it could not be read (413 past the size limit).
+pub fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge {
                 field: None,
@@ -24,7 +31,11 @@ pub fn parse_json<T: DeserializeOwned>(
                 message: format!("cannot read the request body: {rejection}"),
             }
         }
-    })?;
+    })
+}
+
+/// 415 unless the content type, when given, is JSON.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let is_json = content_type
             .to_str()
@@ -44,7 +55,7 @@ pub fn parse_json<T: DeserializeOwned>(
             ));
         }
     }
-    decode(&body)
+    Ok(())
 }
 
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -5,6 +5,7 @@
 //! names the handlers ([`native`], [`openai`], [`v2`], [`generate`], [`completions`]); every handler
 //! takes the shared [`state`] and answers errors through [`error`]. No handler knows the server.
 
+pub mod binary_tensors;
 pub mod body;
 pub mod completions;
 pub mod error;

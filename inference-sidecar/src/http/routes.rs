@@ -19,11 +19,12 @@ use crate::metrics::RouteLabels;
 
 /// Routes whose latency is the service's latency (health checks and scrapes would only dilute it).
 /// For streams, the time to the response's headers (the stream's own timing is in the token metrics).
-const INFERENCE_ROUTES: [&str; 8] = [
+const INFERENCE_ROUTES: [&str; 9] = [
     "/embed",
     "/predict",
     "/v1/embeddings",
     "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
     "/generate",
     "/generate_stream",
     "/v1/completions",
@@ -105,6 +106,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route("/v2/models/{name}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::infer_version),
+        )
         .route(http::HEALTH_PATH, get(health))
         .route(http::READY_PATH, get(v2::ready))
         .route(http::METRICS_PATH, get(metrics))
