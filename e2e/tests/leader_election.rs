@@ -290,3 +290,40 @@ async fn a_leader_cut_off_from_the_apiserver_writes_nothing_after_its_lease_ran_
             .await;
     }
 }
+
+/// SIGTERM: the leader drains while it still renews, then releases the lease, so the follower
+/// takes over without waiting out a (here long) lease.
+#[tokio::test]
+async fn a_leader_stopped_gracefully_releases_the_lease() {
+    let cluster = shared_cluster().await.expect("local cluster");
+    install_crds(cluster).await.expect("CRDs");
+    let Scene { ns, client, .. } = scene(cluster, "leader-stop").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let lease = format!("lexserve-operator-{}", &*ns);
+    let options = |name: &str| OperatorOptions {
+        identity: name.to_string(),
+        leader_elect: true,
+        namespace: Some(ns.to_string()),
+        lease_name: lease.clone(),
+        lease_duration_seconds: 60,
+        ..Default::default()
+    };
+    let mut a = OperatorProcess::start(cluster, options("replica-a"))
+        .await
+        .expect("replica a");
+    wait_holder(&leases, &lease, "replica-a").await;
+    let _b = OperatorProcess::start(cluster, options("replica-b"))
+        .await
+        .expect("replica b");
+    a.stop();
+    let log = a.log_tail(10);
+    assert!(log.contains("released the lease"), "A's log:\n{log}");
+    wait_holder(&leases, &lease, "replica-b").await;
+    let transitions = leases
+        .get(&lease)
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.lease_transitions);
+    assert_eq!(transitions, Some(1));
+}
