@@ -6,10 +6,12 @@
 //! work in a namespace of their own ([`LocalCluster::namespace`]).
 
 pub mod aggregation;
+pub mod audit;
 pub mod bins;
 pub mod cluster;
 pub mod kwok;
 pub mod operator;
+pub mod pausable_proxy;
 pub mod pki;
 pub mod process;
 pub mod prometheus;

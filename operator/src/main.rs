@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use lexserve_operator::config::{DEFAULT_SIDECAR_IMAGE, OperatorConfig};
 use lexserve_operator::controller::context::Context;
 use lexserve_operator::crd::{MAX_CRD_BYTES, render_all};
-use lexserve_operator::leader::{LeaderElector, LeaseTiming};
+use lexserve_operator::leader::{LeaderElector, Leadership, LeaseTiming};
 use lexserve_operator::metrics_api::signal::LoadSignal;
 use lexserve_operator::telemetry::{Metrics, init_logging};
 
@@ -69,9 +69,18 @@ struct RunArgs {
     /// This replica's identity in the election (default: POD_NAME, else hostname and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// How long a lease lasts without renewal, in seconds.
+    /// How long another replica waits, after it last saw the lease change, before it takes the
+    /// lease over, in seconds (at least 3).
     #[arg(long, env = "LEXSERVE_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// How long the leader keeps writing after the start of its last successful renewal, in
+    /// seconds; shorter than the lease duration (default: two thirds of it).
+    #[arg(long, env = "LEXSERVE_LEASE_RENEW_DEADLINE_SECONDS")]
+    lease_renew_deadline_seconds: Option<u64>,
+    /// The pause between two attempts to take or renew the lease, in seconds; shorter than the
+    /// renew deadline (default: a seventh of the lease duration, at least 1).
+    #[arg(long, env = "LEXSERVE_LEASE_RETRY_PERIOD_SECONDS")]
+    lease_retry_period_seconds: Option<u64>,
     /// Where `/metrics` is served.
     #[arg(long, env = "LEXSERVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -196,13 +205,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(*args)) {
+            let code = match runtime.block_on(run(*args)) {
                 Ok(code) => code,
                 Err(e) => {
                     error!(error = %e, "lexserve-operator failed");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // Tasks still running (a request stuck on a hung connection) must not hold the
+            // exit up: a deposed leader's exit is what ends its term.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            code
         }
     }
 }
@@ -309,31 +322,49 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .lease_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let elector = args.leader_elect.then(|| {
+    let secs = Duration::from_secs;
+    let timing = LeaseTiming::new(
+        secs(args.lease_duration_seconds.max(3)),
+        args.lease_renew_deadline_seconds.map(secs),
+        args.lease_retry_period_seconds.map(secs),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut elector = args.leader_elect.then(|| {
         LeaderElector::new(
             client.clone(),
             &lease_namespace,
             &args.lease_name,
             &identity,
-            LeaseTiming {
-                duration: std::time::Duration::from_secs(args.lease_duration_seconds.max(3)),
-                ..LeaseTiming::default()
-            },
+            timing,
         )
     });
 
     // A follower is ready (it serves its endpoints and waits); it must not write.
     health.ready();
-    if let Some(elector) = &elector {
-        tokio::select! {
-            _ = elector.acquire() => {},
+    let leadership = match &mut elector {
+        Some(elector) => tokio::select! {
+            leadership = elector.acquire() => leadership,
             _ = shutdown_signal() => {
                 info!("shutting down while standing by");
                 return Ok(ExitCode::SUCCESS);
             }
-        }
-    }
+        },
+        None => Leadership::unconditional(),
+    };
     metrics.leader.set(1);
+    // Renewing runs beside everything else from here on, through the cache start and the
+    // drain at shutdown, and revokes `leadership` the moment the lease is not renewed in time.
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let renewing = elector.map(|mut elector| {
+        let leadership = leadership.clone();
+        tokio::spawn(async move {
+            elector
+                .hold(&leadership, async {
+                    let _ = release_rx.await;
+                })
+                .await
+        })
+    });
 
     let config = OperatorConfig {
         sidecar_image: args.sidecar_image.clone(),
@@ -346,19 +377,26 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scaling_signal_grace: std::time::Duration::from_secs(args.scaling_signal_grace_seconds),
     };
     // The watch caches start only once this replica leads: a follower holds no cache.
-    let (ctx, triggers) = Context::start(
+    let started = Context::start(
         client.clone(),
         args.namespace.as_deref(),
         config,
         metrics.clone(),
         Some(identity.clone()),
-    )
-    .await?;
+        leadership.clone(),
+    );
+    let (ctx, triggers) = tokio::select! {
+        started = started => started?,
+        _ = leadership.lost() => {
+            metrics.leader.set(0);
+            error!("lost leadership while filling the caches: exiting");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let ctx = Arc::new(ctx);
 
     // Stop the controllers on a signal, or when the lease is lost.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let lost_lease = Arc::new(AtomicBool::new(false));
     let controller = tokio::spawn(lexserve_operator::controller::inference_service::run(
         client.clone(),
         args.namespace.clone(),
@@ -374,33 +412,33 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ));
     info!(identity = %identity, namespace = ?args.namespace, "controllers started");
 
-    let hold = async {
-        match &elector {
-            Some(elector) => elector.hold().await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         _ = shutdown_signal() => info!("shutting down"),
-        _ = hold => {
-            lost_lease.store(true, Ordering::Relaxed);
-            error!("lost leadership: stopping so that only the new leader writes");
+        _ = leadership.lost() => {
+            // Every write already refuses; nothing in flight is waited for (it could only be
+            // stuck or refused), and the process exits so that nothing of this term lingers.
+            let _ = stop_tx.send(true);
+            metrics.leader.set(0);
+            error!("lost leadership: exiting so that only the new leader writes");
+            return Ok(ExitCode::FAILURE);
         }
     }
     let _ = stop_tx.send(true);
-    // Reconciles in flight finish; then the lease goes to a follower at once.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), controller).await;
-    metrics.leader.set(0);
-    if let Some(elector) = &elector
-        && !lost_lease.load(Ordering::Relaxed)
-    {
-        elector.release().await;
+    // Reconciles in flight finish (while the lease is still renewed, and only as long as it
+    // is: a write after the deadline is refused); then the lease goes to a follower at once.
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_secs(20), controller) => {}
+        _ = leadership.lost() => {}
     }
-    Ok(if lost_lease.load(Ordering::Relaxed) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    metrics.leader.set(0);
+    let _ = release_tx.send(());
+    if let Some(renewing) = renewing
+        && let Ok(true) = renewing.await
+    {
+        error!("lost leadership while shutting down");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Binds and serves the external metrics API; a bad address, certificate or client CA fails

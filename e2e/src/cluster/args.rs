@@ -32,8 +32,12 @@ pub(super) fn etcd_args(work_dir: &Path, ports: &Ports) -> Vec<String> {
     ]
 }
 
+/// The audit policy's file in the work directory (see [`crate::audit`]).
+pub(super) const AUDIT_POLICY_FILE: &str = "audit-policy.yaml";
+/// The audit log's file in the log directory.
+pub(super) const AUDIT_LOG_FILE: &str = "audit.log";
+
 pub(super) fn apiserver_args(pki: &Pki, ports: &Ports, work_dir: &Path) -> Vec<String> {
-    let _ = work_dir;
     vec![
         format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
         "--bind-address=127.0.0.1".into(),
@@ -78,6 +82,16 @@ pub(super) fn apiserver_args(pki: &Pki, ports: &Ports, work_dir: &Path) -> Vec<S
         "--endpoint-reconciler-type=none".into(),
         "--event-ttl=1h".into(),
         "--profiling=false".into(),
+        // Who wrote what, for tests that must tell two operators apart (see `crate::audit`).
+        format!(
+            "--audit-policy-file={}",
+            p(&work_dir.join(AUDIT_POLICY_FILE))
+        ),
+        format!(
+            "--audit-log-path={}",
+            p(&work_dir.join("logs").join(AUDIT_LOG_FILE))
+        ),
+        "--audit-log-format=json".into(),
     ]
 }
 

@@ -26,7 +26,10 @@ pub use namespace::TestNamespace;
 use crate::kwok;
 use crate::pki::Pki;
 use crate::process::Process;
-use args::{apiserver_args, controller_manager_args, etcd_args, kwok_args, scheduler_args};
+use args::{
+    AUDIT_LOG_FILE, AUDIT_POLICY_FILE, apiserver_args, controller_manager_args, etcd_args,
+    kwok_args, scheduler_args,
+};
 use files::{free_ports, https_client, new_temp_dir, write_kubeconfig};
 
 /// How to start a [`LocalCluster`].
@@ -176,6 +179,8 @@ impl LocalCluster {
         )?;
         let kwok_config = work_dir.join("kwok.yaml");
         std::fs::write(&kwok_config, kwok::STAGES).context("writing kwok's stages")?;
+        std::fs::write(work_dir.join(AUDIT_POLICY_FILE), crate::audit::POLICY)
+            .context("writing the audit policy")?;
 
         let config = kube::Config::from_custom_kubeconfig(
             Kubeconfig::read_from(&kubeconfig).context("reading the kubeconfig just written")?,
@@ -322,6 +327,12 @@ impl LocalCluster {
     /// The directory holding each component's log (`<component>.log`).
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// The apiserver's audit log: writes by ServiceAccounts outside kube-system (see
+    /// [`crate::audit`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.log_dir.join(AUDIT_LOG_FILE)
     }
 
     /// The directory holding everything of this cluster (pki, etcd data, kubeconfigs, logs).

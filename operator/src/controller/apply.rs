@@ -2,7 +2,8 @@
 //! it is missing, when it was built from another spec (the hash stored on it differs), or when
 //! something changed a field the operator sets (drift, see [`super::drift`]). Everything else
 //! is read from the watch caches, so a reconcile of an unchanged object writes nothing and
-//! reads nothing from the apiserver.
+//! reads nothing from the apiserver. A write is sent only while this replica leads (see
+//! [`crate::leader::Leadership`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -175,9 +176,11 @@ pub async fn apply_child(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics
         .api_request(controller, "APPLY", &resource.plural);
-    let applied = match api
-        .patch(&child.name, &params, &Patch::Apply(&child.object))
+    let applied = match ctx
+        .leadership
+        .write(api.patch(&child.name, &params, &Patch::Apply(&child.object)))
         .await
+        .map_err(Error::not_leader("apply"))?
     {
         Ok(applied) => serde_json::to_value(applied).unwrap_or_default(),
         Err(kube::Error::Api(status)) if status.code == 422 => {

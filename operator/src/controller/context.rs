@@ -1,5 +1,6 @@
 //! State shared by the reconcilers: the client, the configuration, the watch caches, the
-//! metrics and the per-object memory (backoff, apply residuals, load signals).
+//! metrics, the leadership every write checks, and the per-object memory (backoff, apply
+//! residuals, load signals).
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -12,6 +13,7 @@ use super::backoff::Backoff;
 use super::cache::{ChildStores, ChildTriggers, Drivers, GpuStores, keda_installed};
 use super::signal_board::SignalBoard;
 use crate::config::OperatorConfig;
+use crate::leader::Leadership;
 use crate::telemetry::Metrics;
 
 /// What every reconcile gets.
@@ -29,6 +31,8 @@ pub struct Context {
     gpu: OnceCell<GpuStores>,
     /// What the apiserver normalized in the last apply of a child (see [`Residuals`]).
     pub residuals: Residuals,
+    /// Whether this replica may write; every write goes through [`Leadership::write`].
+    pub leadership: Leadership,
     _drivers: Drivers,
 }
 
@@ -41,6 +45,7 @@ impl Context {
         config: OperatorConfig,
         metrics: Metrics,
         instance: Option<String>,
+        leadership: Leadership,
     ) -> Result<(Self, ChildTriggers), Error> {
         let reporter = Reporter {
             controller: crate::resources::labels::FIELD_MANAGER.to_string(),
@@ -60,6 +65,7 @@ impl Context {
             children,
             gpu: OnceCell::new(),
             residuals: Residuals::default(),
+            leadership,
             _drivers: drivers,
         };
         Ok((context, triggers))

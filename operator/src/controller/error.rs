@@ -26,12 +26,25 @@ pub enum Error {
     /// that admission let through. Retried with backoff, reported in status and as an Event.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     ChildRejected(Vec<super::child::Rejection>),
+    /// A write was refused, unsent, because this replica no longer leads (or abandoned because
+    /// the lease ran out while it waited). The controllers are stopping.
+    #[error("{action}: not sent: {source}")]
+    NotLeader {
+        action: &'static str,
+        #[source]
+        source: crate::leader::NotLeader,
+    },
 }
 
 impl Error {
     /// Wraps a kube error with what was being done, for `map_err`.
     pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
         move |source| Error::Kube { action, source }
+    }
+
+    /// Wraps a refusal of the leadership with what was being written, for `map_err`.
+    pub fn not_leader(action: &'static str) -> impl FnOnce(crate::leader::NotLeader) -> Error {
+        move |source| Error::NotLeader { action, source }
     }
 
     /// A short label for metrics and the Event reason.
@@ -52,6 +65,7 @@ impl Error {
             Error::MissingDependency(_) => "MissingDependency",
             Error::Cache(_) => "CacheNotReady",
             Error::ChildRejected(_) => crate::api::conditions::reason::CHILD_REJECTED,
+            Error::NotLeader { .. } => "NotLeader",
         }
     }
 }

@@ -31,6 +31,10 @@ pub fn error_policy<K>(
 where
     K: Resource<DynamicType = ()> + ResourceExt + Send + Sync + 'static,
 {
+    if let Error::NotLeader { .. } = error {
+        // Deposed: the controllers are stopping, and nothing may be written, not even an Event.
+        return Action::await_change();
+    }
     warn!(kind = controller, namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), error = %error, "reconcile failed");
     ctx.metrics.failed(controller, error.reason());
     let event = EventSpec::warning(error.reason(), error.to_string());

@@ -44,7 +44,14 @@ where
         secondary: None,
     };
     ctx.metrics.api_request(controller, "POST", "events");
-    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
+    let reference = object.object_ref(&());
+    match ctx
+        .leadership
+        .write(ctx.recorder.publish(&event, &reference))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "could not publish event"),
+        Err(e) => warn!(error = %e, reason = %event.reason, "event not published"),
     }
 }

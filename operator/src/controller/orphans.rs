@@ -68,7 +68,12 @@ pub async fn sweep(
         };
         ctx.metrics
             .api_request(controller, "DELETE", &resource.plural);
-        match api.delete(name, &params).await {
+        let deleted_now = ctx
+            .leadership
+            .write(api.delete(name, &params))
+            .await
+            .map_err(Error::not_leader("delete orphan"))?;
+        match deleted_now {
             Ok(_) => {
                 info!(kind = %orphan.kind, %name, "orphan deleted");
                 ctx.residuals.forget(orphan.kind, namespace, name);

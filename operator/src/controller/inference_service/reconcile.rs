@@ -380,13 +380,12 @@ async fn write_status(
     });
     ctx.metrics
         .api_request(KIND, "APPLY", "inferenceservices/status");
-    api.patch_status(
-        &isvc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube("patch status"))?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    ctx.leadership
+        .write(api.patch_status(&isvc.name_any(), &params, &Patch::Apply(&body)))
+        .await
+        .map_err(Error::not_leader("patch status"))?
+        .map_err(Error::kube("patch status"))?;
     Ok(())
 }
 
