@@ -182,6 +182,18 @@ fn cases() -> Vec<RuleCase> {
                 spec(json!({"runtime": {"batching": {"maxQueueDelay": "2h"}}})),
             ],
         },
+        RuleCase {
+            kind: InferenceService,
+            message: "runtime.shutdownDelay must be at most 2m",
+            accept: vec![
+                spec(json!({"runtime": {"shutdownDelay": "0s"}})),
+                spec(json!({"runtime": {"shutdownDelay": "2m"}})),
+            ],
+            reject: vec![
+                spec(json!({"runtime": {"shutdownDelay": "2m1s"}})),
+                spec(json!({"runtime": {"shutdownDelay": "1h"}})),
+            ],
+        },
         // InferenceService: model rules.
         RuleCase {
             kind: InferenceService,
