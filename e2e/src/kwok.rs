@@ -23,6 +23,11 @@ pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// The taint GPU node pools commonly carry, so that only pods that tolerate it land there.
 pub const GPU_TAINT: (&str, &str, &str) = ("nvidia.com/gpu", "present", "NoSchedule");
 
+/// A pod label that keeps kwok's hands off a pod's status: a test that plays kubelet for it
+/// ([`crate::kubelet`]) runs its containers and reports their states itself, which kwok's
+/// "every pod is Running and Ready" stage would overwrite.
+pub const TEST_KUBELET_LABEL: &str = "e2e.lexserve.io/kubelet";
+
 /// kwok's `--config`: the stages, as kwok's Stage resources.
 pub const STAGES: &str = r#"
 # Nodes: not Ready yet -> Ready, with addresses and capacity (kept when the node has them).
@@ -127,7 +132,8 @@ spec:
         lastTransitionTime: {{ $now | Quote }}
       {{ end }}
 ---
-# Pods: scheduled and not Ready -> Running and Ready, every container running.
+# Pods: scheduled and not Ready -> Running and Ready, every container running. Not pods whose
+# test plays kubelet (TEST_KUBELET_LABEL).
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
@@ -139,6 +145,8 @@ spec:
   selector:
     matchExpressions:
     - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.metadata.labels["e2e.lexserve.io/kubelet"]'
       operator: 'DoesNotExist'
     - key: '.status.phase'
       operator: 'In'
@@ -285,5 +293,16 @@ pub fn node(name: &str, kind: &NodeKind) -> Node {
             capacity: Some(capacity),
             ..Default::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_stage_leaves_test_kubelet_pods_alone() {
+        let expression = format!(".metadata.labels[\"{TEST_KUBELET_LABEL}\"]");
+        assert!(STAGES.contains(&expression), "{expression}");
     }
 }

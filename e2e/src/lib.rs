@@ -8,6 +8,7 @@
 pub mod aggregation;
 pub mod bins;
 pub mod cluster;
+pub mod kubelet;
 pub mod kwok;
 pub mod operator;
 pub mod pki;
