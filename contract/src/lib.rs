@@ -10,11 +10,14 @@
 //!   with the schema pattern the apiserver checks and the parser the sidecar runs.
 //! - [`names`]: the names both sides spell: flags, environment variables, paths, the port and
 //!   probe paths, metric and label names, the termination-message prefix.
+//! - [`digest`]: what a model's `sha256` covers (one file, or a directory's manifest), computed
+//!   by both `fetch` and `serve`.
 //!
 //! CEL rules that involve only these blocks live here too ([`model::ModelSpec`]'s, and
 //! [`rules::SERVING_RULES`] across `model` and `runtime`), so an object the apiserver admits is an
 //! object the sidecar accepts.
 
+pub mod digest;
 pub mod duration;
 pub mod model;
 pub mod names;

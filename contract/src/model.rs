@@ -3,6 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::quantity::Quantity;
 use crate::uri::MODEL_URI_PATTERN;
 
 /// The fewest labels a classifier has: one label is not a classification.
@@ -35,11 +36,22 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_URI_LENGTH), pattern(MODEL_URI_PATTERN))]
     pub tokenizer: Option<String>,
-    /// The expected SHA-256 of the model (lowercase hex). The init container refuses a model
-    /// whose digest differs; the resolved digest is reported in `status.model`.
+    /// The expected SHA-256 of the model (lowercase hex): of the file when `uri` names one file,
+    /// of the directory's manifest (`sha256sum` of every file, sorted by path) when it names a
+    /// directory. The init container refuses a model whose digest differs, the server checks it
+    /// again on load; the verified digest is reported in `status.model.digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(SHA256_PATTERN))]
     pub sha256: Option<String>,
+    /// About how much disk the fetched model takes (the file, or the directory's files, plus a
+    /// separate tokenizer), as a Kubernetes quantity (`500Mi`, `2Gi`). It bounds the model
+    /// volume: its `sizeLimit` is twice this plus 256Mi, because a fetch stages the new copy beside
+    /// a complete one an earlier attempt in the same pod may have left, and the rest covers a
+    /// tokenizer and filesystem overhead. A pod whose fetch outgrows it is evicted rather than
+    /// filling the node's disk. Without it the volume has no `sizeLimit` (it may use the node's
+    /// ephemeral storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
     /// Class names in the order of the classifier's outputs (`classify` only), at least 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(

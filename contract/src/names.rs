@@ -55,11 +55,11 @@ pub mod path {
     pub const CONFIG_DIR: &str = "/etc/lexserve";
     /// The config file's name in the ConfigMap and in [`CONFIG_DIR`].
     pub const CONFIG_FILE: &str = "config.yaml";
-    /// Where `fetch` puts the model (and `serve` reads it).
+    /// The model volume's mount point: `fetch` puts the model there (and `serve` reads it).
     pub const MODELS_DIR: &str = "/var/lib/lexserve/models";
-    /// The folder of the fetched model inside [`MODELS_DIR`].
+    /// The fetched model inside [`MODELS_DIR`] (see [`fetched_artifact`]).
     pub const MODEL_ARTIFACT: &str = "model";
-    /// The folder of the fetched tokenizer inside [`MODELS_DIR`].
+    /// The fetched tokenizer inside [`MODELS_DIR`] (see [`fetched_artifact`]).
     pub const TOKENIZER_ARTIFACT: &str = "tokenizer";
     /// Where `pvc://<claim>/...` volumes are mounted: `<PVC_ROOT>/<claim>`.
     pub const PVC_ROOT: &str = "/mnt/pvc";
@@ -71,8 +71,11 @@ pub mod path {
         format!("{CONFIG_DIR}/{CONFIG_FILE}")
     }
 
-    /// A fetched artifact's folder in the pod.
-    pub fn artifact_dir(artifact: &str) -> String {
+    /// Where a fetched artifact is in the pod: `fetch --dest` writes it there and `serve` is
+    /// pointed at it. The path IS the artifact, as [`crate::digest`] defines what a pin covers:
+    /// the file itself when the source is one file (whatever its name), a directory holding the
+    /// source's files when it is a directory. So `serve` digests exactly what `fetch` verified.
+    pub fn fetched_artifact(artifact: &str) -> String {
         format!("{MODELS_DIR}/{artifact}")
     }
 }

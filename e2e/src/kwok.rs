@@ -23,6 +23,11 @@ pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// The taint GPU node pools commonly carry, so that only pods that tolerate it land there.
 pub const GPU_TAINT: (&str, &str, &str) = ("nvidia.com/gpu", "present", "NoSchedule");
 
+/// A pod label that keeps kwok's hands off a pod's status: a test that plays kubelet for it
+/// ([`crate::kubelet`]) runs its containers and reports their states itself, which kwok's
+/// "every pod is Running and Ready" stage would overwrite.
+pub const TEST_KUBELET_LABEL: &str = "e2e.lexserve.io/kubelet";
+
 /// kwok's `--config`: the stages, as kwok's Stage resources.
 pub const STAGES: &str = r#"
 # Nodes: not Ready yet -> Ready, with addresses and capacity (kept when the node has them).
@@ -127,7 +132,8 @@ spec:
         lastTransitionTime: {{ $now | Quote }}
       {{ end }}
 ---
-# Pods: scheduled and not Ready -> Running and Ready, every container running.
+# Pods: scheduled and not Ready -> Running and Ready, every container running. Not pods whose
+# test plays kubelet (TEST_KUBELET_LABEL).
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
@@ -140,7 +146,7 @@ spec:
     matchExpressions:
     - key: '.metadata.deletionTimestamp'
       operator: 'DoesNotExist'
-    - key: '.metadata.annotations["lexserve.io/e2e-kubelet"]'
+    - key: '.metadata.labels["e2e.lexserve.io/kubelet"]'
       operator: 'DoesNotExist'
     - key: '.status.phase'
       operator: 'In'
@@ -210,70 +216,6 @@ spec:
       {{ end }}
       {{ end }}
 ---
-# Pods annotated for a test's own kubelet (HARNESS_KUBELET): scheduled -> Running with an IP, not
-# Ready. The test runs the pod's real sidecar and marks the pod Ready when its readiness probe
-# would pass.
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: lexserve-pod-started
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.metadata.annotations["lexserve.io/e2e-kubelet"]'
-      operator: 'Exists'
-    - key: '.status.phase'
-      operator: 'In'
-      values: ['Pending']
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      phase: Running
-      startTime: {{ $now | Quote }}
-      conditions:
-      - type: PodReadyToStartContainers
-        status: "True"
-        lastTransitionTime: {{ $now | Quote }}
-      - type: Initialized
-        status: "True"
-        lastTransitionTime: {{ $now | Quote }}
-      - type: ContainersReady
-        status: "False"
-        lastTransitionTime: {{ $now | Quote }}
-      - type: Ready
-        status: "False"
-        lastTransitionTime: {{ $now | Quote }}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: false
-        started: true
-        restartCount: 0
-        state:
-          running:
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      {{ with NodeIPsWith .spec.nodeName }}
-      hostIP: {{ index . 0 | Quote }}
-      hostIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
-      podIP: {{ index . 0 | Quote }}
-      podIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
----
 # Pods: being deleted -> gone (there is no kubelet to confirm termination).
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -290,11 +232,6 @@ spec:
   next:
     delete: true
 "#;
-
-/// The pod annotation that hands a pod's readiness to the test (see the `lexserve-pod-started`
-/// stage): kwok makes the pod Running with an IP but leaves it not Ready; the test runs the
-/// real sidecar and sets Ready as the kubelet's readiness probe would.
-pub const HARNESS_KUBELET: (&str, &str) = ("lexserve.io/e2e-kubelet", "harness");
 
 /// What kind of simulated node to make.
 #[derive(Debug, Clone)]
@@ -356,5 +293,16 @@ pub fn node(name: &str, kind: &NodeKind) -> Node {
             capacity: Some(capacity),
             ..Default::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_stage_leaves_test_kubelet_pods_alone() {
+        let expression = format!(".metadata.labels[\"{TEST_KUBELET_LABEL}\"]");
+        assert!(STAGES.contains(&expression), "{expression}");
     }
 }

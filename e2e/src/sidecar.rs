@@ -32,6 +32,14 @@ pub fn ort_dylib() -> Result<PathBuf> {
     lexserve_testkit::ort_dylib().map_err(anyhow::Error::msg)
 }
 
+/// A loopback port nothing listens on now.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("picking a free port")?
+        .port())
+}
+
 /// A running sidecar on a loopback port.
 pub struct SidecarProcess {
     process: Process,
@@ -43,10 +51,7 @@ impl SidecarProcess {
     /// compute threads, logging to `log`. Does not wait for readiness.
     pub fn start(config: &Path, threads: u32, log: &Path) -> Result<Self> {
         let binary = workspace_bin("lexserve-sidecar")?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("picking a free port")?
-            .port();
+        let port = free_port()?;
         let args = vec![
             "serve".to_string(),
             "--config".to_string(),
@@ -66,6 +71,12 @@ impl SidecarProcess {
         Ok(Self { process, port })
     }
 
+    /// A sidecar that `process` runs (started from a pod's own command line by
+    /// [`crate::kubelet`]), listening on `127.0.0.1:port`.
+    pub fn adopt(process: Process, port: u16) -> Self {
+        Self { process, port }
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -82,7 +93,11 @@ impl SidecarProcess {
             .no_proxy()
             .timeout(Duration::from_secs(2))
             .build()?;
-        let url = format!("{}/ready", self.url());
+        let url = format!(
+            "{}{}",
+            self.url(),
+            lexserve_contract::names::http::READY_PATH
+        );
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.process.exited() {

@@ -4,10 +4,10 @@
 //! clients send requests through the Service's endpoints, as kube-proxy routes them: this test
 //! plays kubelet and kube-proxy for kwok's pods, with real sidecar processes.
 //!
-//! - kubelet: each pod carries [`HARNESS_KUBELET`], so kwok leaves its readiness to the test. A
-//!   real sidecar starts from the config the operator wrote; the pod turns Ready when the
-//!   sidecar's `/ready` answers 200 (the readiness probe). When the pod is deleted, the sidecar
-//!   gets SIGTERM and has the pod's grace period to exit.
+//! - kubelet: each pod carries [`TEST_KUBELET_LABEL`], so kwok leaves its status to the test. A
+//!   real sidecar starts from the config the operator wrote; the pod turns Running, with an IP,
+//!   and Ready when the sidecar's `/ready` answers 200 (the readiness probe). When the pod is
+//!   deleted, the sidecar gets SIGTERM and has the pod's grace period to exit.
 //! - kube-proxy: every [`PROXY_SYNC`] (kube-proxy's default minimum sync period) it reads the
 //!   Service's EndpointSlices and routes to the ready endpoints. Between a pod's deletion and the
 //!   next sync, clients are still sent to it, as in a real cluster where the removal takes a while
@@ -32,7 +32,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use lexserve_contract::duration::parse_duration;
 use lexserve_contract::names::drain::termination_grace_seconds;
 use lexserve_e2e::LocalCluster;
-use lexserve_e2e::kwok::HARNESS_KUBELET;
+use lexserve_e2e::kwok::TEST_KUBELET_LABEL;
 use lexserve_e2e::sidecar::{SidecarProcess, minilm_int8_uris};
 use lexserve_e2e::wait::{self, Poll};
 use lexserve_operator::resources::config_map::{CONFIG_FILE, config_map_name};
@@ -67,11 +67,17 @@ struct Node {
     routes: Mutex<Vec<String>>,
 }
 
-/// Marks a pod Ready, as the kubelet does when its readiness probe passes.
-async fn mark_ready(pods: &Api<Pod>, name: &str) -> kube::Result<()> {
+/// Reports a pod Running at `ip` and Ready, as the kubelet does when its readiness probe passes.
+async fn mark_ready(pods: &Api<Pod>, name: &str, ip: &str) -> kube::Result<()> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let status = json!({"status": {
+        "phase": "Running",
+        "startTime": now,
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
         "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
             {"type": "Ready", "status": "True", "lastTransitionTime": now},
         ],
@@ -89,6 +95,7 @@ async fn kubelet(cluster: &LocalCluster, ns: String, node: Arc<Node>, stop: Arc<
     let dir = cluster.log_dir().join(format!("rolling-update-{ns}"));
     std::fs::create_dir_all(&dir).expect("sidecar dir");
     let selector = format!("lexserve.io/inference-service={NAME}");
+    let next_ip = AtomicUsize::new(1);
     while !stop.load(Ordering::Relaxed) {
         let listed = match pods.list(&ListParams::default().labels(&selector)).await {
             Ok(list) => list.items,
@@ -136,9 +143,16 @@ async fn kubelet(cluster: &LocalCluster, ns: String, node: Arc<Node>, stop: Arc<
             if node.sidecars.lock().unwrap().contains_key(&name) {
                 continue;
             }
-            let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-                continue; // not started by kwok yet
-            };
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_none()
+            {
+                continue; // not scheduled yet
+            }
+            // Each pod its own address, as the node's IPAM would give it.
+            let ip = format!("10.244.200.{}", next_ip.fetch_add(1, Ordering::Relaxed));
             let config = match config_maps.get(&config_map_name(NAME)).await {
                 Ok(cm) => cm,
                 Err(e) => {
@@ -158,9 +172,11 @@ async fn kubelet(cluster: &LocalCluster, ns: String, node: Arc<Node>, stop: Arc<
                 .wait_ready(Duration::from_secs(120))
                 .await
                 .expect("sidecar ready");
-            node.by_ip.lock().unwrap().insert(ip, sidecar.url());
+            node.by_ip.lock().unwrap().insert(ip.clone(), sidecar.url());
             node.sidecars.lock().unwrap().insert(name.clone(), sidecar);
-            mark_ready(&pods, &name).await.expect("pod marked Ready");
+            mark_ready(&pods, &name, &ip)
+                .await
+                .expect("pod marked Ready");
             eprintln!("pod {name} ready");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -273,7 +289,7 @@ async fn a_rolling_update_through_the_service_endpoints_fails_no_request() {
                     "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
                     "runtime": {"quantize": "int8", "threads": 1, "shutdownDelay": SHUTDOWN_DELAY},
                     "scaling": {"provider": "none", "minReplicas": REPLICAS},
-                    "podTemplate": {"annotations": {HARNESS_KUBELET.0: HARNESS_KUBELET.1}},
+                    "podTemplate": {"labels": {TEST_KUBELET_LABEL: "rolling-update"}},
                 }),
             ),
         )

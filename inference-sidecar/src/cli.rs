@@ -140,7 +140,9 @@ pub struct FetchArgs {
     /// from HF_TOKEN).
     #[arg(long = flag::URI, env = env::MODEL_URI)]
     pub uri: String,
-    /// Destination directory (created if missing).
+    /// Where the model goes: this path becomes the model, the file itself for a one-file source
+    /// (whatever its name) or a directory of the source's files; what it held before is replaced.
+    /// Its parent (created if missing) must be writable: the copy is staged there.
     #[arg(long = flag::DEST, env = env::FETCH_DEST)]
     pub dest: PathBuf,
     /// Expected sha256: of the file, or the directory digest described in `fetch`'s docs.

@@ -10,7 +10,7 @@ use common::fetch::{Outcome, fetch, fetch_into, scratch};
 use common::http::{client, post};
 use common::sidecar::Sidecar;
 use common::{minilm_dir, minilm_int8_onnx, ort_dylib};
-use lexserve_sidecar::fetch::digest::path_sha256;
+use lexserve_contract::digest::path_sha256;
 use serde_json::json;
 
 #[test]
@@ -75,7 +75,8 @@ fn fetch_copies_a_directory_and_verifies_its_digest() {
 
 #[test]
 fn fetch_copies_a_single_file() {
-    let dest = scratch("fetch-file");
+    let volume = scratch("fetch-file");
+    let dest = volume.join("model");
     let source = minilm_dir().join("tokenizer.json");
     let digest = path_sha256(&source).unwrap();
     let uri = format!("file://{}", source.display());
@@ -83,8 +84,10 @@ fn fetch_copies_a_single_file() {
         code, stderr: logs, ..
     } = fetch_into(&uri, &dest, Some(&digest), &[]);
     assert_eq!(code, Some(0), "{logs}");
-    assert_eq!(path_sha256(&dest.join("tokenizer.json")).unwrap(), digest);
-    let _ = std::fs::remove_dir_all(dest);
+    // The destination is the file itself: what serve is pointed at, and what the pin covers.
+    assert!(dest.is_file());
+    assert_eq!(path_sha256(&dest).unwrap(), digest);
+    let _ = std::fs::remove_dir_all(volume);
 }
 
 #[test]

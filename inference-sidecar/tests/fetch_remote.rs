@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use common::fetch::{Outcome, fetch_into, scratch};
-use lexserve_sidecar::fetch::digest::{path_sha256, to_hex};
+use lexserve_contract::digest::{path_sha256, to_hex};
 use lexserve_sidecar::fetch::remote::sigv4::{self, Credentials};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 /// Every file under `dir` (relative path → bytes).
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    lexserve_sidecar::fetch::digest::list_files(dir)
+    lexserve_contract::digest::list_files(dir)
         .unwrap()
         .into_iter()
         .map(|name| {
@@ -302,7 +302,8 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
     let env = as_refs(&env);
     let work = scratch("s3-fetch");
 
-    // One object lands as DEST/<name>, verified, and its digest goes to the termination log.
+    // One object becomes DEST itself (the file serve loads), verified, and its digest goes to
+    // the termination log.
     let dest = work.join("single");
     let digest = sha256_hex(&model);
     let out = fetch_into(
@@ -312,9 +313,9 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
         &env,
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(std::fs::read(dest.join("model.onnx")).unwrap() == model);
+    assert!(std::fs::read(&dest).unwrap() == model);
     assert_eq!(out.termination, format!("sha256:{digest}"));
-    assert_eq!(entries(&dest), ["model.onnx"]);
+    assert_eq!(entries(&work), ["single"], "no staging left beside it");
 
     // A prefix is a directory: every object under it, at its relative path, digested as a directory.
     let expected_dir = work.join("expected");

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::config::{ModelFormat, Pooling, Quantize, ServeConfig};
-use crate::fetch::digest::{DigestError, path_sha256};
 use crate::uri::UriError;
+use lexserve_contract::digest::{DigestError, path_sha256};
 
 /// Name of the linear classification head stored next to an encoder (tensors `weight` [classes, hidden]
 /// and `bias` [classes]).

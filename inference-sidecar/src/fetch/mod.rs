@@ -1,17 +1,22 @@
 //! `fetch`: the init container's job. Copies a model (a file or a directory) from its uri into the
-//! serving volume and verifies its sha256 (see [`digest`] for how a directory is digested).
+//! serving volume and verifies its sha256 ([`lexserve_contract::digest`] defines what it covers).
 //! The copy is verified, not the source: what the server will read is what must match.
 //!
-//! `file://` and `pvc://` are copied from the local filesystem. `s3://` and `hf://` are downloaded
-//! (see [`remote`]) into a staging directory inside the destination, verified there, and only
-//! then moved into place, so a failed download or a digest mismatch leaves nothing for the server to
-//! load.
+//! `--dest` becomes the model: the file itself when the source is one file (whatever its name), a
+//! directory holding the source's files when it is a directory. The operator points `serve` at that
+//! same path ([`lexserve_contract::names::path::fetched_artifact`]), so `serve` loads and digests the
+//! object `fetch` verified.
+//!
+//! Every source, local (`file://`, `pvc://`) or remote (`s3://`, `hf://`, see [`remote`]), is copied
+//! into a [`Staging`] directory beside the destination, verified there, and only then renamed into
+//! place, replacing whatever the destination held (an older version in a reused volume): a failed
+//! copy or a digest mismatch leaves nothing new for the server to load, and a success leaves only the
+//! current model. A `pvc://` source may not reach outside its claim through a symlink.
 //!
 //! The outcome goes to the container's termination log, because that is how it reaches the operator
 //! and `kubectl describe`: `sha256:<hex>` of what was verified on success (the operator records which
 //! model a pod actually serves), the error message on failure.
 
-pub mod digest;
 pub mod remote;
 
 use lexserve_contract::names::TERMINATION_DIGEST_PREFIX;
@@ -22,7 +27,7 @@ use thiserror::Error;
 
 use crate::cli::FetchArgs;
 use crate::uri::{ModelUri, UriError};
-use digest::{DigestError, list_files, path_sha256};
+use lexserve_contract::digest::{DigestError, list_files, path_sha256};
 use remote::{RemoteError, Staging};
 
 /// Where Kubernetes mounts the file whose content becomes the container's termination message.
@@ -47,6 +52,20 @@ pub enum FetchError {
     Digest(#[from] DigestError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    #[error("cannot resolve {path}: {source}")]
+    Resolve {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing {path}: it resolves to {resolved}, outside the volume of claim {claim:?} ({root}); a pvc:// model must lie inside its claim"
+    )]
+    OutsideClaim {
+        path: PathBuf,
+        resolved: PathBuf,
+        claim: String,
+        root: PathBuf,
+    },
     #[error("invalid --sha256: must be 64 hexadecimal characters")]
     BadExpectedDigest,
     #[error("sha256 mismatch for {path}: expected {expected}, got {actual} (the copy was removed)")]
@@ -153,8 +172,7 @@ pub fn fetch_model(args: &FetchArgs) -> Result<Fetched, FetchError> {
 }
 
 /// Downloads into a [`Staging`] directory, verifies the digest there, then moves the model into
-/// `dest`. The digest reported is the staged model's: exactly what was downloaded, whatever else
-/// `dest` may already hold.
+/// place as `dest`. The digest reported is the staged model's: exactly what was downloaded.
 fn fetch_remote(
     uri: &ModelUri,
     dest: &Path,
@@ -166,29 +184,36 @@ fn fetch_remote(
         Some(name) => staging.path().join(name),
         None => staging.path().to_path_buf(),
     };
-    let target = match &file {
-        Some(name) => dest.join(name),
-        None => dest.to_path_buf(),
-    };
-    let actual = path_sha256(&staged)?;
+    verify_and_commit(staging, &staged, dest, expected)
+}
+
+/// Checks the staged model's digest against the pin and, when it matches (or nothing is pinned),
+/// publishes it as `dest`. On a mismatch the staging directory is dropped, which removes the copy.
+fn verify_and_commit(
+    staging: Staging,
+    staged: &Path,
+    dest: &Path,
+    expected: Option<String>,
+) -> Result<Fetched, FetchError> {
+    let actual = path_sha256(staged)?;
     if let Some(expected) = expected
         && expected != actual
     {
-        // Dropping the staging directory removes the download.
-        drop(staging);
         return Err(FetchError::Mismatch {
-            path: target,
+            path: dest.to_path_buf(),
             expected,
             actual,
         });
     }
-    staging.commit()?;
+    staging.commit(staged)?;
     Ok(Fetched {
-        path: target,
+        path: dest.to_path_buf(),
         sha256: actual,
     })
 }
 
+/// Copies a `file://` or `pvc://` source into a [`Staging`] directory (a directory's files, or the
+/// one file under its own name), then verifies and publishes it as [`fetch_remote`] does.
 fn fetch_local(
     uri: &ModelUri,
     args: &FetchArgs,
@@ -196,40 +221,56 @@ fn fetch_local(
 ) -> Result<Fetched, FetchError> {
     let source = uri.local_path(&args.pvc_root)?;
     let meta = std::fs::metadata(&source).map_err(|_| FetchError::MissingSource(source.clone()))?;
-    // A directory's contents land in DEST; a file lands as DEST/<its name>.
-    let (target, copied): (PathBuf, Vec<PathBuf>) = if meta.is_dir() {
-        let files = list_files(&source)?;
-        for relative in &files {
-            copy_file(&source.join(relative), &args.dest.join(relative))?;
+    let files = if meta.is_dir() {
+        list_files(&source)?
+    } else {
+        Vec::new()
+    };
+    if let ModelUri::Pvc { claim, .. } = uri {
+        let root = args.pvc_root.join(claim);
+        let mut paths = vec![source.clone()];
+        paths.extend(files.iter().map(|f| source.join(f)));
+        for path in paths {
+            inside_claim(&path, &root, claim)?;
         }
-        (
-            args.dest.clone(),
-            files.iter().map(|f| args.dest.join(f)).collect(),
-        )
+    }
+    let staging = Staging::create(&args.dest)?;
+    let staged = if meta.is_dir() {
+        for relative in &files {
+            copy_file(&source.join(relative), &staging.path().join(relative))?;
+        }
+        staging.path().to_path_buf()
     } else {
         let name = source
             .file_name()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("model"));
-        let target = args.dest.join(name);
-        copy_file(&source, &target)?;
-        (target.clone(), vec![target])
+        let staged = staging.path().join(name);
+        copy_file(&source, &staged)?;
+        staged
     };
-    let actual = path_sha256(&target)?;
-    if let Some(expected) = expected
-        && expected != actual
-    {
-        for file in copied {
-            let _ = std::fs::remove_file(file);
-        }
-        return Err(FetchError::Mismatch {
-            path: target,
-            expected,
-            actual,
-        });
+    verify_and_commit(staging, &staged, &args.dest, expected)
+}
+
+/// Refuses a path under a claim's mount that resolves (through symlinks) outside it: a claim's
+/// contents are the user's, the rest of the pod's filesystem is not theirs to copy into the model.
+fn inside_claim(path: &Path, root: &Path, claim: &str) -> Result<(), FetchError> {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|source| FetchError::Resolve {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let root_resolved = resolve(root)?;
+    let resolved = resolve(path)?;
+    if resolved.starts_with(&root_resolved) {
+        Ok(())
+    } else {
+        Err(FetchError::OutsideClaim {
+            path: path.to_path_buf(),
+            resolved,
+            claim: claim.to_string(),
+            root: root.to_path_buf(),
+        })
     }
-    Ok(Fetched {
-        path: target,
-        sha256: actual,
-    })
 }

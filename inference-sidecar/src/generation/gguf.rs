@@ -9,7 +9,7 @@ use super::chat_template::ChatTemplate;
 use super::model::{DecoderModel, Weights};
 use super::tokenizer::GgufTokenizer;
 use crate::config::ServeConfig;
-use crate::fetch::digest::path_sha256;
+use lexserve_contract::digest::path_sha256;
 
 /// The GGUF file a model uri names: the file itself, or the one `.gguf` in a directory
 /// (`model.gguf` first).

@@ -206,11 +206,11 @@ fn restricted_security_context() -> SecurityContext {
     }
 }
 
-/// Where a fetched artifact lands in the pod, as a `file://` URI for the sidecar: `fetch` puts
-/// each artifact into a directory of its own (`model/`, `tokenizer/`), which the sidecar resolves
-/// (the model file by its conventional names, `tokenizer.json` inside the tokenizer directory).
+/// Where a fetched artifact is in the pod, as a `file://` URI for the sidecar: the path `fetch`
+/// was given as `--dest`, which is the artifact itself (the model file, whatever its name, or the
+/// model's directory), so the sidecar loads and digests exactly what `fetch` verified.
 fn local_uri(artifact: &str) -> String {
-    ModelUri::File(path::artifact_dir(artifact).into()).to_string()
+    ModelUri::File(path::fetched_artifact(artifact).into()).to_string()
 }
 
 /// The init containers that fetch the model (and its tokenizer, when it lives elsewhere), and
@@ -218,7 +218,10 @@ fn local_uri(artifact: &str) -> String {
 fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec<Volume>) {
     let mut volumes = vec![Volume {
         name: "models".to_string(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: model_volume_size_limit(model),
+            ..Default::default()
+        }),
         ..Default::default()
     }];
     let mut claims: Vec<String> = Vec::new();
@@ -259,7 +262,7 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
             flag::arg(flag::URI),
             uri.to_string(),
             flag::arg(flag::DEST),
-            path::artifact_dir(artifact),
+            path::fetched_artifact(artifact),
             flag::arg(flag::PVC_ROOT),
             path::PVC_ROOT.to_string(),
         ];
@@ -281,6 +284,7 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
             args: Some(args),
             env_from,
             volume_mounts: Some(mounts),
+            resources: Some(fetch_resources()),
             security_context: Some(restricted_security_context()),
             // The digest it verified is read back from here into status.model.digest.
             termination_message_policy: Some("FallbackToLogsOnError".to_string()),
@@ -288,6 +292,45 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
         });
     }
     (containers, volumes)
+}
+
+/// What the fetch init container asks for. `fetch` streams: it copies and hashes through a fixed
+/// 1 MiB buffer, so its memory does not grow with the model (peak RSS measured at 12 MiB copying
+/// the 94 MiB SmolLM2 GGUF); a remote fetch adds an HTTP/TLS client and a listing. 64Mi requested,
+/// 256Mi as the limit leaves that room several times over. The page cache of the written model is
+/// charged to the container too, but the kernel reclaims it under the limit instead of killing
+/// the process, so models far larger than the limit fetch fine. One CPU is all it can use: one
+/// thread hashes, and the downloads run on a single-threaded runtime; 100m requested because it
+/// mostly waits on the disk or the network. (An init container's requests count toward scheduling
+/// only where they exceed the serving container's, so these never move a pod.)
+pub fn fetch_resources() -> ResourceRequirements {
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(quantities("100m", "64Mi")),
+        limits: Some(quantities("1", "256Mi")),
+        ..Default::default()
+    }
+}
+
+/// Room beyond twice the model in its volume: a separate tokenizer and filesystem overhead.
+const MODEL_VOLUME_HEADROOM: u64 = 256 << 20;
+
+/// The model volume's `sizeLimit` from `spec.model.size`: twice the model, because a fetch stages
+/// its copy beside a complete one an earlier attempt in the same pod may have left (an init
+/// container restarted in place keeps its emptyDir, and the old copy is removed only once the new
+/// one is verified), plus [`MODEL_VOLUME_HEADROOM`]. Rounded up to whole MiB. Without a size, no
+/// limit: a guess would evict pods serving models larger than it.
+pub fn model_volume_size_limit(model: &ModelSpec) -> Option<Quantity> {
+    const MIB: u64 = 1 << 20;
+    // The CRD's pattern admits only quantities that parse; an amount too large saturates.
+    let size = model.size.as_ref()?.value().ok()?;
+    let bytes = size.saturating_mul(2).saturating_add(MODEL_VOLUME_HEADROOM);
+    Some(Quantity(format!("{}Mi", bytes.div_ceil(MIB))))
 }
 
 /// The claim name of a `pvc://<claim>/<path>` URI (the contract's grammar decides what a claim is).

@@ -1,6 +1,7 @@
 //! The builders' outputs, field by field.
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
@@ -391,6 +392,87 @@ fn fetch_init_container_mounts_the_claim_and_checks_the_digest() {
             .iter()
             .any(|m| m.name == "models" && m.read_only == Some(true))
     );
+}
+
+#[test]
+fn serve_reads_the_path_fetch_writes() {
+    let c = children(json!({"model": {
+        "uri": "s3://models/minilm/minilm-q8.onnx", "format": "onnx", "task": "embed",
+        "tokenizer": "s3://models/minilm/tokenizer.json"
+    }}));
+    let inits = pod_spec(&c)
+        .init_containers
+        .clone()
+        .expect("init containers");
+    let env = sidecar(&c).env.clone().expect("env");
+    for (init, variable) in [
+        (&inits[0], "LEXSERVE_MODEL_URI"),
+        (&inits[1], "LEXSERVE_TOKENIZER"),
+    ] {
+        let args = init.args.clone().expect("args");
+        let dest = args
+            .windows(2)
+            .find(|w| w[0] == "--dest")
+            .map(|w| w[1].clone())
+            .expect("--dest");
+        let uri = env
+            .iter()
+            .find(|e| e.name == variable)
+            .and_then(|e| e.value.clone())
+            .expect("the sidecar's uri");
+        // The sidecar loads the very path fetch made (a file or a directory), not a folder
+        // around it: the same object is digested on both sides.
+        assert_eq!(uri, format!("file://{dest}"), "{}", init.name);
+    }
+}
+
+#[test]
+fn fetch_is_bounded_and_the_model_volume_sized_from_the_model() {
+    let models_volume = |c: &Children| {
+        pod_spec(c)
+            .volumes
+            .clone()
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "models")
+            .and_then(|v| v.empty_dir)
+            .expect("the models emptyDir")
+    };
+    let without_size = children(embedder());
+    assert_eq!(models_volume(&without_size).size_limit, None);
+    let fetch = pod_spec(&without_size)
+        .init_containers
+        .clone()
+        .expect("inits")[0]
+        .clone();
+    let resources = fetch.resources.expect("fetch resources");
+    let get = |m: &Option<std::collections::BTreeMap<String, Quantity>>, k: &str| {
+        m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+    };
+    assert_eq!(get(&resources.requests, "cpu").as_deref(), Some("100m"));
+    assert_eq!(get(&resources.requests, "memory").as_deref(), Some("64Mi"));
+    assert_eq!(get(&resources.limits, "cpu").as_deref(), Some("1"));
+    assert_eq!(get(&resources.limits, "memory").as_deref(), Some("256Mi"));
+
+    // Twice the model (staged copy beside an earlier one) plus 256Mi, in whole MiB.
+    for (size, limit) in [
+        (json!("500Mi"), "1256Mi"),
+        (json!("1Gi"), "2304Mi"),
+        (json!("1G"), "2164Mi"),
+        (json!(1_000_000), "258Mi"),
+    ] {
+        let mut spec = embedder();
+        spec["model"]["size"] = size.clone();
+        let c = children(spec);
+        assert_eq!(
+            models_volume(&c).size_limit.map(|q| q.0).as_deref(),
+            Some(limit),
+            "{size}"
+        );
+        // The sidecar's config carries the field unchanged, as every other model field.
+        let config = c.config_map.data.as_ref().expect("data")["config.yaml"].clone();
+        assert!(config.contains("size:"), "{config}");
+    }
 }
 
 #[test]

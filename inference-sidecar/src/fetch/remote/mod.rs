@@ -5,9 +5,9 @@
 //! mounts the credentials Secret named in the spec with `envFrom`, so its keys (`AWS_ACCESS_KEY_ID`,
 //! `HF_TOKEN`, ...) arrive as variables and never as arguments that `ps` or the pod spec would show.
 //!
-//! Downloads land in a [`Staging`] directory inside the destination and are moved into place only once
-//! everything has arrived and the caller has verified the digest, so a failed or interrupted fetch
-//! never leaves a half-written model where the server would load it.
+//! Downloads land in a [`Staging`] directory beside the destination, in the same volume, and are
+//! moved into place only once everything has arrived and the caller has verified the digest, so a
+//! failed or interrupted fetch never leaves a half-written model where the server would load it.
 
 pub mod aws_credentials;
 pub mod hf;
@@ -244,65 +244,83 @@ pub(crate) async fn error_body(response: reqwest::Response) -> String {
     text[..end].to_string()
 }
 
-/// Where a remote model is downloaded before it is trusted: `DEST/.lexserve-partial-<pid>`. Inside
-/// the destination, not beside it, because the destination is usually a volume's mount point (which
-/// cannot be replaced by a rename) and a rename only stays atomic within one filesystem.
+/// Where a model is copied or downloaded before it is trusted: a directory beside the target,
+/// `PARENT/.lexserve-partial-<target name>-<pid>`, in the same volume as the target because a
+/// rename only stays atomic within one filesystem. The target is the model itself (a file or a
+/// directory, see [`lexserve_contract::names::path::fetched_artifact`]), so it cannot hold its own
+/// staging directory; its parent is the model volume's mount point, which is never replaced.
 /// Dropped without [`Staging::commit`], it removes itself and everything in it.
 #[derive(Debug)]
 pub struct Staging {
     dir: PathBuf,
-    dest: PathBuf,
+    target: PathBuf,
     committed: bool,
 }
 
 const STAGING_PREFIX: &str = ".lexserve-partial-";
 
 impl Staging {
-    /// Creates the destination if needed, removes what an earlier, killed attempt left behind (an
-    /// init container is restarted after a failure), and creates a fresh staging directory.
-    pub fn create(dest: &Path) -> Result<Self, RemoteError> {
-        std::fs::create_dir_all(dest).map_err(io_err(dest))?;
-        for entry in std::fs::read_dir(dest).map_err(io_err(dest))? {
-            let entry = entry.map_err(io_err(dest))?;
+    /// Creates the target's parent if needed, removes what an earlier, killed attempt at the same
+    /// target left behind (an init container is restarted after a failure), and creates a fresh
+    /// staging directory.
+    pub fn create(target: &Path) -> Result<Self, RemoteError> {
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| RemoteError::Io {
+                path: target.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the destination must name a file or directory (UTF-8) inside a directory",
+                ),
+            })?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        let prefix = format!("{STAGING_PREFIX}{name}-");
+        for entry in std::fs::read_dir(&parent).map_err(io_err(&parent))? {
+            let entry = entry.map_err(io_err(&parent))?;
             if entry
                 .file_name()
                 .to_str()
-                .is_some_and(|name| name.starts_with(STAGING_PREFIX))
+                .is_some_and(|n| n.starts_with(&prefix))
             {
                 let stale = entry.path();
                 std::fs::remove_dir_all(&stale).map_err(io_err(&stale))?;
             }
         }
-        let dir = dest.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+        let dir = parent.join(format!("{prefix}{}", std::process::id()));
         std::fs::create_dir(&dir).map_err(io_err(&dir))?;
         Ok(Self {
             dir,
-            dest: dest.to_path_buf(),
+            target: target.to_path_buf(),
             committed: false,
         })
     }
 
+    /// The staging directory.
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
-    /// Moves every top-level entry of the staging directory into the destination, replacing what is
-    /// there under the same name (a re-fetch of a newer version), then removes the staging directory.
-    pub fn commit(mut self) -> Result<(), RemoteError> {
-        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let entry = entry.map_err(io_err(&self.dir))?;
-            let target = self.dest.join(entry.file_name());
-            if let Ok(meta) = std::fs::symlink_metadata(&target) {
-                let removed = if meta.is_dir() {
-                    std::fs::remove_dir_all(&target)
-                } else {
-                    std::fs::remove_file(&target)
-                };
-                removed.map_err(io_err(&target))?;
-            }
-            std::fs::rename(entry.path(), &target).map_err(io_err(&target))?;
+    /// Publishes `staged` (the staging directory itself for a directory model, or one file in it)
+    /// as the target. Whatever the target held before is removed first, not merged: a volume
+    /// reused across versions must not keep an older version's files for the server to pick up.
+    pub fn commit(mut self, staged: &Path) -> Result<(), RemoteError> {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.target) {
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir_all(&self.target)
+            } else {
+                std::fs::remove_file(&self.target)
+            };
+            removed.map_err(io_err(&self.target))?;
         }
-        std::fs::remove_dir(&self.dir).map_err(io_err(&self.dir))?;
+        std::fs::rename(staged, &self.target).map_err(io_err(&self.target))?;
+        if staged != self.dir {
+            std::fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        }
         self.committed = true;
         Ok(())
     }
@@ -393,32 +411,45 @@ mod tests {
 
     #[test]
     fn staging_is_removed_unless_committed_and_commit_replaces() {
-        let dest = std::env::temp_dir().join(format!("lexserve-staging-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dest);
+        let volume = std::env::temp_dir().join(format!("lexserve-staging-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&volume);
+        let target = volume.join("model");
         // Left behind by a killed attempt: removed by the next one.
-        std::fs::create_dir_all(dest.join(".lexserve-partial-1/x")).unwrap();
-        std::fs::write(dest.join("model.onnx"), b"old").unwrap();
+        std::fs::create_dir_all(volume.join(".lexserve-partial-model-1/x")).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(target.join("model.onnx"), b"old").unwrap();
+        std::fs::write(target.join("stale.bin"), b"old").unwrap();
 
-        let staging = Staging::create(&dest).unwrap();
-        assert!(!dest.join(".lexserve-partial-1").exists());
+        let staging = Staging::create(&target).unwrap();
+        assert!(!volume.join(".lexserve-partial-model-1").exists());
         std::fs::write(staging.path().join("half"), b"h").unwrap();
         let dir = staging.path().to_path_buf();
         drop(staging);
         assert!(!dir.exists());
-        assert_eq!(std::fs::read(dest.join("model.onnx")).unwrap(), b"old");
+        assert_eq!(std::fs::read(target.join("model.onnx")).unwrap(), b"old");
 
-        let staging = Staging::create(&dest).unwrap();
+        // A directory replaces the old directory wholesale: no stale file survives.
+        let staging = Staging::create(&target).unwrap();
         std::fs::write(staging.path().join("model.onnx"), b"new").unwrap();
         std::fs::create_dir_all(staging.path().join("sub")).unwrap();
         std::fs::write(staging.path().join("sub/a"), b"a").unwrap();
-        staging.commit().unwrap();
-        assert_eq!(std::fs::read(dest.join("model.onnx")).unwrap(), b"new");
-        assert_eq!(std::fs::read(dest.join("sub/a")).unwrap(), b"a");
-        let names: Vec<_> = std::fs::read_dir(&dest)
+        let staged = staging.path().to_path_buf();
+        staging.commit(&staged).unwrap();
+        assert_eq!(std::fs::read(target.join("model.onnx")).unwrap(), b"new");
+        assert_eq!(std::fs::read(target.join("sub/a")).unwrap(), b"a");
+        assert!(!target.join("stale.bin").exists());
+
+        // A file replaces the directory, and its staging directory goes.
+        let staging = Staging::create(&target).unwrap();
+        let file = staging.path().join("minilm-q8.onnx");
+        std::fs::write(&file, b"file").unwrap();
+        staging.commit(&file).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"file");
+        let names: Vec<_> = std::fs::read_dir(&volume)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 2, "{names:?}");
-        std::fs::remove_dir_all(&dest).unwrap();
+        assert_eq!(names, ["model"], "{names:?}");
+        std::fs::remove_dir_all(&volume).unwrap();
     }
 }

@@ -17,7 +17,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use reqwest::Url;
 use sha2::{Digest, Sha256};
 
-use crate::fetch::digest::to_hex;
+use lexserve_contract::digest::to_hex;
 
 /// sha256 of an empty payload: the `x-amz-content-sha256` of every GET.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -77,7 +77,7 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
         .or(status.last_scale_time);
     status.model = Some(ResolvedModel {
         uri: isvc.spec.model.uri.clone(),
-        digest: fetched_digest(observed.pods).or_else(|| isvc.spec.model.sha256.clone()),
+        digest: fetched_digest(observed.pods).or_else(|| still_served_digest(isvc)),
     });
 
     let problem = most_important_problem(observed);
@@ -451,6 +451,22 @@ fn fetched_digest(pods: &[Pod]) -> Option<String> {
         .filter(|t| t.exit_code == 0)
         .filter_map(|t| t.message.as_deref())
         .find_map(parse_digest)
+}
+
+/// The digest recorded earlier, while no pod reports one now (the pods were replaced, or scaled
+/// away): kept as long as it describes the same uri and agrees with the pin. Never the pin itself:
+/// `status.model.digest` says what an init container verified, and a pin nothing has verified yet
+/// (or that failed verification) is not that.
+fn still_served_digest(isvc: &InferenceService) -> Option<String> {
+    let model = &isvc.spec.model;
+    isvc.status
+        .as_ref()?
+        .model
+        .as_ref()
+        .filter(|m| m.uri == model.uri)?
+        .digest
+        .clone()
+        .filter(|digest| model.sha256.as_ref().is_none_or(|pin| pin == digest))
 }
 
 /// Finds `sha256:<64 hex>` (the sidecar's termination message) in a message.

@@ -10,6 +10,7 @@ use super::status::{Observed, ScalingSignal, compute_status, is_settled, parse_d
 use crate::api::InferenceService;
 use crate::api::conditions::reason;
 use crate::api::conditions::{ConditionType, find_condition};
+use crate::api::inference_service::{InferenceServiceStatus, ResolvedModel};
 use crate::controller::signal_board::SignalCondition;
 use crate::gpu::{NodeGpus, gpu_fit};
 use crate::metrics_api::load::SignalMissing;
@@ -212,7 +213,38 @@ fn transition_time_is_kept_when_nothing_changes() {
 }
 
 #[test]
-fn digest_comes_from_the_fetch_container_or_the_spec() {
+fn an_unverified_pin_is_not_reported_as_the_digest() {
+    let pin = "cd".repeat(32);
+    let d = deployment(1, 0, 1);
+    let mut object = isvc();
+    object.spec.model.sha256 = Some(pin.clone());
+    // The fetch failed its check: the pin was never verified.
+    let pods = [pod(json!({
+        "initContainerStatuses": [{
+            "name": "fetch-model", "ready": false, "restartCount": 1, "image": "x", "imageID": "",
+            "state": {"terminated": {"exitCode": 1, "message": format!("sha256 mismatch for /x: expected {pin}, got {}", "ef".repeat(32))}}
+        }]
+    }))];
+    let status = compute_status(&object, &observe(Some(&d), &pods));
+    assert_eq!(status.model.and_then(|m| m.digest), None);
+
+    // Once verified, it stays while no pod says otherwise, until the pin or the uri changes.
+    object.status = Some(InferenceServiceStatus {
+        model: Some(ResolvedModel {
+            uri: object.spec.model.uri.clone(),
+            digest: Some(pin.clone()),
+        }),
+        ..Default::default()
+    });
+    let kept = compute_status(&object, &observe(Some(&d), &[]));
+    assert_eq!(kept.model.and_then(|m| m.digest), Some(pin.clone()));
+    object.spec.model.sha256 = Some("ef".repeat(32));
+    let repinned = compute_status(&object, &observe(Some(&d), &[]));
+    assert_eq!(repinned.model.and_then(|m| m.digest), None);
+}
+
+#[test]
+fn digest_comes_from_the_fetch_container() {
     let digest = "ab".repeat(32);
     let d = deployment(1, 1, 1);
     let pods = [pod(json!({

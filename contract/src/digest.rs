@@ -1,15 +1,24 @@
-//! The sha256 a model is pinned by (`spec.model.sha256`, `fetch --sha256`).
+//! What a model's sha256 covers (`spec.model.sha256`, `fetch --sha256`, the `sha256:` termination
+//! message, `status.model.digest`): defined once here, computed by [`path_sha256`] on both sides.
 //!
-//! A single file's digest is its plain sha256. A directory's digest is the sha256 of the listing that
-//! `sha256sum` prints for every regular file under it (symlinks followed), one line per file, sorted by
-//! relative path in byte order, paths relative to the directory with `/` separators:
+//! - A model that is **one file** (an ONNX or GGUF file, whatever its name) is pinned by the plain
+//!   sha256 of that file: what `sha256sum FILE` prints.
+//! - A model that is **a directory** (a safetensors encoder with its config and tokenizer, an S3
+//!   prefix, a Hub repository) is pinned by the sha256 of its manifest: the listing `sha256sum`
+//!   prints for every regular file under it (symlinks followed), one line per file, sorted by
+//!   relative path in byte order, paths relative to the directory with `/` separators:
 //!
-//! ```text
-//! <sha256 of file>  <relative/path>\n
-//! ```
+//!   ```text
+//!   <sha256 of file>  <relative/path>\n
+//!   ```
 //!
-//! so it can be reproduced with coreutils alone:
-//! `cd DIR && find -L . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum`.
+//!   so it can be reproduced with coreutils alone:
+//!   `cd DIR && find -L . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum`.
+//!
+//! `fetch` and `serve` digest the same object because `fetch` makes the object the pod serves at
+//! [`crate::names::path::fetched_model`]: the file itself for a file, the directory for a directory
+//! (see `lexserve-sidecar fetch`). `serve` is pointed at that path and digests whatever it finds
+//! there with the same function, so a pin that passed `fetch` passes `serve`.
 
 use std::fs::File;
 use std::io::{self, Read};
