@@ -8,6 +8,8 @@
 //!   them) and used by the sidecar.
 //! - [`quantity`], [`duration`] and [`uri`]: the value grammars both sides must agree on, each
 //!   with the schema pattern the apiserver checks and the parser the sidecar runs.
+//! - [`fetch_report`]: what the `fetch` init container reports (digest and revision) and the
+//!   operator reads back.
 //! - [`names`]: the names both sides spell: flags, environment variables, paths, the port and
 //!   probe paths, metric and label names, the termination-message prefix.
 //! - [`digest`]: what a model's `sha256` covers (one file, or a directory's manifest), computed
@@ -19,6 +21,7 @@
 
 pub mod digest;
 pub mod duration;
+pub mod fetch_report;
 pub mod model;
 pub mod names;
 pub mod quantity;

@@ -22,7 +22,10 @@ pub const SHA256_PATTERN: &str = r"^[a-f0-9]{64}$";
 pub struct ModelSpec {
     /// Where the model lives: `file:///path` (a path in the image or on the node),
     /// `pvc://<claim>/<path>` (a PersistentVolumeClaim in the same namespace), `s3://bucket/key`
-    /// or `hf://<org>/<name>[@revision]`. The `fetch` init container copies it into the pod.
+    /// or `hf://<org>/<name>[@revision][/file]` (a file or a glob with `*`/`?` picks what to fetch;
+    /// without one, the files `format` and `task` need). The `fetch` init container copies it into
+    /// the pod; what a remote uri resolved to (`status.model.revision`) is fetched by every later
+    /// pod.
     #[schemars(length(max = MAX_URI_LENGTH), pattern(MODEL_URI_PATTERN))]
     pub uri: String,
     /// The weights' format: `onnx` (ONNX Runtime), `safetensors` (a BERT-family encoder run by
@@ -52,6 +55,12 @@ pub struct ModelSpec {
     /// ephemeral storage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Quantity>,
+    /// The expected SHA-256 of the tokenizer fetched from `tokenizer` (lowercase hex; the file's,
+    /// or a directory's digest as for `sha256`). The init container refuses one whose digest
+    /// differs; the digest it verified is reported in `status.model.tokenizer.digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(SHA256_PATTERN))]
+    pub tokenizer_sha256: Option<String>,
     /// Class names in the order of the classifier's outputs (`classify` only), at least 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(

@@ -16,6 +16,14 @@ pub mod flag {
     pub const DEST: &str = "dest";
     pub const SHA256: &str = "sha256";
     pub const PVC_ROOT: &str = "pvc-root";
+    /// `fetch`: what the source resolved to the first time (`status.model.revision`).
+    pub const REVISION: &str = "revision";
+    /// `fetch`: which files of an `hf://` repository the model needs.
+    pub const FORMAT: &str = "model-format";
+    pub const TASK: &str = "task";
+    pub const QUANTIZE: &str = "quantize";
+    /// `fetch`: `model` or `tokenizer`.
+    pub const ARTIFACT: &str = "artifact";
 
     /// `--name` from a flag's long name.
     pub fn arg(long: &str) -> String {
@@ -34,6 +42,11 @@ pub mod env {
     pub const MODEL_SHA256: &str = "LEXSERVE_MODEL_SHA256";
     pub const TOKENIZER: &str = "LEXSERVE_TOKENIZER";
     pub const PVC_ROOT: &str = "LEXSERVE_PVC_ROOT";
+    pub const FETCH_REVISION: &str = "LEXSERVE_FETCH_REVISION";
+    pub const FETCH_ARTIFACT: &str = "LEXSERVE_FETCH_ARTIFACT";
+    pub const MODEL_FORMAT: &str = "LEXSERVE_MODEL_FORMAT";
+    pub const TASK: &str = "LEXSERVE_TASK";
+    pub const QUANTIZE: &str = "LEXSERVE_QUANTIZE";
     pub const FETCH_DEST: &str = "LEXSERVE_FETCH_DEST";
     pub const TERMINATION_LOG: &str = "LEXSERVE_TERMINATION_LOG";
     pub const DRAIN_TIMEOUT: &str = "LEXSERVE_DRAIN_TIMEOUT";
@@ -137,6 +150,10 @@ pub mod drain {
 
 /// The fetch init container's termination message on success: `sha256:<hex>` of what it verified.
 pub const TERMINATION_DIGEST_PREFIX: &str = "sha256:";
+
+/// The word after the digest in that message: `revision:<what the source resolved to>` (see
+/// [`crate::fetch_report`]).
+pub const TERMINATION_REVISION_PREFIX: &str = "revision:";
 
 /// Metric names (DESIGN.md lists them; the operator's queries and the dashboards use them).
 pub mod metric {

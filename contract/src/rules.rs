@@ -31,6 +31,10 @@ pub const MODEL_RULES: &[(&str, &str)] = &[
         "model.credentialsSecret is only used with s3:// and hf:// URIs",
     ),
     (
+        "!has(self.tokenizerSha256) || has(self.tokenizer)",
+        "model.tokenizerSha256 pins model.tokenizer: set both",
+    ),
+    (
         "!has(self.pooling) || self.task != 'generate'",
         "model.pooling applies to embed and classify, not generate",
     ),

@@ -12,13 +12,18 @@ use thiserror::Error;
 /// - `pvc://<claim>[/<relative path>]`, the claim a DNS subdomain, no `..` in the path
 /// - `s3://<bucket>/<key>`, the bucket an S3 bucket name (3–63 of `a-z 0-9 . -`; the two rules an
 ///   RE2 pattern cannot add to these, see [`MODEL_URI_REFUSED_PATTERN`])
-/// - `hf://<org>/<name>[@<revision>]`
+/// - `hf://<org>/<name>[@<revision>][/<file>]`: the revision is one segment (a `/` in a branch
+///   name written `%2F`) or one of the Hub's own `refs/pr/<n>`, `refs/convert/<name>`; the file is a
+///   path inside the repository, or a glob (`*`, `?` within a segment) over paths, with no `@`,
+///   no empty segment and none of only dots
 pub const MODEL_URI_PATTERN: &str = concat!(
     r"^(",
     r"file:///.+",
     r"|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/([^/]*[^/.][^/]*|\.|\.\.\.+))*/?",
     r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+",
-    r"|hf://[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*(@[^\s@]+)?",
+    r"|hf://[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*",
+    r"(@(refs/pr/[0-9]+|refs/convert/[A-Za-z0-9_]+|[^\s@/]*[^\s@/.][^\s@/]*))?",
+    r"(/[^\s@/]*[^\s@/.][^\s@/]*)*",
     r")$"
 );
 
@@ -46,12 +51,15 @@ pub enum ModelUri {
         bucket: String,
         key: String,
     },
-    /// A Hugging Face Hub model repository, `hf://org/name[@revision]`.
+    /// A Hugging Face Hub model repository, `hf://org/name[@revision][/file]`.
     HuggingFace {
         /// `org/name`.
         repo: String,
         /// A branch, tag or commit; `None` means `main`.
         revision: Option<String>,
+        /// A file of the repository, or a glob over its paths: only what it names is fetched.
+        /// `None`: the files the model's format and task need.
+        file: Option<String>,
     },
 }
 
@@ -122,26 +130,51 @@ impl ModelUri {
                 })
             }
             "hf" => {
-                let (repo, revision) = match rest.split_once('@') {
-                    Some((repo, revision)) => (repo, Some(revision)),
+                let syntax =
+                    "hf:// needs an organisation and a name (hf://org/name[@revision][/file])";
+                // Neither names nor files hold '@': the first one starts the revision.
+                let (repo_part, after) = match rest.split_once('@') {
+                    Some((repo, after)) => (repo, Some(after)),
                     None => (rest, None),
                 };
-                let parts: Vec<&str> = repo.split('/').collect();
-                if parts.len() != 2 || !parts.iter().all(|p| is_hf_name(p)) {
-                    return Err(invalid(
-                        "hf:// needs an organisation and a name (hf://org/name[@revision])",
-                    ));
+                let mut segments = repo_part.splitn(3, '/');
+                let (Some(org), Some(name)) = (segments.next(), segments.next()) else {
+                    return Err(invalid(syntax));
+                };
+                if !is_hf_name(org) || !is_hf_name(name) {
+                    return Err(invalid(syntax));
                 }
-                if revision.is_some_and(|r| {
-                    r.is_empty() || r.contains(char::is_whitespace) || r.contains('@')
-                }) {
+                let (revision, file) = match after {
+                    Some(after) => {
+                        if segments.next().is_some() {
+                            return Err(invalid(
+                                "an hf:// file comes after the revision (hf://org/name@revision/file)",
+                            ));
+                        }
+                        let (revision, file) = split_hf_revision(after);
+                        // Only dots would be a `.`/`..` segment in the Hub's URLs.
+                        if revision.bytes().all(|b| b == b'.')
+                            || revision.contains(|c: char| c == '@' || c.is_whitespace())
+                        {
+                            return Err(invalid(
+                                "the revision after '@' must be a branch, tag or commit (hf://org/name@main)",
+                            ));
+                        }
+                        (Some(revision.replace("%2F", "/").replace("%2f", "/")), file)
+                    }
+                    None => (None, segments.next()),
+                };
+                if let Some(file) = file
+                    && !is_hf_file(file)
+                {
                     return Err(invalid(
-                        "the revision after '@' must be a branch, tag or commit (hf://org/name@main)",
+                        "the file of an hf:// uri is a path inside the repository (or a glob with * and ?): no empty, '.' or '..' segment, no '@' and no whitespace",
                     ));
                 }
                 Ok(Self::HuggingFace {
-                    repo: parts.join("/"),
-                    revision: revision.map(str::to_string),
+                    repo: format!("{org}/{name}"),
+                    revision,
+                    file: file.map(str::to_string),
                 })
             }
             _ => Err(invalid(
@@ -203,6 +236,38 @@ fn is_dns_subdomain(name: &str) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
+/// Splits what follows `@` in an `hf://` uri into the revision and the file after it. The Hub's own
+/// refs (`refs/pr/<n>`, `refs/convert/<name>`) keep their slashes, as `huggingface_hub`'s `hf://`
+/// paths do; any other revision is one segment.
+fn split_hf_revision(after: &str) -> (&str, Option<&str>) {
+    let special = ["refs/pr/", "refs/convert/"].iter().find_map(|prefix| {
+        let tail = after.strip_prefix(prefix)?;
+        let end = tail.find('/').unwrap_or(tail.len());
+        let id = &tail[..end];
+        let valid = if *prefix == "refs/pr/" {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+        } else {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        valid.then_some(prefix.len() + end)
+    });
+    let end = special.unwrap_or_else(|| after.find('/').unwrap_or(after.len()));
+    match after[end..].strip_prefix('/') {
+        Some(file) => (&after[..end], Some(file)),
+        None => (&after[..end], None),
+    }
+}
+
+/// A path (or glob) inside a Hub repository: `/`-separated segments, none empty or only dots, no
+/// `@` or whitespace.
+fn is_hf_file(file: &str) -> bool {
+    file.split('/').all(|segment| {
+        !segment.is_empty()
+            && !segment.bytes().all(|b| b == b'.')
+            && !segment.contains(|c: char| c == '@' || c.is_whitespace())
+    })
+}
+
 /// A Hugging Face organisation or repository name.
 fn is_hf_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -220,13 +285,28 @@ impl fmt::Display for ModelUri {
             Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
             Self::HuggingFace {
                 repo,
-                revision: None,
-            } => write!(f, "hf://{repo}"),
-            Self::HuggingFace {
-                repo,
-                revision: Some(revision),
-            } => write!(f, "hf://{repo}@{revision}"),
+                revision,
+                file,
+            } => {
+                write!(f, "hf://{repo}")?;
+                if let Some(revision) = revision {
+                    write!(f, "@{}", display_hf_revision(revision))?;
+                }
+                match file {
+                    Some(file) => write!(f, "/{file}"),
+                    None => Ok(()),
+                }
+            }
         }
+    }
+}
+
+/// A revision as an `hf://` uri spells it: the Hub's own refs as they are, any other `/` as `%2F`
+/// (so that what follows reads as the file).
+fn display_hf_revision(revision: &str) -> String {
+    match split_hf_revision(revision) {
+        (whole, None) if whole == revision => revision.to_string(),
+        _ => revision.replace('/', "%2F"),
     }
 }
 
@@ -255,17 +335,26 @@ mod tests {
             ModelUri::parse("hf://sentence-transformers/all-MiniLM-L6-v2"),
             Ok(ModelUri::HuggingFace {
                 repo: "sentence-transformers/all-MiniLM-L6-v2".into(),
-                revision: None
+                revision: None,
+                file: None
             })
         );
         assert_eq!(
             ModelUri::parse("hf://org/name@refs/pr/1"),
             Ok(ModelUri::HuggingFace {
                 repo: "org/name".into(),
-                revision: Some("refs/pr/1".into())
+                revision: Some("refs/pr/1".into()),
+                file: None
             })
         );
-        for text in ["hf://org/name@v1.0", "hf://org/name", "s3://bucket/prefix/"] {
+        for text in [
+            "hf://org/name@v1.0",
+            "hf://org/name",
+            "s3://bucket/prefix/",
+            "hf://org/name@refs/pr/1/m.gguf",
+            "hf://org/name@feature%2Fx/onnx/*.onnx",
+            "hf://org/name/model-Q4_K_M.gguf",
+        ] {
             assert_eq!(ModelUri::parse(text).unwrap().to_string(), text);
         }
     }
@@ -282,7 +371,15 @@ mod tests {
             "hf://justname",
             "hf://org/name@",
             "hf://org/../x",
-            "hf://a/b/c",
+            "hf://a/b/c@main",
+            "hf://a/b@main/",
+            "hf://a/b/",
+            "hf://a/b//c",
+            "hf://a/b/../c",
+            "hf://a/b@../c",
+            "hf://a/b@./c",
+            "hf://a/b/c d",
+            "hf://a/b@x@y",
             "ftp://x/y",
             "s3://Bad_Bucket/k",
             "s3://evil.example.com:443/k",
@@ -371,7 +468,24 @@ mod tests {
             "sentence-transformers/all-MiniLM-L6-v2",
             "_o/n.x",
         ];
-        let revisions = ["", "@main", "@v1.0", "@refs/pr/1", "@0123abc"];
+        let revisions = [
+            "",
+            "@main",
+            "@v1.0",
+            "@refs/pr/1",
+            "@refs/pr/x",
+            "@refs/convert/parquet",
+            "@0123abc",
+            "@a%2Fb",
+        ];
+        let files = [
+            "",
+            "/m.gguf",
+            "/onnx/model.onnx",
+            "/*.onnx",
+            "/a/?b*.json",
+            "/.x",
+        ];
         let mut candidates: Vec<String> = vec![
             "file:///models/minilm".into(),
             "file:///m/model.onnx".into(),
@@ -389,7 +503,9 @@ mod tests {
         }
         for h in hf {
             for r in revisions {
-                candidates.push(format!("hf://{h}{r}"));
+                for f in files {
+                    candidates.push(format!("hf://{h}{r}{f}"));
+                }
             }
         }
         for uri in &candidates {
@@ -411,10 +527,54 @@ mod tests {
             "pvc://claim//abs",
             "file://relative",
             "hf://org/..",
+            "hf://org/name/a/../b",
+            "hf://org/name@main/",
+            "hf://org/name@../x",
             "s3://a..b/k",
             "s3://10.0.0.1/k",
         ] {
             assert!(!admitted(refused), "{refused} should not be admitted");
+        }
+    }
+
+    #[test]
+    fn an_hf_uri_names_a_revision_then_a_file() {
+        let hf = |repo: &str, revision: Option<&str>, file: Option<&str>| ModelUri::HuggingFace {
+            repo: repo.into(),
+            revision: revision.map(Into::into),
+            file: file.map(Into::into),
+        };
+        for (text, expected) in [
+            (
+                "hf://org/name@v1/sub/model-Q4_K_M.gguf",
+                hf("org/name", Some("v1"), Some("sub/model-Q4_K_M.gguf")),
+            ),
+            (
+                "hf://org/name/model-Q4_K_M.gguf",
+                hf("org/name", None, Some("model-Q4_K_M.gguf")),
+            ),
+            (
+                "hf://org/name@refs/pr/12/*.onnx",
+                hf("org/name", Some("refs/pr/12"), Some("*.onnx")),
+            ),
+            (
+                "hf://org/name@refs/convert/parquet",
+                hf("org/name", Some("refs/convert/parquet"), None),
+            ),
+            // Not one of the Hub's refs: `refs` is the revision, the rest the file.
+            (
+                "hf://org/name@refs/pr/x",
+                hf("org/name", Some("refs"), Some("pr/x")),
+            ),
+            (
+                "hf://org/name@feature%2Fx/m.gguf",
+                hf("org/name", Some("feature/x"), Some("m.gguf")),
+            ),
+        ] {
+            assert_eq!(ModelUri::parse(text), Ok(expected.clone()), "{text}");
+            assert!(admitted(text), "{text}");
+            // What the uri prints parses back to the same thing.
+            assert_eq!(ModelUri::parse(&expected.to_string()), Ok(expected));
         }
     }
 

@@ -136,8 +136,8 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FetchArgs {
     /// Source: file:///path or pvc://claim/path (a file or a directory), s3://bucket/key or
-    /// s3://bucket/prefix/ (credentials from AWS_* variables), hf://org/name[@revision] (token
-    /// from HF_TOKEN).
+    /// s3://bucket/prefix/ (credentials from AWS_* variables), hf://org/name[@revision][/file]
+    /// (token from HF_TOKEN; a file or glob picks the files, else --model-format does).
     #[arg(long = flag::URI, env = env::MODEL_URI)]
     pub uri: String,
     /// Where the model goes: this path becomes the model, the file itself for a one-file source
@@ -151,8 +151,33 @@ pub struct FetchArgs {
     /// Where PersistentVolumeClaims are mounted.
     #[arg(long = flag::PVC_ROOT, env = env::PVC_ROOT, default_value = path::PVC_ROOT)]
     pub pvc_root: PathBuf,
-    /// Where the outcome goes (`sha256:<hex>` or the error), read back by the operator as the
-    /// init container's termination message. The default is written only if it exists.
+    /// Where the outcome goes (`sha256:<hex> [revision:<revision>]` or the error), read back by
+    /// the operator as the init container's termination message. The default is written only if
+    /// it exists.
     #[arg(long, env = env::TERMINATION_LOG)]
     pub termination_log: Option<PathBuf>,
+    /// Fetch exactly what an earlier fetch of the same uri reported (its `revision:`): a Hub
+    /// commit, or for S3 `versionId:<id>`, `etag:<etag>` or `listing:<digest>`. An S3 object or
+    /// prefix that no longer matches is refused rather than served.
+    #[arg(long = flag::REVISION, env = env::FETCH_REVISION)]
+    pub revision: Option<String>,
+    /// What is fetched: the model, or its tokenizer (the tokenizer files of an hf:// repository).
+    #[arg(long = flag::ARTIFACT, env = env::FETCH_ARTIFACT, value_enum, default_value_t = Artifact::Model)]
+    pub artifact: Artifact,
+    /// model.format: which weights of an hf:// repository to fetch when the uri names no file.
+    #[arg(long = flag::FORMAT, env = env::MODEL_FORMAT, value_enum)]
+    pub format: Option<ModelFormat>,
+    /// model.task (an hf:// classifier also needs its head).
+    #[arg(long = flag::TASK, env = env::TASK, value_enum)]
+    pub task: Option<ModelTask>,
+    /// runtime.quantize: which ONNX file of an hf:// repository (int8: the quantized one).
+    #[arg(long = flag::QUANTIZE, env = env::QUANTIZE, value_enum)]
+    pub quantize: Option<Quantize>,
+}
+
+/// What a fetch brings: a model, or a tokenizer kept apart from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Artifact {
+    Model,
+    Tokenizer,
 }

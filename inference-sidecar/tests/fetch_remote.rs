@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -135,12 +136,20 @@ impl Moto {
     /// Signed PUT (bucket creation or object upload) with the sidecar's own SigV4 signer, which
     /// moto verifies the way S3 does once authentication is on.
     fn put(&self, path: &str, body: Vec<u8>) {
-        let url = reqwest::Url::parse(&format!(
+        self.put_query(path, "", body);
+    }
+
+    /// [`Self::put`] with a query (`versioning` turns a bucket's versioning on).
+    fn put_query(&self, path: &str, query: &str, body: Vec<u8>) {
+        let mut url = reqwest::Url::parse(&format!(
             "{}/{}",
             self.endpoint,
             sigv4::uri_encode(path, true)
         ))
         .unwrap();
+        if !query.is_empty() {
+            url.set_query(Some(query));
+        }
         let credentials = Credentials {
             access_key_id: "test".into(),
             secret_access_key: "test".into(),
@@ -275,7 +284,30 @@ fn assert_fetched_dir(
     assert_eq!(out.code, Some(0), "{uri}: {}", out.stderr);
     assert!(tree(dest) == tree(expected_dir), "{:?}", tree(dest).keys());
     assert_eq!(entries(dest), top);
-    assert_eq!(out.termination, format!("sha256:{digest}"));
+    assert_eq!(
+        out.termination.split(' ').next(),
+        Some(format!("sha256:{digest}").as_str()),
+        "{}",
+        out.termination
+    );
+}
+
+/// `fetch --uri URI --dest DEST` and `extra` arguments.
+fn fetch_with(uri: &str, dest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let dest = dest.to_str().expect("UTF-8 destination");
+    let mut args = vec!["--uri", uri, "--dest", dest];
+    args.extend(extra);
+    common::fetch::fetch(&args, env)
+}
+
+/// The revision a successful fetch reported (`revision:<...>` in its termination message).
+fn reported_revision(out: &Outcome) -> String {
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    out.termination
+        .split(' ')
+        .find_map(|w| w.strip_prefix("revision:"))
+        .unwrap_or_else(|| panic!("no revision in {:?}", out.termination))
+        .to_string()
 }
 
 #[test]
@@ -314,7 +346,12 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(std::fs::read(&dest).unwrap() == model);
-    assert_eq!(out.termination, format!("sha256:{digest}"));
+    assert!(
+        out.termination
+            .starts_with(&format!("sha256:{digest} revision:etag:")),
+        "{}",
+        out.termination
+    );
     assert_eq!(entries(&work), ["single"], "no staging left beside it");
 
     // A prefix is a directory: every object under it, at its relative path, digested as a directory.
@@ -337,7 +374,12 @@ fn s3_fetches_an_object_and_a_prefix_and_verifies_them() {
     let dest = work.join("unpinned");
     let out = fetch_into("s3://models/minilm/v10/other.onnx", &dest, None, &env);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.termination, format!("sha256:{}", sha256_hex(b"other")));
+    assert!(
+        out.termination
+            .starts_with(&format!("sha256:{} ", sha256_hex(b"other"))),
+        "{}",
+        out.termination
+    );
 
     // A wrong digest fails, says so, and leaves nothing behind (not even a partial download).
     let dest = work.join("mismatch");
@@ -690,7 +732,12 @@ fn s3_interrupted_downloads_resume_where_they_stopped() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(std::fs::read(dest.join("model.onnx")).unwrap() == model);
-    assert_eq!(out.termination, format!("sha256:{digest}"));
+    assert!(
+        out.termination
+            .starts_with(&format!("sha256:{digest} revision:etag:")),
+        "{}",
+        out.termination
+    );
     let heads = proxy.heads();
     assert_eq!(heads.len(), 2, "{heads:#?}");
     assert_eq!(header_value(&heads[0], "range"), None);
@@ -844,6 +891,104 @@ fn refused(headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// `lexserve/moving`'s `main`: which of [`MOVING_COMMITS`] it points at (a push moves it).
+static MOVING_HEAD: AtomicUsize = AtomicUsize::new(0);
+const MOVING_COMMITS: [&str; 2] = [
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+];
+const GGUF_COMMIT: &str = "9999999999999999999999999999999999999999";
+const ALL_FORMATS_COMMIT: &str = "5555555555555555555555555555555555555555";
+
+/// `lexserve/moving` at one of its commits: the same files, other weights.
+fn moving_files(commit: usize) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("config.json", br#"{"model_type":"bert"}"#.to_vec()),
+        ("model.safetensors", payload(64 << 10, 100 + commit as u8)),
+        ("tokenizer.json", br#"{"version":"1.0"}"#.to_vec()),
+    ]
+}
+
+/// A GGUF repository as they are published: one file per quantization.
+fn gguf_files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("README.md", b"# quantizations".to_vec()),
+        ("model-Q4_K_M.gguf", payload(32 << 10, 1)),
+        ("model-Q8_0.gguf", payload(48 << 10, 2)),
+        ("model-F16.gguf", payload(64 << 10, 3)),
+    ]
+}
+
+/// A repository with the model in every format, as sentence-transformers publishes them.
+fn all_formats_files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("README.md", b"# model".to_vec()),
+        ("config.json", br#"{"model_type":"bert"}"#.to_vec()),
+        ("model.safetensors", payload(16 << 10, 11)),
+        ("pytorch_model.bin", payload(16 << 10, 12)),
+        ("onnx/model.onnx", payload(16 << 10, 13)),
+        ("onnx/model_quantized.onnx", payload(8 << 10, 14)),
+        ("onnx/model_O4.onnx", payload(16 << 10, 15)),
+        ("openvino/openvino_model.bin", payload(16 << 10, 16)),
+        ("tokenizer.json", br#"{"version":"1.0"}"#.to_vec()),
+        ("tokenizer_config.json", br#"{}"#.to_vec()),
+        ("vocab.txt", b"[PAD]\n".to_vec()),
+        (
+            "1_Pooling/config.json",
+            br#"{"pooling_mode_mean_tokens":true}"#.to_vec(),
+        ),
+    ]
+}
+
+/// A repository's files: (path, bytes).
+type RepoFiles = Vec<(&'static str, Vec<u8>)>;
+
+/// The commit `revision` of `repo` points at, and the files there.
+fn hub_repo(repo: &str, revision: &str) -> Option<(String, RepoFiles)> {
+    match repo {
+        "lexserve/minilm" if ["main", "v1.0", HF_COMMIT].contains(&revision) => {
+            Some((HF_COMMIT.into(), hub_files()))
+        }
+        "lexserve/moving" => {
+            let index = if revision == "main" {
+                MOVING_HEAD.load(Ordering::SeqCst)
+            } else {
+                MOVING_COMMITS.iter().position(|c| *c == revision)?
+            };
+            Some((MOVING_COMMITS[index].into(), moving_files(index)))
+        }
+        "lexserve/gguf" if ["main", GGUF_COMMIT].contains(&revision) => {
+            Some((GGUF_COMMIT.into(), gguf_files()))
+        }
+        "lexserve/all-formats" if ["main", ALL_FORMATS_COMMIT].contains(&revision) => {
+            Some((ALL_FORMATS_COMMIT.into(), all_formats_files()))
+        }
+        _ => None,
+    }
+}
+
+/// Every file download the Hub served: `org/name/file`.
+fn hub_downloads() -> &'static Mutex<Vec<String>> {
+    static DOWNLOADS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    DOWNLOADS.get_or_init(Default::default)
+}
+
+/// The files of `repo` downloaded since `from` (an earlier length of [`hub_downloads`]).
+fn downloaded_since(repo: &str, from: usize) -> Vec<String> {
+    let all = hub_downloads().lock().unwrap();
+    let mut files: Vec<String> = all[from..]
+        .iter()
+        .filter_map(|d| d.strip_prefix(&format!("{repo}/")))
+        .map(str::to_string)
+        .collect();
+    files.sort();
+    files
+}
+
+fn downloads_so_far() -> usize {
+    hub_downloads().lock().unwrap().len()
+}
+
 async fn model_info(
     UrlPath((org, name, revision)): UrlPath<(String, String, String)>,
     headers: HeaderMap,
@@ -851,20 +996,19 @@ async fn model_info(
     if let Some(refused) = refused(&headers) {
         return refused;
     }
-    if (org.as_str(), name.as_str()) != ("lexserve", "minilm")
-        || !["main", "v1.0"].contains(&revision.as_str())
-    {
+    let repo = format!("{org}/{name}");
+    let Some((commit, files)) = hub_repo(&repo, &revision) else {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "Repository not found"})),
         )
             .into_response();
-    }
-    let siblings: Vec<_> = hub_files()
+    };
+    let siblings: Vec<_> = files
         .iter()
         .map(|(name, _)| json!({"rfilename": name}))
         .collect();
-    Json(json!({"id": "lexserve/minilm", "sha": HF_COMMIT, "siblings": siblings})).into_response()
+    Json(json!({"id": repo, "sha": commit, "siblings": siblings})).into_response()
 }
 
 async fn resolve(
@@ -874,12 +1018,20 @@ async fn resolve(
     if let Some(refused) = refused(&headers) {
         return refused;
     }
-    // Files must be resolved at the commit the revision named, not at the branch.
-    if (org.as_str(), name.as_str(), revision.as_str()) != ("lexserve", "minilm", HF_COMMIT) {
-        return (StatusCode::NOT_FOUND, "Entry not found").into_response();
-    }
-    match hub_files().into_iter().find(|(n, _)| *n == file) {
-        Some((_, bytes)) => bytes.into_response(),
+    let repo = format!("{org}/{name}");
+    // Files must be resolved at the commit the revision named, not at a branch.
+    let files = match hub_repo(&repo, &revision) {
+        Some((commit, files)) if commit == revision => files,
+        _ => return (StatusCode::NOT_FOUND, "Entry not found").into_response(),
+    };
+    match files.into_iter().find(|(n, _)| *n == file) {
+        Some((_, bytes)) => {
+            hub_downloads()
+                .lock()
+                .unwrap()
+                .push(format!("{repo}/{file}"));
+            bytes.into_response()
+        }
         None => (StatusCode::NOT_FOUND, "Entry not found").into_response(),
     }
 }
@@ -920,12 +1072,13 @@ fn hf_fetches_a_repository_at_a_revision() {
     for uri in ["hf://lexserve/minilm", "hf://lexserve/minilm@v1.0"] {
         let dest = work.join("dest");
         let _ = std::fs::remove_dir_all(&dest);
-        let out = fetch_into(
+        let out = fetch_with(
             uri,
             &dest,
-            Some(&digest),
+            &["--sha256", &digest, "--model-format", "safetensors"],
             &[("HF_ENDPOINT", hub()), ("HF_TOKEN", HF_TOKEN)],
         );
+        assert_eq!(reported_revision(&out), HF_COMMIT);
         assert_fetched_dir(
             uri,
             &out,
@@ -973,6 +1126,273 @@ fn hf_missing_or_wrong_token_says_to_check_hf_token() {
         out.stderr.contains("not found: hf://lexserve/minilm@nope"),
         "{}",
         out.stderr
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+const HUB_ENV: fn() -> [(&'static str, &'static str); 2] =
+    || [("HF_ENDPOINT", hub()), ("HF_TOKEN", HF_TOKEN)];
+
+#[test]
+fn hf_later_fetches_get_the_commit_the_first_one_resolved() {
+    let work = scratch("hf-pinned");
+    let env = HUB_ENV();
+    let uri = "hf://lexserve/moving";
+    let format = ["--model-format", "safetensors"];
+    let digest_of = |commit: usize| {
+        let dir = work.join(format!("expected-{commit}"));
+        write_tree(&dir, &moving_files(commit));
+        path_sha256(&dir).unwrap()
+    };
+
+    MOVING_HEAD.store(0, Ordering::SeqCst);
+    let first = fetch_with(uri, &work.join("first"), &format, &env);
+    let pinned = reported_revision(&first);
+    assert_eq!(pinned, MOVING_COMMITS[0]);
+    assert!(
+        first
+            .termination
+            .starts_with(&format!("sha256:{} ", digest_of(0)))
+    );
+
+    // A push moves main. A replica started now with the reported revision gets the first
+    // replica's bytes; without it, it would serve another model.
+    MOVING_HEAD.store(1, Ordering::SeqCst);
+    let dest = work.join("pinned");
+    let mut args = format.to_vec();
+    args.extend(["--revision", &pinned]);
+    let out = fetch_with(uri, &dest, &args, &env);
+    assert_eq!(reported_revision(&out), MOVING_COMMITS[0]);
+    assert_eq!(tree(&dest), tree(&work.join("first")));
+    assert_eq!(
+        out.termination,
+        format!("sha256:{} revision:{}", digest_of(0), MOVING_COMMITS[0])
+    );
+
+    let unpinned = fetch_with(uri, &work.join("unpinned"), &format, &env);
+    assert_eq!(reported_revision(&unpinned), MOVING_COMMITS[1]);
+    assert!(
+        unpinned
+            .termination
+            .starts_with(&format!("sha256:{} ", digest_of(1)))
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn hf_fetches_only_the_files_the_model_needs() {
+    let work = scratch("hf-select");
+    let env = HUB_ENV();
+    let repo = "lexserve/all-formats";
+    let support = [
+        "1_Pooling/config.json",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ];
+    let with = |weights: &str| {
+        let mut files: Vec<String> = support.iter().map(|s| s.to_string()).collect();
+        files.push(weights.to_string());
+        files.sort();
+        files
+    };
+    for (args, expected) in [
+        (
+            vec!["--model-format", "onnx", "--task", "embed"],
+            with("onnx/model.onnx"),
+        ),
+        (
+            vec![
+                "--model-format",
+                "onnx",
+                "--task",
+                "embed",
+                "--quantize",
+                "int8",
+            ],
+            with("onnx/model_quantized.onnx"),
+        ),
+        (
+            vec!["--model-format", "safetensors", "--task", "embed"],
+            with("model.safetensors"),
+        ),
+        (
+            vec!["--artifact", "tokenizer"],
+            vec![
+                "tokenizer.json".to_string(),
+                "tokenizer_config.json".to_string(),
+                "vocab.txt".to_string(),
+            ],
+        ),
+    ] {
+        let dest = work.join("dest");
+        let _ = std::fs::remove_dir_all(&dest);
+        let before = downloads_so_far();
+        let out = fetch_with(&format!("hf://{repo}"), &dest, &args, &env);
+        assert_eq!(reported_revision(&out), ALL_FORMATS_COMMIT, "{args:?}");
+        assert_eq!(downloaded_since(repo, before), expected, "{args:?}");
+        assert_eq!(tree(&dest).into_keys().collect::<Vec<_>>(), expected);
+    }
+
+    // A glob picks the files it matches, at their paths.
+    let dest = work.join("glob");
+    let before = downloads_so_far();
+    let out = fetch_with(&format!("hf://{repo}@main/onnx/*.onnx"), &dest, &[], &env);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        downloaded_since(repo, before),
+        [
+            "onnx/model.onnx",
+            "onnx/model_O4.onnx",
+            "onnx/model_quantized.onnx"
+        ]
+    );
+    assert_eq!(entries(&dest), ["onnx"]);
+
+    // No file and no format: nothing is downloaded, and the message says how to choose.
+    let before = downloads_so_far();
+    let out = fetch_with(&format!("hf://{repo}"), &work.join("none"), &[], &env);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.termination.contains("--model-format"),
+        "{}",
+        out.termination
+    );
+    assert!(downloaded_since(repo, before).is_empty());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn hf_gguf_repository_fetches_the_one_quantization_named() {
+    let work = scratch("hf-gguf");
+    let env = HUB_ENV();
+    let repo = "lexserve/gguf";
+    let gguf = ["--model-format", "gguf", "--task", "generate"];
+
+    // Several quantizations and none named: a clear error that lists them and shows how to
+    // name one, before anything is downloaded.
+    let before = downloads_so_far();
+    let dest = work.join("ambiguous");
+    let out = fetch_with(&format!("hf://{repo}"), &dest, &gguf, &env);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.termination.contains(
+            "hf://lexserve/gguf@main holds 3 .gguf files; name the one to serve in the uri, e.g. hf://lexserve/gguf@main/model-Q4_K_M.gguf: model-Q4_K_M.gguf, model-Q8_0.gguf, model-F16.gguf"
+        ),
+        "{}",
+        out.termination
+    );
+    assert!(downloaded_since(repo, before).is_empty());
+    assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
+
+    // Named: that file alone, as DEST/<name>, its own digest (the Hub's LFS sha256) reported.
+    let bytes = gguf_files()[2].1.clone();
+    for uri in [
+        format!("hf://{repo}@main/model-Q8_0.gguf"),
+        format!("hf://{repo}/model-Q8_0.gguf"),
+    ] {
+        let dest = work.join("named");
+        let _ = std::fs::remove_dir_all(&dest);
+        let before = downloads_so_far();
+        let out = fetch_with(&uri, &dest, &gguf, &env);
+        assert_eq!(reported_revision(&out), GGUF_COMMIT);
+        assert_eq!(downloaded_since(repo, before), ["model-Q8_0.gguf"]);
+        assert_eq!(entries(&dest), ["model-Q8_0.gguf"]);
+        assert!(std::fs::read(dest.join("model-Q8_0.gguf")).unwrap() == bytes);
+        assert!(
+            out.termination
+                .starts_with(&format!("sha256:{} ", sha256_hex(&bytes)))
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn s3_later_fetches_get_the_object_the_first_one_got_or_fail() {
+    let moto = Moto::start("pinned", None);
+    let env = s3_env(&moto);
+    let env = as_refs(&env);
+    let work = scratch("s3-pinned");
+    let (v1, v2) = (payload(200 << 10, 1), payload(200 << 10, 2));
+
+    // Unversioned: the ETag pins the object; once it is overwritten a pinned fetch fails and
+    // leaves nothing, rather than serve other bytes than the first replica.
+    moto.put("plain", Vec::new());
+    moto.put("plain/m/model.onnx", v1.clone());
+    moto.put("plain/m/tokenizer.json", b"{}".to_vec());
+    let first = fetch_with("s3://plain/m/model.onnx", &work.join("a"), &[], &env);
+    let etag = reported_revision(&first);
+    assert!(etag.starts_with("etag:"), "{etag}");
+    let prefix = fetch_with("s3://plain/m/", &work.join("p"), &[], &env);
+    let listing = reported_revision(&prefix);
+    assert!(listing.starts_with("listing:"), "{listing}");
+    // Unchanged: the pinned fetches succeed and report the same.
+    let again = fetch_with(
+        "s3://plain/m/model.onnx",
+        &work.join("b"),
+        &["--revision", &etag],
+        &env,
+    );
+    assert_eq!(reported_revision(&again), etag);
+    let again = fetch_with(
+        "s3://plain/m/",
+        &work.join("q"),
+        &["--revision", &listing],
+        &env,
+    );
+    assert_eq!(reported_revision(&again), listing);
+
+    moto.put("plain/m/model.onnx", v2.clone());
+    for (uri, revision) in [
+        ("s3://plain/m/model.onnx", &etag),
+        ("s3://plain/m/", &listing),
+    ] {
+        let dest = work.join("changed");
+        let out = fetch_with(uri, &dest, &["--revision", revision], &env);
+        assert_eq!(out.code, Some(1), "{uri}");
+        assert!(
+            out.termination.contains(&format!(
+                "{uri} is no longer what an earlier fetch got ({revision}): refusing to serve different bytes"
+            )),
+            "{}",
+            out.termination
+        );
+        assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
+    }
+    // A revision of the wrong kind is refused by name.
+    let out = fetch_with(
+        "s3://plain/m/model.onnx",
+        &work.join("bad"),
+        &["--revision", &listing],
+        &env,
+    );
+    assert!(out.stderr.contains("invalid --revision"), "{}", out.stderr);
+
+    // Versioned: the version pins the bytes themselves, which an overwrite does not change.
+    moto.put("versioned", Vec::new());
+    moto.put_query(
+        "versioned",
+        "versioning",
+        br#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>"#.to_vec(),
+    );
+    moto.put("versioned/model.onnx", v1.clone());
+    let first = fetch_with("s3://versioned/model.onnx", &work.join("v1"), &[], &env);
+    let version = reported_revision(&first);
+    assert!(version.starts_with("versionId:"), "{version}");
+    moto.put("versioned/model.onnx", v2);
+    let dest = work.join("v-pinned");
+    let out = fetch_with(
+        "s3://versioned/model.onnx",
+        &dest,
+        &["--revision", &version],
+        &env,
+    );
+    assert_eq!(reported_revision(&out), version);
+    assert!(std::fs::read(dest.join("model.onnx")).unwrap() == v1);
+    assert!(
+        out.termination
+            .starts_with(&format!("sha256:{} ", sha256_hex(&v1)))
     );
     let _ = std::fs::remove_dir_all(&work);
 }

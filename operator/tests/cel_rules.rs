@@ -223,6 +223,14 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
+            message: "model.tokenizerSha256 pins model.tokenizer: set both",
+            accept: vec![spec(
+                json!({"model": {"tokenizer": "hf://org/tok", "tokenizerSha256": "a".repeat(64)}}),
+            )],
+            reject: vec![spec(json!({"model": {"tokenizerSha256": "a".repeat(64)}}))],
+        },
+        RuleCase {
+            kind: InferenceService,
             message: "model.credentialsSecret is only used with s3:// and hf:// URIs",
             accept: vec![
                 spec(

@@ -15,11 +15,12 @@
 //!
 //! The outcome goes to the container's termination log, because that is how it reaches the operator
 //! and `kubectl describe`: `sha256:<hex>` of what was verified on success (the operator records which
-//! model a pod actually serves), the error message on failure.
+//! model a pod actually serves), followed for a remote source by `revision:<what it resolved to>`
+//! (see `lexserve_contract::fetch_report`), the error message on failure.
 
 pub mod remote;
 
-use lexserve_contract::names::TERMINATION_DIGEST_PREFIX;
+use lexserve_contract::fetch_report::FetchReport;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +29,8 @@ use thiserror::Error;
 use crate::cli::FetchArgs;
 use crate::uri::{ModelUri, UriError};
 use lexserve_contract::digest::{DigestError, list_files, path_sha256};
-use remote::{RemoteError, Staging};
+use remote::hf_files::Needs;
+use remote::{RemoteError, Request, Staging};
 
 /// Where Kubernetes mounts the file whose content becomes the container's termination message.
 pub use lexserve_contract::names::path::TERMINATION_LOG as DEFAULT_TERMINATION_LOG;
@@ -82,6 +84,8 @@ pub struct Fetched {
     /// The file or directory the server should load.
     pub path: PathBuf,
     pub sha256: String,
+    /// What a remote source resolved to (reported beside the digest); `None` for a local one.
+    pub revision: Option<String>,
 }
 
 fn copy_file(from: &Path, to: &Path) -> Result<(), FetchError> {
@@ -115,10 +119,15 @@ pub fn termination_log_path(flag: Option<&Path>) -> (PathBuf, bool) {
     }
 }
 
-/// `sha256:<hex>` on success, the error message (cut to what Kubernetes keeps) on failure.
+/// `sha256:<hex> [revision:<revision>]` on success, the error message (cut to what Kubernetes
+/// keeps) on failure.
 pub fn termination_message(result: &Result<Fetched, FetchError>) -> String {
     match result {
-        Ok(fetched) => format!("{TERMINATION_DIGEST_PREFIX}{}", fetched.sha256),
+        Ok(fetched) => FetchReport {
+            sha256: fetched.sha256.clone(),
+            revision: fetched.revision.clone(),
+        }
+        .message(),
         Err(e) => {
             let mut message = e.to_string();
             let mut end = message.len().min(TERMINATION_MESSAGE_LIMIT);
@@ -165,7 +174,16 @@ pub fn fetch_model(args: &FetchArgs) -> Result<Fetched, FetchError> {
     let uri = ModelUri::parse(&args.uri)?;
     match uri {
         ModelUri::S3 { .. } | ModelUri::HuggingFace { .. } => {
-            fetch_remote(&uri, &args.dest, expected)
+            let request = Request {
+                pinned: args.revision.as_deref().filter(|r| !r.is_empty()),
+                needs: Needs {
+                    artifact: args.artifact,
+                    format: args.format,
+                    task: args.task,
+                    quantize: args.quantize.unwrap_or_default(),
+                },
+            };
+            fetch_remote(&uri, &args.dest, expected, request)
         }
         ModelUri::File(_) | ModelUri::Pvc { .. } => fetch_local(&uri, args, expected),
     }
@@ -177,23 +195,27 @@ fn fetch_remote(
     uri: &ModelUri,
     dest: &Path,
     expected: Option<String>,
+    request: Request<'_>,
 ) -> Result<Fetched, FetchError> {
     let staging = Staging::create(dest)?;
-    let file = remote::download(uri, staging.path())?;
+    let downloaded = remote::download(uri, staging.path(), request)?;
+    let file = downloaded.file;
     let staged = match &file {
         Some(name) => staging.path().join(name),
         None => staging.path().to_path_buf(),
     };
-    verify_and_commit(staging, &staged, dest, expected)
+    verify_and_commit(staging, &staged, dest, expected, downloaded.revision)
 }
 
 /// Checks the staged model's digest against the pin and, when it matches (or nothing is pinned),
 /// publishes it as `dest`. On a mismatch the staging directory is dropped, which removes the copy.
+/// `revision` is what a remote source resolved to, reported beside the digest.
 fn verify_and_commit(
     staging: Staging,
     staged: &Path,
     dest: &Path,
     expected: Option<String>,
+    revision: Option<String>,
 ) -> Result<Fetched, FetchError> {
     let actual = path_sha256(staged)?;
     if let Some(expected) = expected
@@ -209,6 +231,7 @@ fn verify_and_commit(
     Ok(Fetched {
         path: dest.to_path_buf(),
         sha256: actual,
+        revision,
     })
 }
 
@@ -249,7 +272,7 @@ fn fetch_local(
         copy_file(&source, &staged)?;
         staged
     };
-    verify_and_commit(staging, &staged, &args.dest, expected)
+    verify_and_commit(staging, &staged, &args.dest, expected, None)
 }
 
 /// Refuses a path under a claim's mount that resolves (through symlinks) outside it: a claim's

@@ -275,7 +275,34 @@ pub struct InferenceServiceStatus {
 pub struct ResolvedModel {
     /// The URI it was fetched from.
     pub uri: String,
-    /// Its SHA-256, as verified by the init container.
+    /// Its SHA-256 as the fetch init container computed and verified it, from the first pod
+    /// that fetched this URI. Absent until a fetch has reported: `spec.model.sha256` is what is
+    /// expected, this is what was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// What the URI resolved to at that first fetch: the Hub commit of an `hf://` URI, or for
+    /// `s3://` `versionId:<id>`, `etag:<etag>` or (a prefix) `listing:<digest>`. Every later pod
+    /// fetches exactly this (`fetch --revision`), so replicas serve the same bytes even after the
+    /// branch moves or the object is overwritten (an overwritten object without versions fails
+    /// the fetch instead). Cleared when `spec.model.uri` changes, or `spec.model.sha256` no longer
+    /// matches `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The tokenizer fetched from `spec.model.tokenizer`, recorded and pinned the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<ResolvedArtifact>,
+}
+
+/// A fetched artifact: where from, what was verified, what the URI resolved to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedArtifact {
+    /// The URI it was fetched from.
+    pub uri: String,
+    /// Its SHA-256 as the fetch init container verified it; absent until one has reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// What the URI resolved to at the first fetch (as `model.revision`); later pods fetch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }

@@ -23,7 +23,7 @@ use lexserve_contract::uri::ModelUri;
 
 use super::config_map::{config_hash, config_map_name};
 use super::labels::{CONFIG_HASH_ANNOTATION, selector_labels};
-use super::{autoscaled, child_meta, fixed_replicas};
+use super::{autoscaled, child_meta, fixed_replicas, model_pin};
 use crate::api::InferenceService;
 use crate::api::inference_service::{GpuSpec, ModelSpec, PodTemplateFragment};
 use crate::config::OperatorConfig;
@@ -74,7 +74,7 @@ pub fn build_deployment(
         (CONFIG_HASH_ANNOTATION.to_string(), config_hash(isvc)),
     ]);
 
-    let (fetch_containers, mut volumes) = fetch_init_containers(&spec.model, &image);
+    let (fetch_containers, mut volumes) = fetch_init_containers(isvc, &image);
     volumes.push(Volume {
         name: "config".to_string(),
         config_map: Some(ConfigMapVolumeSource {
@@ -214,8 +214,12 @@ fn local_uri(artifact: &str) -> String {
 }
 
 /// The init containers that fetch the model (and its tokenizer, when it lives elsewhere), and
-/// the volumes they need.
-fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec<Volume>) {
+/// the volumes they need. Each fetch gets what the first one resolved its uri to, once the
+/// status records it (see [`model_pin`]), and the model's format, task and quantization, which
+/// pick the files of an `hf://` repository that names none.
+fn fetch_init_containers(isvc: &InferenceService, image: &str) -> (Vec<Container>, Vec<Volume>) {
+    let model: &ModelSpec = &isvc.spec.model;
+    let recorded = isvc.status.as_ref().and_then(|s| s.model.as_ref());
     let mut volumes = vec![Volume {
         name: "models".to_string(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -227,16 +231,11 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
     let mut claims: Vec<String> = Vec::new();
     let mut containers = Vec::new();
 
-    let mut artifacts = vec![(
-        "fetch-model",
-        model.uri.as_str(),
-        path::MODEL_ARTIFACT,
-        model.sha256.as_deref(),
-    )];
-    if let Some(tokenizer) = model.tokenizer.as_deref() {
-        artifacts.push(("fetch-tokenizer", tokenizer, path::TOKENIZER_ARTIFACT, None));
-    }
-    for (container_name, uri, artifact, sha256) in artifacts {
+    let (model_fetch, tokenizer_fetch) = model_pin::wanted(model);
+    let mut artifacts = vec![(model_fetch, path::MODEL_ARTIFACT)];
+    artifacts.extend(tokenizer_fetch.map(|t| (t, path::TOKENIZER_ARTIFACT)));
+    for (wanted, artifact) in artifacts {
+        let (container_name, uri, sha256) = (wanted.container, wanted.uri, wanted.sha256);
         let mut mounts = vec![volume_mount("models", path::MODELS_DIR, false)];
         if let Some(claim) = pvc_claim(uri) {
             let volume_name = format!("pvc-{claim}");
@@ -269,6 +268,10 @@ fn fetch_init_containers(model: &ModelSpec, image: &str) -> (Vec<Container>, Vec
         if let Some(sha) = sha256 {
             args.extend([flag::arg(flag::SHA256), sha.to_string()]);
         }
+        if let Some(revision) = model_pin::pinned_revision(recorded, wanted) {
+            args.extend([flag::arg(flag::REVISION), revision]);
+        }
+        args.extend(selection_args(isvc, uri, artifact));
         let env_from = model.credentials_secret.as_ref().map(|secret| {
             vec![EnvFromSource {
                 secret_ref: Some(SecretEnvSource {
@@ -331,6 +334,37 @@ pub fn model_volume_size_limit(model: &ModelSpec) -> Option<Quantity> {
     let size = model.size.as_ref()?.value().ok()?;
     let bytes = size.saturating_mul(2).saturating_add(MODEL_VOLUME_HEADROOM);
     Some(Quantity(format!("{}Mi", bytes.div_ceil(MIB))))
+}
+
+/// What the fetch of an `hf://` repository without a file picks: the model's weights for its
+/// format, task and quantization, or the tokenizer's files. Nothing for other schemes, whose uri
+/// names exactly what to copy (and whose pods then keep their template as it was).
+fn selection_args(isvc: &InferenceService, uri: &str, artifact: &str) -> Vec<String> {
+    if !matches!(ModelUri::parse(uri), Ok(ModelUri::HuggingFace { .. })) {
+        return Vec::new();
+    }
+    if artifact == path::TOKENIZER_ARTIFACT {
+        return vec![flag::arg(flag::ARTIFACT), "tokenizer".to_string()];
+    }
+    let model = &isvc.spec.model;
+    let mut args = vec![
+        flag::arg(flag::FORMAT),
+        lowercase_name(&model.format),
+        flag::arg(flag::TASK),
+        lowercase_name(&model.task),
+    ];
+    if let Some(quantize) = isvc.spec.runtime.as_ref().and_then(|r| r.quantize) {
+        args.extend([flag::arg(flag::QUANTIZE), lowercase_name(&quantize)]);
+    }
+    args
+}
+
+/// An enum's name as the spec (and the sidecar's flags) spell it.
+fn lowercase_name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The claim name of a `pvc://<claim>/<path>` URI (the contract's grammar decides what a claim is).

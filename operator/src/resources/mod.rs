@@ -7,6 +7,7 @@ pub mod hash;
 pub mod hpa;
 pub mod labels;
 pub mod load_query;
+pub mod model_pin;
 pub mod pdb;
 pub mod scaled_object;
 pub mod service;

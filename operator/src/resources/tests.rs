@@ -394,6 +394,109 @@ fn fetch_init_container_mounts_the_claim_and_checks_the_digest() {
     );
 }
 
+/// The arguments of the init container `name`.
+fn fetch_args(c: &Children, name: &str) -> Vec<String> {
+    pod_spec(c)
+        .init_containers
+        .as_ref()
+        .expect("init containers")
+        .iter()
+        .find(|i| i.name == name)
+        .and_then(|i| i.args.clone())
+        .expect("args")
+}
+
+fn arg_value(args: &[String], flag: &str) -> Option<String> {
+    args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone())
+}
+
+#[test]
+fn later_pods_fetch_what_the_first_fetch_resolved() {
+    let digest = "b".repeat(64);
+    let model = json!({
+        "uri": "hf://org/minilm", "format": "onnx", "task": "classify", "labels": ["a", "b"],
+        "tokenizer": "hf://org/tok", "tokenizerSha256": "c".repeat(64)
+    });
+    let spec = json!({"model": model, "runtime": {"quantize": "int8"}});
+    let status = json!({"model": {
+        "uri": "hf://org/minilm", "digest": digest, "revision": "1111111111111111111111111111111111111111",
+        "tokenizer": {"uri": "hf://org/tok", "digest": "c".repeat(64), "revision": "2222222222222222222222222222222222222222"}
+    }});
+    let built = |spec: serde_json::Value, status: &serde_json::Value| {
+        let mut object = isvc(spec);
+        object.status = Some(serde_json::from_value(status.clone()).expect("status"));
+        build_children(&object, &OperatorConfig::default(), RolloutPlan::Surge)
+    };
+
+    // Nothing recorded yet: no --revision; the model's format, task and quantization pick the
+    // files of the repository, the tokenizer fetch takes the tokenizer's files and its digest.
+    // Other schemes name exactly what to copy: no selection flags.
+    let local = fetch_args(&children(embedder()), "fetch-model");
+    assert_eq!(arg_value(&local, "--model-format"), None);
+    let c = children(spec.clone());
+    let model_args = fetch_args(&c, "fetch-model");
+    assert_eq!(arg_value(&model_args, "--revision"), None);
+    assert_eq!(
+        arg_value(&model_args, "--model-format").as_deref(),
+        Some("onnx")
+    );
+    assert_eq!(
+        arg_value(&model_args, "--task").as_deref(),
+        Some("classify")
+    );
+    assert_eq!(
+        arg_value(&model_args, "--quantize").as_deref(),
+        Some("int8")
+    );
+    let tokenizer_args = fetch_args(&c, "fetch-tokenizer");
+    assert_eq!(
+        arg_value(&tokenizer_args, "--artifact").as_deref(),
+        Some("tokenizer")
+    );
+    assert_eq!(arg_value(&tokenizer_args, "--sha256"), Some("c".repeat(64)));
+    assert_eq!(arg_value(&tokenizer_args, "--model-format"), None);
+
+    // Recorded: every fetch asks for its revision.
+    let c = built(spec.clone(), &status);
+    assert_eq!(
+        arg_value(&fetch_args(&c, "fetch-model"), "--revision").as_deref(),
+        Some("1111111111111111111111111111111111111111")
+    );
+    assert_eq!(
+        arg_value(&fetch_args(&c, "fetch-tokenizer"), "--revision").as_deref(),
+        Some("2222222222222222222222222222222222222222")
+    );
+
+    // Another model uri, or a sha256 the record does not have: that pin no longer applies.
+    let mut moved = spec.clone();
+    moved["model"]["uri"] = json!("hf://org/minilm@v2");
+    let c = built(moved, &status);
+    assert_eq!(
+        arg_value(&fetch_args(&c, "fetch-model"), "--revision"),
+        None
+    );
+    assert!(arg_value(&fetch_args(&c, "fetch-tokenizer"), "--revision").is_some());
+    let mut repinned = spec.clone();
+    repinned["model"]["sha256"] = json!("d".repeat(64));
+    let c = built(repinned, &status);
+    assert_eq!(
+        arg_value(&fetch_args(&c, "fetch-model"), "--revision"),
+        None
+    );
+    let mut same = spec.clone();
+    same["model"]["sha256"] = json!(digest);
+    let c = built(same, &status);
+    assert!(arg_value(&fetch_args(&c, "fetch-model"), "--revision").is_some());
+    let mut new_tokenizer = spec;
+    new_tokenizer["model"]["tokenizerSha256"] = json!("e".repeat(64));
+    let c = built(new_tokenizer, &status);
+    assert_eq!(
+        arg_value(&fetch_args(&c, "fetch-tokenizer"), "--revision"),
+        None
+    );
+    assert!(arg_value(&fetch_args(&c, "fetch-model"), "--revision").is_some());
+}
+
 #[test]
 fn serve_reads_the_path_fetch_writes() {
     let c = children(json!({"model": {

@@ -1,5 +1,6 @@
-//! `hf://org/name[@revision]`: a model repository on the Hugging Face Hub (or a mirror), downloaded
-//! file by file through the Hub's HTTP API, which is what `huggingface_hub` itself uses:
+//! `hf://org/name[@revision][/file]`: a model repository on the Hugging Face Hub (or a mirror),
+//! downloaded file by file through the Hub's HTTP API, which is what `huggingface_hub` itself uses
+//! (which files: see [`super::hf_files`]):
 //!
 //! 1. `GET {endpoint}/api/models/{org}/{name}/revision/{revision}`: JSON whose `siblings` lists the
 //!    files (`rfilename`) and whose `sha` is the commit the revision points at;
@@ -8,7 +9,10 @@
 //!    the Hub's host).
 //!
 //! Files are resolved at the commit from step 1, not at the branch name, so a push during the
-//! download cannot mix two versions of a model.
+//! download cannot mix two versions of a model. That commit is what the fetch reports
+//! (`revision:<commit>`); the operator passes it back as `--revision` to every later pod, whose
+//! step 1 then asks for that commit instead of the branch, so a push to `main` between two pods'
+//! starts does not make them serve different models.
 //!
 //! Settings: `HF_ENDPOINT` (default `https://huggingface.co`) and `HF_TOKEN` (or the older
 //! `HUGGING_FACE_HUB_TOKEN`), sent as `Authorization: Bearer`; needed for private and gated models.
@@ -18,6 +22,7 @@ use std::path::Path;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
+use super::hf_files::{self, Selection};
 use super::sigv4::uri_encode;
 use super::{
     RemoteError, env_var, error_body, request_error, safe_relative_path, send, write_body,
@@ -141,16 +146,30 @@ struct Sibling {
     rfilename: String,
 }
 
-/// Downloads every file of `repo` (`org/name`) at `revision` (default `main`) into `staging`,
-/// at the same relative paths as in the repository.
+/// What a Hub download got.
+#[derive(Debug)]
+pub struct HfDownload {
+    /// The file's name when the selection is one file (it lands as `staging/<its name>`); `None`
+    /// when the model is the directory.
+    pub file: Option<std::path::PathBuf>,
+    /// The commit the files were resolved at.
+    pub commit: String,
+}
+
+/// Downloads the files of `repo` (`org/name`) at `revision` (default `main`) that `named` (the
+/// uri's file or glob) or else `needs` select into `staging`: a single file as
+/// `staging/<its name>`, several at their paths in the repository. `request.pinned` (an earlier
+/// fetch's commit) replaces the revision when the caller has one.
 pub async fn download(
     client: &reqwest::Client,
     config: &HfConfig,
     repo: &str,
     revision: Option<&str>,
+    named: Option<&str>,
+    request: super::Request<'_>,
     staging: &Path,
-) -> Result<(), RemoteError> {
-    let revision = revision.unwrap_or("main");
+) -> Result<HfDownload, RemoteError> {
+    let revision = request.pinned.or(revision).unwrap_or("main");
     let uri = format!("hf://{repo}@{revision}");
     let repo_path = repo
         .split('/')
@@ -185,21 +204,40 @@ pub async fn download(
         .sha
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| revision.to_string());
-    for sibling in &siblings {
-        let relative = safe_relative_path(&uri, &sibling.rfilename)?;
+    let names: Vec<String> = siblings.into_iter().map(|s| s.rfilename).collect();
+    let selection = hf_files::select(&uri, &names, named, request.needs)
+        .map_err(|reason| RemoteError::Selection { reason })?;
+    let (wanted, file) = match selection {
+        Selection::File(name) => {
+            let base = name.rsplit('/').next().unwrap_or(&name).to_string();
+            let base = safe_relative_path(&uri, &base)?;
+            (vec![(name, base.clone())], Some(base))
+        }
+        Selection::Directory(names) => (
+            names
+                .into_iter()
+                .map(|name| {
+                    let relative = safe_relative_path(&uri, &name)?;
+                    Ok((name, relative))
+                })
+                .collect::<Result<Vec<_>, RemoteError>>()?,
+            None,
+        ),
+    };
+    for (name, relative) in &wanted {
         let url = config.url(&format!(
             "{repo_path}/resolve/{}/{}",
             uri_encode(&commit, false),
-            uri_encode(&sibling.rfilename, true)
+            uri_encode(name, true)
         ))?;
         let response = config.get(client, &uri, url).await?;
-        let path = staging.join(&relative);
+        let path = staging.join(relative);
         let bytes = write_body(response, &path).await?;
-        tracing::info!(repo, file = %sibling.rfilename, bytes, "downloaded");
+        tracing::info!(repo, file = %name, bytes, "downloaded");
     }
     // Which commit a branch name resolved to is worth having in the logs when two pods disagree.
-    tracing::info!(repo, revision, commit = %commit, files = siblings.len(), "fetched from the Hub");
-    Ok(())
+    tracing::info!(repo, revision, commit = %commit, files = wanted.len(), "fetched from the Hub");
+    Ok(HfDownload { file, commit })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod aws_credentials;
 pub mod hf;
+pub mod hf_files;
 pub mod resume;
 pub mod s3;
 pub mod sigv4;
@@ -73,6 +74,22 @@ pub enum RemoteError {
         "{uri}: refusing to write {name:?}: a file name must be a relative path without '.' or '..' segments"
     )]
     UnsafeName { uri: String, name: String },
+    #[error("{reason}")]
+    Selection { reason: String },
+    #[error(
+        "{uri} is no longer what an earlier fetch got ({revision}): refusing to serve different bytes than the other replicas{detail}. To move to the new content, change spec.model (for instance its sha256) so that the operator resolves it again"
+    )]
+    PinnedChanged {
+        uri: String,
+        revision: String,
+        detail: String,
+    },
+    #[error("invalid --revision {revision:?} for {uri}: {reason}")]
+    BadRevision {
+        uri: String,
+        revision: String,
+        reason: &'static str,
+    },
     #[error("{uri} has no files to download")]
     Empty { uri: String },
     #[error("cannot write {path}: {source}")]
@@ -358,24 +375,66 @@ fn block_on<T: Send>(future: impl Future<Output = T> + Send) -> Result<T, Remote
     }
 }
 
-/// Downloads a remote model into `staging`. Returns the file's name when the uri names a single
-/// file (an S3 object), or `None` when the model is the whole directory (an S3 prefix, a Hub repo).
-pub fn download(uri: &ModelUri, staging: &Path) -> Result<Option<PathBuf>, RemoteError> {
+/// What a remote download got.
+#[derive(Debug)]
+pub struct Downloaded {
+    /// The file's name when the model is one file (an S3 object, a named Hub file), `None` when it
+    /// is the whole staging directory.
+    pub file: Option<PathBuf>,
+    /// What the source resolved to (see `lexserve_contract::fetch_report::Revision`).
+    pub revision: Option<String>,
+}
+
+/// What the caller asks of a download beyond the uri.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// An earlier fetch's revision: fetch exactly that, or fail.
+    pub pinned: Option<&'a str>,
+    /// Which files of a Hub repository.
+    pub needs: hf_files::Needs,
+}
+
+/// Downloads a remote model into `staging`.
+pub fn download(
+    uri: &ModelUri,
+    staging: &Path,
+    request: Request<'_>,
+) -> Result<Downloaded, RemoteError> {
     match uri {
         ModelUri::S3 { bucket, key } => {
             let config = s3::S3Config::from_env(&uri.to_string())?;
+            let pinned = request
+                .pinned
+                .map(|text| s3::parse_pin(&uri.to_string(), key, text))
+                .transpose()?;
             block_on(async {
                 let client = signed_http_client()?;
-                s3::download(&client, &config, bucket, key, staging).await
+                s3::download(&client, &config, bucket, key, pinned.as_ref(), staging).await
             })?
         }
-        ModelUri::HuggingFace { repo, revision } => {
+        ModelUri::HuggingFace {
+            repo,
+            revision,
+            file,
+        } => {
             let config = hf::HfConfig::from_env()?;
-            block_on(async {
+            let got = block_on(async {
                 let client = http_client()?;
-                hf::download(&client, &config, repo, revision.as_deref(), staging).await
-            })?
-            .map(|()| None)
+                hf::download(
+                    &client,
+                    &config,
+                    repo,
+                    revision.as_deref(),
+                    file.as_deref(),
+                    request,
+                    staging,
+                )
+                .await
+            })??;
+            Ok(Downloaded {
+                file: got.file,
+                revision: Some(got.commit),
+            })
         }
         ModelUri::File(_) | ModelUri::Pvc { .. } => Err(RemoteError::BadResponse {
             uri: uri.to_string(),

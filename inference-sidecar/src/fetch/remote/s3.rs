@@ -14,8 +14,15 @@
 //! (the client is built without them), because a redirected request would carry the session token
 //! to wherever the `Location` points. S3 answers a request sent to the wrong region with a
 //! redirect; that becomes an error naming the setting to fix.
+//!
+//! What a fetch got is reported so that later pods get the same bytes (see
+//! `lexserve_contract::fetch_report::Revision`): an object's `versionId:` when the bucket is
+//! versioned (a pinned fetch asks for that version, which an overwrite does not change), else its
+//! `etag:` (a pinned fetch sends `If-Match`, and an overwritten object is refused); a prefix's
+//! `listing:`, the digest of its keys and ETags (a pinned fetch refuses a changed listing, and
+//! each object is fetched `If-Match` its listed ETag).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use reqwest::header::LOCATION;
@@ -24,7 +31,11 @@ use reqwest::{StatusCode, Url};
 use super::aws_credentials::{CredentialSource, parse_endpoint};
 use super::resume::{self, Part};
 use super::sigv4::{self, EMPTY_SHA256, uri_encode};
-use super::{RemoteError, env_var, error_body, request_error, safe_relative_path, send};
+use super::{
+    Downloaded, RemoteError, env_var, error_body, request_error, safe_relative_path, send,
+};
+use lexserve_contract::fetch_report::Revision;
+use sha2::{Digest, Sha256};
 
 /// Where and as whom to talk to S3.
 #[derive(Debug)]
@@ -116,7 +127,14 @@ impl S3Config {
         Ok(url)
     }
 
-    fn object_url(&self, uri: &str, bucket: &str, key: &str) -> Result<Url, RemoteError> {
+    /// The object's URL; of one version of it when `version_id` is set.
+    fn object_url(
+        &self,
+        uri: &str,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Url, RemoteError> {
         // A URL parser resolves `.` and `..` segments (`%2e` too), which would fetch a different
         // key, or in path style another bucket, than the one named: refuse them rather than
         // download the wrong object.
@@ -126,7 +144,10 @@ impl S3Config {
                 name: key.to_string(),
             });
         }
-        self.url(bucket, &format!("/{}", uri_encode(key, true)), "")
+        let query = version_id
+            .map(|id| format!("versionId={}", uri_encode(id, false)))
+            .unwrap_or_default();
+        self.url(bucket, &format!("/{}", uri_encode(key, true)), &query)
     }
 
     /// A signed GET of `url` with `extra` headers (signed too).
@@ -244,8 +265,8 @@ fn redirect_detail(detail: &str, location: Option<&str>, bucket_region: Option<&
 /// One page of a ListObjectsV2 answer.
 #[derive(Debug, Default, PartialEq)]
 struct ListPage {
-    /// (key, size) of each object.
-    objects: Vec<(String, u64)>,
+    /// (key, size, ETag) of each object.
+    objects: Vec<(String, u64, Option<String>)>,
     next_token: Option<String>,
 }
 
@@ -270,7 +291,7 @@ fn parse_list_page(body: &str) -> Result<ListPage, String> {
         let size = child_text(contents, "Size")
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-        page.objects.push((key, size));
+        page.objects.push((key, size, child_text(contents, "ETag")));
     }
     let truncated = child_text(root, "IsTruncated").is_some_and(|t| t.trim() == "true");
     if truncated {
@@ -288,7 +309,7 @@ async fn list(
     uri: &str,
     bucket: &str,
     prefix: &str,
-) -> Result<Vec<(String, u64)>, RemoteError> {
+) -> Result<Vec<(String, u64, Option<String>)>, RemoteError> {
     let mut objects = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -322,65 +343,213 @@ async fn list(
     }
 }
 
+/// What a GET of one object must get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ObjectPin<'a> {
+    /// Whatever the object is now.
+    Current,
+    /// This version of it.
+    Version(&'a str),
+    /// The object only while its ETag is this; `pinned` says whether an earlier fetch chose it
+    /// (then a change is reported as such) or this fetch's own listing did.
+    IfMatch { etag: &'a str, pinned: bool },
+}
+
+/// What a GET of one object got: its size, ETag and version.
+struct GotObject {
+    etag: Option<String>,
+    version_id: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn get_object(
     client: &reqwest::Client,
     config: &S3Config,
     uri: &str,
     bucket: &str,
     key: &str,
+    pin: ObjectPin<'_>,
     path: &Path,
-) -> Result<u64, RemoteError> {
-    let url = config.object_url(uri, bucket, key)?;
-    let bytes = resume::download(path, url.as_str(), |part: Part| {
+) -> Result<GotObject, RemoteError> {
+    let version = match pin {
+        ObjectPin::Version(id) => Some(id),
+        _ => None,
+    };
+    let url = config.object_url(uri, bucket, key, version)?;
+    let first: std::sync::Mutex<Option<GotObject>> = std::sync::Mutex::new(None);
+    let header = |response: &reqwest::Response, name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let result = resume::download(path, url.as_str(), |part: Part| {
         let url = url.clone();
-        async move { config.get(client, uri, url, &part.headers()).await }
+        let first = &first;
+        async move {
+            let mut headers = part.headers();
+            if let (Part::Whole, ObjectPin::IfMatch { etag, .. }) = (&part, pin) {
+                headers.push(("if-match".into(), etag.to_string()));
+            }
+            let response = config.get(client, uri, url, &headers).await?;
+            if part == Part::Whole
+                && let Ok(mut first) = first.lock()
+            {
+                *first = Some(GotObject {
+                    etag: header(&response, "etag"),
+                    version_id: header(&response, "x-amz-version-id"),
+                });
+            }
+            Ok(response)
+        }
     })
-    .await?;
+    .await;
+    let bytes = match (result, pin) {
+        (
+            Err(RemoteError::Status { status: 412, .. }),
+            ObjectPin::IfMatch { etag, pinned: true },
+        ) => {
+            return Err(RemoteError::PinnedChanged {
+                uri: uri.to_string(),
+                revision: Revision::ETag(etag.to_string()).to_string(),
+                detail: format!(
+                    " (s3://{bucket}/{key} was overwritten: its ETag is no longer {etag})"
+                ),
+            });
+        }
+        (result, _) => result?,
+    };
     tracing::info!(bucket, key, bytes, "downloaded");
-    Ok(bytes)
+    let got = first.into_inner().ok().flatten();
+    Ok(got.unwrap_or(GotObject {
+        etag: None,
+        version_id: None,
+    }))
+}
+
+/// Reads `--revision` for an S3 uri: an object takes `versionId:` or `etag:`, a prefix `listing:`.
+pub fn parse_pin(uri: &str, key: &str, text: &str) -> Result<Revision, RemoteError> {
+    let bad = |reason| RemoteError::BadRevision {
+        uri: uri.to_string(),
+        revision: text.to_string(),
+        reason,
+    };
+    match (Revision::parse(text), key.ends_with('/')) {
+        (Some(revision @ Revision::Listing(_)), true) => Ok(revision),
+        (Some(revision @ (Revision::VersionId(_) | Revision::ETag(_))), false) => Ok(revision),
+        (_, true) => Err(bad("an s3:// prefix is pinned by listing:<digest>")),
+        (_, false) => Err(bad(
+            "an s3:// object is pinned by versionId:<id> or etag:<etag>",
+        )),
+    }
+}
+
+/// The digest that stands for a prefix's content: its objects' relative keys and ETags, sorted by
+/// key. An overwritten, added or removed object changes it.
+pub fn listing_digest(objects: &[(&str, &str)]) -> String {
+    let mut sorted = objects.to_vec();
+    sorted.sort();
+    let mut hasher = Sha256::new();
+    for (key, etag) in sorted {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(etag.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Downloads `s3://bucket/key` into `staging`: one object as `staging/<last segment of the key>`
-/// (returning that name), or, when the key ends with `/`, every object under it at its path relative
-/// to the prefix (returning `None`: the model is the directory). Zero-byte keys ending in `/` are
-/// the "folders" consoles create and are skipped.
+/// (reporting that name), or, when the key ends with `/`, every object under it at its path relative
+/// to the prefix (the model is the directory). Zero-byte keys ending in `/` are the "folders"
+/// consoles create and are skipped. `pinned` is what an earlier fetch reported.
 pub async fn download(
     client: &reqwest::Client,
     config: &S3Config,
     bucket: &str,
     key: &str,
+    pinned: Option<&Revision>,
     staging: &Path,
-) -> Result<Option<PathBuf>, RemoteError> {
+) -> Result<Downloaded, RemoteError> {
     let uri = format!("s3://{bucket}/{key}");
     if key.ends_with('/') {
         let objects = list(client, config, &uri, bucket, key).await?;
-        let mut fetched = 0usize;
-        for (object_key, size) in &objects {
+        let mut wanted = Vec::new();
+        for (object_key, size, etag) in &objects {
             let relative = object_key.strip_prefix(key).unwrap_or(object_key);
             if relative.is_empty() || (relative.ends_with('/') && *size == 0) {
                 continue;
             }
             let path = safe_relative_path(&uri, relative)?;
+            wanted.push((object_key, relative, etag.as_deref().unwrap_or(""), path));
+        }
+        if wanted.is_empty() {
+            return Err(RemoteError::Empty { uri });
+        }
+        let digest = listing_digest(
+            &wanted
+                .iter()
+                .map(|(_, relative, etag, _)| (*relative, *etag))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(Revision::Listing(expected)) = pinned
+            && *expected != digest
+        {
+            return Err(RemoteError::PinnedChanged {
+                uri,
+                revision: Revision::Listing(expected.clone()).to_string(),
+                detail: " (an object under the prefix was added, removed or overwritten)".into(),
+            });
+        }
+        for (object_key, _, etag, path) in &wanted {
+            // The object as listed: one overwritten since is refused, not mixed in.
+            let pin = if etag.is_empty() {
+                ObjectPin::Current
+            } else {
+                ObjectPin::IfMatch {
+                    etag,
+                    pinned: pinned.is_some(),
+                }
+            };
             get_object(
                 client,
                 config,
                 &uri,
                 bucket,
                 object_key,
+                pin,
                 &staging.join(path),
             )
             .await?;
-            fetched += 1;
         }
-        if fetched == 0 {
-            return Err(RemoteError::Empty { uri });
-        }
-        Ok(None)
+        Ok(Downloaded {
+            file: None,
+            revision: Some(Revision::Listing(digest).to_string()),
+        })
     } else {
         let name = key.rsplit('/').next().unwrap_or(key);
         let name = safe_relative_path(&uri, name)?;
-        get_object(client, config, &uri, bucket, key, &staging.join(&name)).await?;
-        Ok(Some(name))
+        let pin = match pinned {
+            Some(Revision::VersionId(id)) => ObjectPin::Version(id),
+            Some(Revision::ETag(etag)) => ObjectPin::IfMatch { etag, pinned: true },
+            _ => ObjectPin::Current,
+        };
+        let got = get_object(client, config, &uri, bucket, key, pin, &staging.join(&name)).await?;
+        // A version names the bytes for good; an ETag only lets a later fetch notice a change.
+        let revision = match (got.version_id, got.etag) {
+            (Some(id), _) if id != "null" => Some(Revision::VersionId(id)),
+            (_, Some(etag)) => Some(Revision::ETag(etag)),
+            _ => None,
+        };
+        Ok(Downloaded {
+            file: Some(name),
+            revision: revision.map(|r| r.to_string()),
+        })
     }
 }
 
@@ -413,13 +582,15 @@ mod tests {
         let aws = config(&KEYS).unwrap();
         assert_eq!(aws.region, "us-east-1");
         assert_eq!(
-            aws.object_url("u", "models", "minilm/model 1.onnx")
+            aws.object_url("u", "models", "minilm/model 1.onnx", None)
                 .unwrap()
                 .as_str(),
             "https://models.s3.us-east-1.amazonaws.com/minilm/model%201.onnx"
         );
         assert_eq!(
-            aws.object_url("u", "my.models", "m.onnx").unwrap().as_str(),
+            aws.object_url("u", "my.models", "m.onnx", None)
+                .unwrap()
+                .as_str(),
             "https://s3.us-east-1.amazonaws.com/my.models/m.onnx"
         );
         let mut vars = KEYS.to_vec();
@@ -429,7 +600,7 @@ mod tests {
         assert_eq!(minio.region, "eu-west-1");
         assert_eq!(
             minio
-                .object_url("u", "models", "a/b.onnx")
+                .object_url("u", "models", "a/b.onnx", None)
                 .unwrap()
                 .as_str(),
             "http://127.0.0.1:9000/models/a/b.onnx"
@@ -441,7 +612,7 @@ mod tests {
                 .as_str(),
             "http://127.0.0.1:9000/models?list-type=2&prefix=a%2F"
         );
-        assert!(minio.object_url("u", "models", "a/../b").is_err());
+        assert!(minio.object_url("u", "models", "a/../b", None).is_err());
         let mut vars = KEYS.to_vec();
         vars.push(("AWS_ENDPOINT_URL", "minio:9000"));
         assert!(
@@ -476,7 +647,7 @@ mod tests {
                 (&minio, "127.0.0.1"),
                 (&aws, "models.s3.us-east-1.amazonaws.com"),
             ] {
-                let url = config.object_url("u", "models", key).unwrap();
+                let url = config.object_url("u", "models", key, None).unwrap();
                 assert_eq!(url.host_str(), Some(host), "{key:?} -> {url}");
                 assert_eq!(url.query(), None, "{key:?} -> {url}");
                 assert_eq!(url.fragment(), None, "{key:?} -> {url}");
@@ -487,12 +658,12 @@ mod tests {
                 assert!(path.ends_with(&format!("/{key}")), "{key:?} -> {url}");
             }
         }
-        let url = minio.object_url("u", "models", "a?b").unwrap();
+        let url = minio.object_url("u", "models", "a?b", None).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:9000/prefix/models/a%3Fb");
         let url = minio.url("models", "", "list-type=2&prefix=a%23b").unwrap();
         assert_eq!(url.query(), Some("list-type=2&prefix=a%23b"));
         for key in ["../other-bucket/x", "a/./b", "a/.."] {
-            assert!(minio.object_url("u", "models", key).is_err(), "{key}");
+            assert!(minio.object_url("u", "models", key, None).is_err(), "{key}");
         }
         for region in ["evil.example.com/", "us-east-1@x", "US-EAST-1", "a b"] {
             let mut vars = KEYS.to_vec();
@@ -526,18 +697,57 @@ mod tests {
     }
 
     #[test]
+    fn pins_say_which_bytes() {
+        let pin = |key, text| parse_pin("s3://b/k", key, text);
+        assert_eq!(
+            pin("m.onnx", "versionId:v1").unwrap(),
+            Revision::VersionId("v1".into())
+        );
+        assert_eq!(
+            pin("m.onnx", "etag:\"e\"").unwrap(),
+            Revision::ETag("\"e\"".into())
+        );
+        assert_eq!(
+            pin("p/", "listing:ab").unwrap(),
+            Revision::Listing("ab".into())
+        );
+        for (key, text) in [
+            ("m.onnx", "listing:ab"),
+            ("p/", "etag:x"),
+            ("m.onnx", "abc"),
+            ("m.onnx", ""),
+        ] {
+            assert!(pin(key, text).is_err(), "{key} {text}");
+        }
+        // The listing digest changes with any key or ETag, not with the listing's order.
+        let base = listing_digest(&[("a", "\"1\""), ("b/c", "\"2\"")]);
+        assert_eq!(base, listing_digest(&[("b/c", "\"2\""), ("a", "\"1\"")]));
+        for changed in [
+            listing_digest(&[("a", "\"1\""), ("b/c", "\"3\"")]),
+            listing_digest(&[("a", "\"1\"")]),
+            listing_digest(&[("a", "\"1\""), ("b/c", "\"2\""), ("d", "\"4\"")]),
+        ] {
+            assert_ne!(base, changed);
+        }
+        assert_eq!(base.len(), 64);
+    }
+
+    #[test]
     fn parses_list_objects_v2() {
         let body = r#"<?xml version="1.0" encoding="UTF-8"?>
 <ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
   <Name>models</Name><Prefix>m/</Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys>
   <IsTruncated>true</IsTruncated><NextContinuationToken>t&amp;1</NextContinuationToken>
-  <Contents><Key>m/a &amp; b.txt</Key><Size>3</Size></Contents>
+  <Contents><Key>m/a &amp; b.txt</Key><Size>3</Size><ETag>&quot;e1&quot;</ETag></Contents>
   <Contents><Key>m/sub/</Key><Size>0</Size></Contents>
 </ListBucketResult>"#;
         assert_eq!(
             parse_list_page(body).unwrap(),
             ListPage {
-                objects: vec![("m/a & b.txt".into(), 3), ("m/sub/".into(), 0)],
+                objects: vec![
+                    ("m/a & b.txt".into(), 3, Some("\"e1\"".into())),
+                    ("m/sub/".into(), 0, None)
+                ],
                 next_token: Some("t&1".into()),
             }
         );

@@ -14,9 +14,10 @@ use crate::api::InferenceService;
 use crate::api::conditions::{
     ConditionStatus, ConditionType, DesiredCondition, remove_condition, set_condition,
 };
-use crate::api::inference_service::{InferenceServiceStatus, ResolvedModel};
+use crate::api::inference_service::InferenceServiceStatus;
 use crate::controller::signal_board::SignalCondition;
 use crate::gpu::GpuFit;
+use crate::resources::model_pin::resolve_model;
 
 use crate::api::conditions::reason;
 
@@ -75,10 +76,12 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
         .and_then(|h| h.status.as_ref())
         .and_then(|s| s.last_scale_time.clone())
         .or(status.last_scale_time);
-    status.model = Some(ResolvedModel {
-        uri: isvc.spec.model.uri.clone(),
-        digest: fetched_digest(observed.pods).or_else(|| still_served_digest(isvc)),
-    });
+    // Only what a fetch verified: the spec's sha256 is an expectation, shown in the spec.
+    status.model = Some(resolve_model(
+        &isvc.spec.model,
+        status.model.as_ref(),
+        observed.pods,
+    ));
 
     let problem = most_important_problem(observed);
     let deadline_exceeded = progress_deadline_exceeded(observed.deployment);
@@ -440,42 +443,9 @@ fn failure_message(status: &ContainerStatus) -> Option<String> {
     None
 }
 
-/// The digest the fetch init container verified, from its termination message
-/// (`sha256:<hex>`), on any pod that got that far.
-fn fetched_digest(pods: &[Pod]) -> Option<String> {
-    pods.iter()
-        .filter_map(|p| p.status.as_ref())
-        .flat_map(|s| s.init_container_statuses.iter().flatten())
-        .filter(|c| c.name == "fetch-model")
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
-        .filter(|t| t.exit_code == 0)
-        .filter_map(|t| t.message.as_deref())
-        .find_map(parse_digest)
-}
-
-/// The digest recorded earlier, while no pod reports one now (the pods were replaced, or scaled
-/// away): kept as long as it describes the same uri and agrees with the pin. Never the pin itself:
-/// `status.model.digest` says what an init container verified, and a pin nothing has verified yet
-/// (or that failed verification) is not that.
-fn still_served_digest(isvc: &InferenceService) -> Option<String> {
-    let model = &isvc.spec.model;
-    isvc.status
-        .as_ref()?
-        .model
-        .as_ref()
-        .filter(|m| m.uri == model.uri)?
-        .digest
-        .clone()
-        .filter(|digest| model.sha256.as_ref().is_none_or(|pin| pin == digest))
-}
-
 /// Finds `sha256:<64 hex>` (the sidecar's termination message) in a message.
 pub fn parse_digest(message: &str) -> Option<String> {
-    message.split_whitespace().find_map(|word| {
-        let hex = word.strip_prefix(lexserve_contract::names::TERMINATION_DIGEST_PREFIX)?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| hex.to_ascii_lowercase())
-    })
+    lexserve_contract::fetch_report::FetchReport::parse(message).map(|report| report.sha256)
 }
 
 /// Whether the status says the service is Ready.

@@ -10,7 +10,6 @@ use super::status::{Observed, ScalingSignal, compute_status, is_settled, parse_d
 use crate::api::InferenceService;
 use crate::api::conditions::reason;
 use crate::api::conditions::{ConditionType, find_condition};
-use crate::api::inference_service::{InferenceServiceStatus, ResolvedModel};
 use crate::controller::signal_board::SignalCondition;
 use crate::gpu::{NodeGpus, gpu_fit};
 use crate::metrics_api::load::SignalMissing;
@@ -212,47 +211,53 @@ fn transition_time_is_kept_when_nothing_changes() {
     );
 }
 
-#[test]
-fn an_unverified_pin_is_not_reported_as_the_digest() {
-    let pin = "cd".repeat(32);
-    let d = deployment(1, 0, 1);
-    let mut object = isvc();
-    object.spec.model.sha256 = Some(pin.clone());
-    // The fetch failed its check: the pin was never verified.
-    let pods = [pod(json!({
-        "initContainerStatuses": [{
-            "name": "fetch-model", "ready": false, "restartCount": 1, "image": "x", "imageID": "",
-            "state": {"terminated": {"exitCode": 1, "message": format!("sha256 mismatch for /x: expected {pin}, got {}", "ef".repeat(32))}}
-        }]
-    }))];
-    let status = compute_status(&object, &observe(Some(&d), &pods));
-    assert_eq!(status.model.and_then(|m| m.digest), None);
+/// A pod whose init container `container` fetched `uri` and terminated with `message` at
+/// second `finished`.
+fn fetched_pod(name: &str, container: &str, uri: &str, finished: i64, message: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "containers": [{"name": "sidecar"}],
+            "initContainers": [{"name": container, "args": ["fetch", "--uri", uri, "--dest", "/d"]}]
+        },
+        "status": {"initContainerStatuses": [{
+            "name": container, "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"terminated": {
+                "exitCode": 0, "message": message,
+                "finishedAt": format!("1970-01-01T00:00:{finished:02}Z")
+            }}
+        }]}
+    }))
+    .expect("valid pod")
+}
 
-    // Once verified, it stays while no pod says otherwise, until the pin or the uri changes.
-    object.status = Some(InferenceServiceStatus {
-        model: Some(ResolvedModel {
-            uri: object.spec.model.uri.clone(),
-            digest: Some(pin.clone()),
-        }),
-        ..Default::default()
-    });
-    let kept = compute_status(&object, &observe(Some(&d), &[]));
-    assert_eq!(kept.model.and_then(|m| m.digest), Some(pin.clone()));
-    object.spec.model.sha256 = Some("ef".repeat(32));
-    let repinned = compute_status(&object, &observe(Some(&d), &[]));
-    assert_eq!(repinned.model.and_then(|m| m.digest), None);
+fn remote(model: serde_json::Value) -> InferenceService {
+    let mut object = isvc();
+    object.spec.model = serde_json::from_value(model).expect("model");
+    object
 }
 
 #[test]
-fn digest_comes_from_the_fetch_container() {
+fn digest_is_only_what_a_fetch_verified() {
     let digest = "ab".repeat(32);
-    let d = deployment(1, 1, 1);
-    let pods = [pod(json!({
-        "initContainerStatuses": [{
-            "name": "fetch-model", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-            "state": {"terminated": {"exitCode": 0, "message": format!("fetched 90 MB sha256:{digest}")}}
-        }]
-    }))];
+    let d = deployment(1, 0, 1);
+    // The spec pins a digest, and nothing has fetched yet: status does not claim it.
+    let object = remote(json!({
+        "uri": "file:///m/model.onnx", "format": "onnx", "task": "embed", "sha256": "cd".repeat(32)
+    }));
+    let status = compute_status(&object, &observe(Some(&d), &[]));
+    let model = status.model.expect("model");
+    assert_eq!(model.uri, "file:///m/model.onnx");
+    assert_eq!(model.digest, None);
+    assert_eq!(model.revision, None);
+
+    let pods = [fetched_pod(
+        "minilm-a",
+        "fetch-model",
+        "file:///m/model.onnx",
+        1,
+        &format!("fetched 90 MB sha256:{digest}"),
+    )];
     let status = compute_status(&isvc(), &observe(Some(&d), &pods));
     assert_eq!(status.model.and_then(|m| m.digest), Some(digest.clone()));
     assert_eq!(parse_digest("sha256:xyz"), None);
@@ -260,6 +265,75 @@ fn digest_comes_from_the_fetch_container() {
         parse_digest(&format!("ok sha256:{}", digest.to_uppercase())),
         Some(digest)
     );
+}
+
+#[test]
+fn the_first_fetch_pins_the_revision_until_the_model_changes() {
+    let (d1, d2) = ("1".repeat(64), "2".repeat(64));
+    let (r1, r2) = ("a".repeat(40), "b".repeat(40));
+    let uri = "hf://org/minilm";
+    let report = |digest: &str, revision: &str| format!("sha256:{digest} revision:{revision}");
+    let spec = json!({"uri": uri, "format": "onnx", "task": "embed", "tokenizer": "hf://org/tok"});
+    let mut object = remote(spec.clone());
+    let d = deployment(2, 2, 2);
+    // Two pods raced on the first fetch; the one that finished first decides, for both
+    // artifacts independently.
+    let pods = [
+        fetched_pod("minilm-b", "fetch-model", uri, 20, &report(&d2, &r2)),
+        fetched_pod("minilm-a", "fetch-model", uri, 10, &report(&d1, &r1)),
+        fetched_pod(
+            "minilm-c",
+            "fetch-tokenizer",
+            "hf://org/tok",
+            30,
+            &report(&d2, &r2),
+        ),
+    ];
+    let status = compute_status(&object, &observe(Some(&d), &pods));
+    let model = status.model.clone().expect("model");
+    assert_eq!(
+        (model.digest.as_deref(), model.revision.as_deref()),
+        (Some(d1.as_str()), Some(r1.as_str()))
+    );
+    let tokenizer = model.tokenizer.clone().expect("tokenizer");
+    assert_eq!(tokenizer.uri, "hf://org/tok");
+    assert_eq!(tokenizer.revision.as_deref(), Some(r2.as_str()));
+
+    // Recorded, it stays, whatever later pods (or none) report.
+    object.status = Some(status);
+    let later = [fetched_pod(
+        "minilm-z",
+        "fetch-model",
+        uri,
+        1,
+        &report(&d2, &r2),
+    )];
+    for pods in [&later[..], &[]] {
+        let status = compute_status(&object, &observe(Some(&d), pods));
+        assert_eq!(status.model.and_then(|m| m.revision), Some(r1.clone()));
+    }
+
+    // Another uri: the record goes, and pods still fetching the old uri do not bring it back.
+    let mut moved = object.clone();
+    moved.spec.model.uri = "hf://org/minilm@v2".into();
+    let status = compute_status(&moved, &observe(Some(&d), &pods));
+    let model = status.model.expect("model");
+    assert_eq!(
+        (model.uri.as_str(), model.digest, model.revision),
+        ("hf://org/minilm@v2", None, None)
+    );
+    assert_eq!(model.tokenizer.and_then(|t| t.revision), Some(r2.clone()));
+
+    // A sha256 the record does not have: resolved again (a fetch asked for it reports).
+    let mut repinned = object.clone();
+    repinned.spec.model.sha256 = Some(d2.clone());
+    let status = compute_status(&repinned, &observe(Some(&d), &[]));
+    assert_eq!(status.model.and_then(|m| m.revision), None);
+    // The same sha256 as recorded: nothing to resolve again.
+    let mut confirmed = object.clone();
+    confirmed.spec.model.sha256 = Some(d1.clone());
+    let status = compute_status(&confirmed, &observe(Some(&d), &[]));
+    assert_eq!(status.model.and_then(|m| m.revision), Some(r1));
 }
 
 #[test]
