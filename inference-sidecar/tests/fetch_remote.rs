@@ -639,7 +639,7 @@ fn s3_crafted_uris_never_reach_another_host() {
     let out = fetch_into(&format!("s3://models/{odd_key}"), &dest, None, &env);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(
-        std::fs::read(dest.join("model.onnx")).unwrap(),
+        std::fs::read(&dest).unwrap(),
         b"the real weights"
     );
 
@@ -731,7 +731,7 @@ fn s3_interrupted_downloads_resume_where_they_stopped() {
         &as_refs(&env),
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(std::fs::read(dest.join("model.onnx")).unwrap() == model);
+    assert!(std::fs::read(&dest).unwrap() == model);
     assert!(
         out.termination
             .starts_with(&format!("sha256:{digest} revision:etag:")),
@@ -812,7 +812,7 @@ fn s3_web_identity_credentials_come_from_sts() {
         std::fs::read_to_string(&moto.log).unwrap_or_default()
     );
     assert_eq!(
-        std::fs::read(dest.join("model.onnx")).unwrap(),
+        std::fs::read(&dest).unwrap(),
         b"irsa weights"
     );
     assert!(
@@ -1286,7 +1286,8 @@ fn hf_gguf_repository_fetches_the_one_quantization_named() {
     assert!(downloaded_since(repo, before).is_empty());
     assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
 
-    // Named: that file alone, as DEST/<name>, its own digest (the Hub's LFS sha256) reported.
+    // Named: that file alone, as DEST itself (the file serve loads), its own digest (the Hub's
+    // LFS sha256) reported.
     let bytes = gguf_files()[2].1.clone();
     for uri in [
         format!("hf://{repo}@main/model-Q8_0.gguf"),
@@ -1298,8 +1299,8 @@ fn hf_gguf_repository_fetches_the_one_quantization_named() {
         let out = fetch_with(&uri, &dest, &gguf, &env);
         assert_eq!(reported_revision(&out), GGUF_COMMIT);
         assert_eq!(downloaded_since(repo, before), ["model-Q8_0.gguf"]);
-        assert_eq!(entries(&dest), ["model-Q8_0.gguf"]);
-        assert!(std::fs::read(dest.join("model-Q8_0.gguf")).unwrap() == bytes);
+        assert!(dest.is_file(), "the named file becomes DEST");
+        assert!(std::fs::read(&dest).unwrap() == bytes);
         assert!(
             out.termination
                 .starts_with(&format!("sha256:{} ", sha256_hex(&bytes)))
@@ -1389,7 +1390,7 @@ fn s3_later_fetches_get_the_object_the_first_one_got_or_fail() {
         &env,
     );
     assert_eq!(reported_revision(&out), version);
-    assert!(std::fs::read(dest.join("model.onnx")).unwrap() == v1);
+    assert!(std::fs::read(&dest).unwrap() == v1);
     assert!(
         out.termination
             .starts_with(&format!("sha256:{} ", sha256_hex(&v1)))

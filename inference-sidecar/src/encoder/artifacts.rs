@@ -98,7 +98,12 @@ fn first_existing(dirs: &[PathBuf], names: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn weight_candidates(format: ModelFormat, quantize: Quantize) -> &'static [&'static str] {
+/// The weight files the server looks for in a model directory, in its order of preference; the
+/// fetch of a repository that names no file takes the first one present (`fetch::remote::hf_files`).
+pub(crate) fn weight_candidates(
+    format: ModelFormat,
+    quantize: Quantize,
+) -> &'static [&'static str] {
     match (format, quantize) {
         (ModelFormat::Onnx, Quantize::Int8) => &[
             "model_int8.onnx",

@@ -12,6 +12,7 @@
 use lexserve_contract::{ModelFormat, ModelTask, Quantize};
 
 use crate::cli::Artifact;
+use crate::encoder::artifacts::weight_candidates;
 
 /// What the server needs, for a uri that names no file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,24 +49,6 @@ const ENCODER_FILES: &[&str] = &[
     "sentence_bert_config.json",
     "1_Pooling/config.json",
 ];
-
-/// The ONNX and safetensors files the server looks for in a directory, in its order
-/// (`encoder::artifacts`' weight candidates).
-fn weight_candidates(format: ModelFormat, quantize: Quantize) -> &'static [&'static str] {
-    match (format, quantize) {
-        (ModelFormat::Onnx, Quantize::Int8) => &[
-            "model_int8.onnx",
-            "model_quantized.onnx",
-            "model_qint8.onnx",
-            "onnx/model_int8.onnx",
-            "onnx/model_quantized.onnx",
-            "onnx/model_qint8.onnx",
-        ],
-        (ModelFormat::Onnx, Quantize::None) => &["model.onnx", "onnx/model.onnx"],
-        (ModelFormat::Safetensors, _) => &["model.safetensors"],
-        (ModelFormat::Gguf, _) => &[],
-    }
-}
 
 /// Chooses the files to fetch from `files` (the repository's, at the resolved commit). `uri` is
 /// the uri to show in messages (`hf://org/name@revision`).
