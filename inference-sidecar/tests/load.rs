@@ -206,16 +206,32 @@ async fn admission_comes_before_the_body_and_slow_clients_time_out() {
     ]))
     .await;
     let body = json!({"texts": ["a sentence that never arrives whole"]}).to_string();
-    let mut stalled = tokio::net::TcpStream::connect(common::raw::addr(&sidecar.base))
-        .await
-        .unwrap();
-    let mut request = post_head("/embed", body.len());
-    request.extend_from_slice(&body.as_bytes()[..10]);
-    stalled.write_all(&request).await.unwrap();
+    let stall = || async {
+        let mut stream = tokio::net::TcpStream::connect(common::raw::addr(&sidecar.base))
+            .await
+            .unwrap();
+        let mut request = post_head("/embed", body.len());
+        request.extend_from_slice(&body.as_bytes()[..10]);
+        stream.write_all(&request).await.unwrap();
+        stream
+    };
+    let mut stalled = stall().await;
 
-    // Once the stalled request holds the permit (it may not have been read yet), others are
-    // refused at once, with Retry-After and a JSON error.
+    // Once the stalled request holds the permit, others are refused at once, with Retry-After
+    // and a JSON error.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let refused = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was refused while a stalled body held the only permit"
+        );
+        // A stalled request that was answered holds no permit (it came while a request below
+        // held it, or its body deadline passed before the next one): stall another.
+        let mut probe = [0u8; 1];
+        if !matches!(stalled.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            stalled = stall().await;
+        }
         let response = client
             .post(sidecar.url("/embed"))
             .json(&json!({"texts": ["hello"]}))
