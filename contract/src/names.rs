@@ -24,6 +24,13 @@ pub mod flag {
     pub const QUANTIZE: &str = "quantize";
     /// `fetch`: `model` or `tokenizer`.
     pub const ARTIFACT: &str = "artifact";
+    /// The HTTP server's own limits (defaults in [`crate::runtime::defaults`]).
+    pub const MAX_CONCURRENT_REQUESTS: &str = "max-concurrent-requests";
+    pub const HEADER_READ_TIMEOUT: &str = "header-read-timeout";
+    pub const BODY_READ_TIMEOUT: &str = "body-read-timeout";
+    pub const REQUEST_TIMEOUT: &str = "request-timeout";
+    pub const WRITE_STALL_TIMEOUT: &str = "write-stall-timeout";
+    pub const SEND_BUFFER_BYTES: &str = "send-buffer-bytes";
 
     /// `--name` from a flag's long name.
     pub fn arg(long: &str) -> String {
@@ -51,6 +58,12 @@ pub mod env {
     pub const TERMINATION_LOG: &str = "LEXSERVE_TERMINATION_LOG";
     pub const DRAIN_TIMEOUT: &str = "LEXSERVE_DRAIN_TIMEOUT";
     pub const SHUTDOWN_DELAY: &str = "LEXSERVE_SHUTDOWN_DELAY";
+    pub const MAX_CONCURRENT_REQUESTS: &str = "LEXSERVE_MAX_CONCURRENT_REQUESTS";
+    pub const HEADER_READ_TIMEOUT: &str = "LEXSERVE_HEADER_READ_TIMEOUT";
+    pub const BODY_READ_TIMEOUT: &str = "LEXSERVE_BODY_READ_TIMEOUT";
+    pub const REQUEST_TIMEOUT: &str = "LEXSERVE_REQUEST_TIMEOUT";
+    pub const WRITE_STALL_TIMEOUT: &str = "LEXSERVE_WRITE_STALL_TIMEOUT";
+    pub const SEND_BUFFER_BYTES: &str = "LEXSERVE_SEND_BUFFER_BYTES";
     /// The log filter (tracing's `EnvFilter` syntax) of both binaries.
     pub const LOG: &str = "LEXSERVE_LOG";
     /// The ONNX Runtime shared library (ort's own variable).

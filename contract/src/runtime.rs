@@ -43,6 +43,34 @@ pub mod defaults {
     /// and a rollout waits this long for every replica it replaces.
     pub const MAX_SHUTDOWN_DELAY_BOUND_TEXT: &str = "2m";
     pub const MAX_SHUTDOWN_DELAY_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+
+    // The sidecar's HTTP server: flags with no spec field (names in `names::flag` and `names::env`).
+
+    /// `--max-concurrent-requests`: requests admitted at once (from before their body is read to
+    /// the end of their answer, token streams included); more get 429 at once. Text generation
+    /// inference's default: past a few dozen requests on a CPU pod, more concurrency only adds
+    /// queueing, while each admitted request may buffer a body of up to `--max-body-bytes` (2 MiB)
+    /// and its parsed texts: 128 of them bound that memory to well under 1 GiB.
+    pub const MAX_CONCURRENT_REQUESTS: u32 = 128;
+    /// `--header-read-timeout`: a request's headers must arrive within it (slowloris). hyper starts
+    /// the same clock while a kept-alive connection waits for its next request, so it is also the
+    /// idle timeout: longer than the 60 s idle timeout of common load balancers, so that the
+    /// balancer, not the sidecar, closes an idle connection (no request races a close).
+    pub const HEADER_READ_TIMEOUT_TEXT: &str = "75s";
+    /// `--body-read-timeout`: a request's body must arrive within it (2 MiB at 1 Mbit/s takes 17 s).
+    pub const BODY_READ_TIMEOUT_TEXT: &str = "30s";
+    /// `--request-timeout`: a whole answer (not a token stream) must be ready within it; otherwise
+    /// 503. Generous: the default 256 new tokens take about 4 s at the measured decode speed, and a
+    /// request may wait for a full queue before it.
+    pub const REQUEST_TIMEOUT_TEXT: &str = "120s";
+    /// `--write-stall-timeout`: a client that takes no byte of its answer for this long is
+    /// disconnected, and a token stream it stopped reading is cancelled (its KV blocks freed).
+    pub const WRITE_STALL_TIMEOUT_TEXT: &str = "30s";
+    /// `--send-buffer-bytes`: the kernel's send buffer of each connection (SO_SNDBUF). Left to
+    /// autotuning, it grows to megabytes (on loopback at once), which a client that stopped
+    /// reading keeps filled, and a stalled write is only noticed once it is full. 256 KiB still
+    /// sends 5 MB/s over a 50 ms round trip, more than any answer of this server needs.
+    pub const SEND_BUFFER_BYTES: u32 = 256 * 1024;
 }
 
 /// How the sidecar runs the model.
@@ -263,6 +291,14 @@ mod tests {
             Ok(defaults::MAX_SHUTDOWN_DELAY_BOUND)
         );
         assert!(crate::quantity::parse_quantity(defaults::KV_CACHE_MEMORY).is_ok());
+        for text in [
+            defaults::HEADER_READ_TIMEOUT_TEXT,
+            defaults::BODY_READ_TIMEOUT_TEXT,
+            defaults::REQUEST_TIMEOUT_TEXT,
+            defaults::WRITE_STALL_TIMEOUT_TEXT,
+        ] {
+            assert!(parse_duration(text).is_ok_and(|d| !d.is_zero()), "{text}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use lexserve_contract::names::{drain, env, flag, http, path};
+use lexserve_contract::runtime::defaults;
 use lexserve_contract::{Backend, ModelFormat, ModelTask, Pooling, Quantize};
 
 #[derive(Debug, Parser)]
@@ -131,6 +132,34 @@ pub struct ServeArgs {
     /// (overrides `runtime.shutdownDelay`; default 5s). A second SIGTERM skips what is left of it.
     #[arg(long, env = env::SHUTDOWN_DELAY)]
     pub shutdown_delay: Option<String>,
+    /// Requests admitted at once, token streams included; more get 429 with Retry-After before
+    /// their body is read. Probes and /metrics are never refused.
+    #[arg(long = flag::MAX_CONCURRENT_REQUESTS, env = env::MAX_CONCURRENT_REQUESTS,
+        default_value_t = defaults::MAX_CONCURRENT_REQUESTS.into())]
+    pub max_concurrent_requests: u64,
+    /// How long a request's headers may take to arrive, and how long a kept-alive connection may
+    /// wait idle for its next request; then the connection is closed.
+    #[arg(long = flag::HEADER_READ_TIMEOUT, env = env::HEADER_READ_TIMEOUT,
+        default_value = defaults::HEADER_READ_TIMEOUT_TEXT)]
+    pub header_read_timeout: String,
+    /// How long a request's body may take to arrive once admitted; then 408.
+    #[arg(long = flag::BODY_READ_TIMEOUT, env = env::BODY_READ_TIMEOUT,
+        default_value = defaults::BODY_READ_TIMEOUT_TEXT)]
+    pub body_read_timeout: String,
+    /// How long a whole answer (not a token stream) may take once the body is read; then 503.
+    #[arg(long = flag::REQUEST_TIMEOUT, env = env::REQUEST_TIMEOUT,
+        default_value = defaults::REQUEST_TIMEOUT_TEXT)]
+    pub request_timeout: String,
+    /// A client that takes no byte of its answer for this long is disconnected; a token stream it
+    /// stopped reading is cancelled and its KV cache blocks freed.
+    #[arg(long = flag::WRITE_STALL_TIMEOUT, env = env::WRITE_STALL_TIMEOUT,
+        default_value = defaults::WRITE_STALL_TIMEOUT_TEXT)]
+    pub write_stall_timeout: String,
+    /// The kernel's send buffer per connection (SO_SNDBUF, bytes): what a client that stopped
+    /// reading can hold before its writes stall.
+    #[arg(long = flag::SEND_BUFFER_BYTES, env = env::SEND_BUFFER_BYTES,
+        default_value_t = defaults::SEND_BUFFER_BYTES.into())]
+    pub send_buffer_bytes: u64,
 }
 
 #[derive(Debug, Clone, Args)]

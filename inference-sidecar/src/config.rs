@@ -134,6 +134,23 @@ pub struct GenerationConfig {
     pub max_queue_size: usize,
 }
 
+/// The HTTP server's own limits: admission and the deadlines that keep a client from holding the
+/// server's memory or a request slot (flags only; they are not part of the spec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Requests admitted at once (permits); more get 429.
+    pub max_concurrent_requests: usize,
+    /// Headers of a request, and the idle wait for the next one on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    /// A whole (non-streamed) answer, from the end of the body.
+    pub request_timeout: Duration,
+    /// No byte of an answer taken by the client for this long: disconnect, cancel its stream.
+    pub write_stall_timeout: Duration,
+    /// SO_SNDBUF of every connection.
+    pub send_buffer_bytes: u32,
+}
+
 /// Everything `serve` needs, after merging file, flags and defaults.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -163,6 +180,16 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// After SIGTERM, how long to keep serving (readiness already false) before draining.
     pub shutdown_delay: Duration,
+    pub http: HttpLimits,
+}
+
+/// A deadline: a Go duration above zero (a zero deadline would refuse everything).
+fn timeout(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let value = parse_duration(text).map_err(|e| invalid(field, e.to_string()))?;
+    if value.is_zero() {
+        return Err(invalid(field, "must be above zero"));
+    }
+    Ok(value)
 }
 
 fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
@@ -396,6 +423,21 @@ impl ServeConfig {
             drain_timeout: parse_duration(&args.drain_timeout)
                 .map_err(|e| invalid("--drain-timeout", e.to_string()))?,
             shutdown_delay,
+            http: HttpLimits {
+                max_concurrent_requests: positive(
+                    "--max-concurrent-requests",
+                    args.max_concurrent_requests,
+                )?,
+                header_read_timeout: timeout("--header-read-timeout", &args.header_read_timeout)?,
+                body_read_timeout: timeout("--body-read-timeout", &args.body_read_timeout)?,
+                request_timeout: timeout("--request-timeout", &args.request_timeout)?,
+                write_stall_timeout: timeout("--write-stall-timeout", &args.write_stall_timeout)?,
+                send_buffer_bytes: u32::try_from(positive(
+                    "--send-buffer-bytes",
+                    args.send_buffer_bytes,
+                )?)
+                .map_err(|_| invalid("--send-buffer-bytes", "is too large"))?,
+            },
         })
     }
 }

@@ -638,10 +638,7 @@ fn s3_crafted_uris_never_reach_another_host() {
     let dest = work.join("odd");
     let out = fetch_into(&format!("s3://models/{odd_key}"), &dest, None, &env);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(
-        std::fs::read(&dest).unwrap(),
-        b"the real weights"
-    );
+    assert_eq!(std::fs::read(&dest).unwrap(), b"the real weights");
 
     for (uri, says) in [
         (format!("s3://{}/model.onnx", trap.addr), "bucket name"),
@@ -811,10 +808,7 @@ fn s3_web_identity_credentials_come_from_sts() {
         out.stderr,
         std::fs::read_to_string(&moto.log).unwrap_or_default()
     );
-    assert_eq!(
-        std::fs::read(&dest).unwrap(),
-        b"irsa weights"
-    );
+    assert_eq!(std::fs::read(&dest).unwrap(), b"irsa weights");
     assert!(
         out.stderr
             .contains("assumed the role with the web identity token"),

@@ -579,3 +579,94 @@ async fn sigterm_lets_streams_in_flight_finish() {
     assert_eq!(finish["choices"][0]["finish_reason"], "length");
     assert_eq!(sidecar.wait_exit(Duration::from_secs(60)), Some(0));
 }
+
+/// Issue 13, items 6 and 7: a client that stops reading its stream is cut off after the stall
+/// timeout, its sequence cancelled and its KV blocks freed, and its connection closed; a client
+/// that reads slowly meanwhile gets its whole stream; a whole answer that takes longer than the
+/// request timeout is answered 503 (JSON) and its sequence freed.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_sequence_and_a_slow_one_does_not() {
+    use common::raw::{connect_small_window, read_until_closed, send_json};
+    use tokio::io::AsyncReadExt;
+
+    let mut args = smollm2_args();
+    args.extend(
+        [
+            "--threads",
+            "2",
+            "--max-new-tokens",
+            "1024",
+            "--write-stall-timeout",
+            "1s",
+            "--send-buffer-bytes",
+            "4096",
+            "--request-timeout",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    let (sidecar, client) = Sidecar::start_ready(&args).await;
+
+    // Greedy, SmolLM2 runs on through its French list: the stream outlasts any socket buffer.
+    let mut never_reads = connect_small_window(&sidecar.base).await;
+    send_json(&mut never_reads, "/v1/chat/completions", &long_chat(1024)).await;
+    let mut slow = connect_small_window(&sidecar.base).await;
+    send_json(&mut slow, "/v1/chat/completions", &long_chat(200)).await;
+    let slow_reader = tokio::spawn(async move {
+        // A small read every 200 ms: slower than the engine when it runs at speed, but never
+        // idle for the stall timeout.
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 512];
+        loop {
+            match slow.read(&mut buffer).await {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+            // The end of the chunked body.
+            if received.ends_with(b"\r\n0\r\n\r\n") {
+                return String::from_utf8_lossy(&received).into_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    let slow_text = slow_reader.await.unwrap();
+    assert!(
+        slow_text.contains("data: [DONE]"),
+        "the slow reader was cut: {} bytes, ending {:?}",
+        slow_text.len(),
+        &slow_text[slow_text.len().saturating_sub(200)..]
+    );
+    wait_metric(&client, &sidecar, "lexserve_requests_running", 0.0).await;
+    wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
+    let text = sidecar.metrics(&client).await;
+    let generated = metric_value(&text, "lexserve_generated_tokens_total").unwrap();
+    let ended = read_until_closed(&mut never_reads, Duration::from_secs(60)).await;
+    assert!(
+        ended.closed,
+        "the connection of a client that stopped reading stays open"
+    );
+    assert!(
+        !ended.text().contains("[DONE]"),
+        "the stream ran to its end ({generated} tokens generated in all)"
+    );
+    assert!(
+        generated < 200.0 + 1024.0,
+        "the abandoned stream generated to its end: {generated} tokens"
+    );
+
+    // A whole answer that cannot be ready within the request timeout.
+    let mut body = long_chat(1024);
+    body["stream"] = json!(false);
+    let (status, error) = post(&client, sidecar.url("/v1/chat/completions"), body).await;
+    assert_eq!(status, 503, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("not ready within"),
+        "{error}"
+    );
+    wait_metric(&client, &sidecar, "lexserve_requests_running", 0.0).await;
+    wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
+}

@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{FRANCE_CHATML, FRANCE_GOLDEN, smollm2_gguf};
 use lexserve_sidecar::generation::block_allocator::BlockId;
@@ -16,7 +17,7 @@ use lexserve_sidecar::generation::model::Weights;
 use lexserve_sidecar::generation::sampling::{SamplingParams, argmax};
 use lexserve_sidecar::generation::{FinishReason, GenerationEvent, GenerationRequest, Generator};
 use lexserve_sidecar::metrics::Metrics;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 fn loaded() -> LoadedGguf {
     load_gguf(&smollm2_gguf()).expect("SmolLM2 loads")
@@ -44,6 +45,8 @@ fn config(max_running: usize, blocks: usize, block_size: usize) -> EngineConfig 
         kv_cache_bytes: budget(blocks, block_size),
         max_new_tokens: 64,
         max_waiting: 64,
+        // Tests read their streams one after another; none is ever abandoned.
+        stall_timeout: Duration::from_secs(600),
     }
 }
 
@@ -63,7 +66,7 @@ struct Outcome {
 }
 
 fn next_token(
-    receiver: &mut UnboundedReceiver<GenerationEvent>,
+    receiver: &mut Receiver<GenerationEvent>,
     ids: &mut Vec<u32>,
     text: &mut String,
 ) -> Option<FinishReason> {
@@ -81,11 +84,7 @@ fn next_token(
     }
 }
 
-fn finish(
-    mut receiver: UnboundedReceiver<GenerationEvent>,
-    mut ids: Vec<u32>,
-    mut text: String,
-) -> Outcome {
+fn finish(mut receiver: Receiver<GenerationEvent>, mut ids: Vec<u32>, mut text: String) -> Outcome {
     loop {
         if let Some(reason) = next_token(&mut receiver, &mut ids, &mut text) {
             return Outcome { ids, text, reason };

@@ -253,3 +253,108 @@ async fn a_second_sigterm_skips_the_shutdown_delay() {
         .unwrap();
     assert_eq!(code, Some(0), "exits after the second signal, not after 2m");
 }
+
+/// Issue 13, item 6: a request takes a permit before its body is read. With the only permit held
+/// by a client whose body never completes, others get 429 at once (probes and /metrics still
+/// answer); the stalled body gets 408 at the body deadline and frees the permit; headers dribbled
+/// byte by byte get the connection closed at the header deadline, and an idle kept-alive
+/// connection is closed after it too.
+#[tokio::test]
+async fn admission_comes_before_the_body_and_slow_clients_time_out() {
+    use common::raw::{dribble, post_head, read_until_closed};
+    use tokio::io::AsyncWriteExt;
+
+    let (sidecar, client) = Sidecar::start_ready(&args(&[
+        "--max-concurrent-requests",
+        "1",
+        "--header-read-timeout",
+        "1s",
+        "--body-read-timeout",
+        "1s",
+    ]))
+    .await;
+    let body = json!({"texts": ["a sentence that never arrives whole"]}).to_string();
+    let stall = || async {
+        let mut stream = tokio::net::TcpStream::connect(common::raw::addr(&sidecar.base))
+            .await
+            .unwrap();
+        let mut request = post_head("/embed", body.len());
+        request.extend_from_slice(&body.as_bytes()[..10]);
+        stream.write_all(&request).await.unwrap();
+        stream
+    };
+    let mut stalled = stall().await;
+
+    // Once the stalled request holds the permit, others are refused at once, with Retry-After
+    // and a JSON error.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let refused = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was refused while a stalled body held the only permit"
+        );
+        // A stalled request that was answered holds no permit (it came while a request below
+        // held it, or its body deadline passed before the next one): stall another.
+        let mut probe = [0u8; 1];
+        if !matches!(stalled.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            stalled = stall().await;
+        }
+        let response = client
+            .post(sidecar.url("/embed"))
+            .json(&json!({"texts": ["hello"]}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("in flight"),
+        "{error}"
+    );
+    for probe in ["/health", "/ready", "/metrics", "/v1/models"] {
+        let response = client.get(sidecar.url(probe)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{probe} is never refused");
+    }
+
+    let ended = read_until_closed(&mut stalled, Duration::from_secs(60)).await;
+    assert_eq!(ended.status(), Some(408), "{}", ended.text());
+    assert!(ended.text().contains("\"error\""), "{}", ended.text());
+    let response = client
+        .post(sidecar.url("/embed"))
+        .json(&json!({"texts": ["hello"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the permit came back");
+
+    // Slowloris: headers one byte every 100 ms never finish; the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(common::raw::addr(&sidecar.base))
+        .await
+        .unwrap();
+    let endless_headers = b"GET /ready HTTP/1.1\r\nHost: sidecar\r\nX-Slow: ".repeat(20);
+    assert!(
+        dribble(&mut slow, &endless_headers, Duration::from_millis(100)).await,
+        "the server never closed a connection whose headers did not arrive"
+    );
+
+    // A kept-alive connection that sends nothing more is closed too.
+    let mut idle = tokio::net::TcpStream::connect(common::raw::addr(&sidecar.base))
+        .await
+        .unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+        .await
+        .unwrap();
+    let ended = read_until_closed(&mut idle, Duration::from_secs(60)).await;
+    assert!(ended.closed, "an idle connection stays open");
+    assert_eq!(ended.status(), Some(200), "{}", ended.text());
+
+    let text = sidecar.metrics(&client).await;
+    assert!(text.contains("lexserve_requests_total{route=\"/embed\",code=\"408\"}"));
+}

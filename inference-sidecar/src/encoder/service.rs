@@ -382,6 +382,11 @@ impl ModelService {
                 ),
             });
         }
+        // Refused before the work of tokenizing when the queue has no room now.
+        model
+            .queue
+            .check_room(texts.len())
+            .map_err(|e| refusal(e, field))?;
         let mut running = RunningTexts::start(&self.metrics, texts.len());
         // Short requests tokenize inline (microseconds); big ones move off the async workers so one
         // large body cannot stall every other connection.
@@ -399,18 +404,10 @@ impl ModelService {
         let tokens: Vec<usize> = tokenized.iter().map(TokenizedText::len).collect();
         let truncated: Vec<bool> = tokenized.iter().map(|t| t.truncated).collect();
         running.hand_over();
-        let receivers = model.queue.submit(tokenized).map_err(|e| match e {
-            SubmitError::QueueFull { .. } => ServiceError::Overloaded(e.to_string()),
-            SubmitError::TooManyTexts { .. } => ServiceError::TooLarge {
-                field: field.to_string(),
-                message: e.to_string(),
-            },
-            SubmitError::TextTooLong { index, .. } => ServiceError::TooLarge {
-                field: format!("{field}[{index}]"),
-                message: e.to_string(),
-            },
-            SubmitError::Closed => ServiceError::Draining,
-        })?;
+        let receivers = model
+            .queue
+            .submit(tokenized)
+            .map_err(|e| refusal(e, field))?;
         for &n in &tokens {
             self.metrics.input_tokens.observe(n as f64);
         }
@@ -465,6 +462,22 @@ impl ModelService {
             }
             notified.await;
         }
+    }
+}
+
+/// What the caller hears when the queue refuses texts; `field` names them.
+fn refusal(e: SubmitError, field: &str) -> ServiceError {
+    match e {
+        SubmitError::QueueFull { .. } => ServiceError::Overloaded(e.to_string()),
+        SubmitError::TooManyTexts { .. } => ServiceError::TooLarge {
+            field: field.to_string(),
+            message: e.to_string(),
+        },
+        SubmitError::TextTooLong { index, .. } => ServiceError::TooLarge {
+            field: format!("{field}[{index}]"),
+            message: e.to_string(),
+        },
+        SubmitError::Closed => ServiceError::Draining,
     }
 }
 

@@ -2,13 +2,20 @@
 //! take new requests, drop sequences whose client went away, plan a step, run it as one batched
 //! forward, sample, stream tokens out, retire finished sequences. Clients talk to it through
 //! [`Generator`] ([`super::generator`]); the model comes from [`super::gguf`].
+//!
+//! A client's stream is bounded. When it is full, the token that did not fit is held and the
+//! sequence sits out the steps (keeping its cache blocks) until the client takes an event; a
+//! client that takes none for `stall_timeout` loses its sequence, and its blocks go back to the
+//! pool. A slow reader thus slows only its own sequence, and a client that stopped reading holds
+//! neither memory nor cache for long.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender as EventSender;
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::generator::{
     Finish, FinishReason, GenerationEvent, Generator, GeneratorLimits, Submission,
@@ -32,6 +39,8 @@ pub struct EngineConfig {
     pub kv_cache_bytes: u64,
     pub max_new_tokens: usize,
     pub max_waiting: usize,
+    /// How long a client may leave its full stream untouched before its sequence is cancelled.
+    pub stall_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -44,13 +53,18 @@ impl EngineConfig {
             kv_cache_bytes: g.kv_cache_memory_bytes,
             max_new_tokens: g.max_new_tokens,
             max_waiting: g.max_queue_size,
+            stall_timeout: config.http.write_stall_timeout,
         }
     }
 }
 
 /// Per-sequence state that is about the client, not the cache.
 struct Client {
-    events: UnboundedSender<GenerationEvent>,
+    events: EventSender<GenerationEvent>,
+    /// The event that did not fit the full stream; while it is here the sequence sits out.
+    held: Option<GenerationEvent>,
+    /// Since when `held` has waited (the client has taken nothing since).
+    stalled_since: Option<Instant>,
     sampler: Sampler,
     max_new_tokens: usize,
     stop: StopMatcher,
@@ -60,6 +74,16 @@ struct Client {
     queued: bool,
 }
 
+/// The last event of a finished sequence (its blocks already freed) that did not fit the stream.
+struct Finishing {
+    events: EventSender<GenerationEvent>,
+    event: GenerationEvent,
+    since: Instant,
+}
+
+/// How often held-back streams are offered their event again when nothing else runs.
+const HELD_BACK_POLL: Duration = Duration::from_millis(5);
+
 pub struct Engine {
     model: DecoderModel,
     cache: PagedKvCache,
@@ -68,6 +92,8 @@ pub struct Engine {
     submissions: Receiver<Submission>,
     generator: Arc<Generator>,
     metrics: Arc<Metrics>,
+    stall_timeout: Duration,
+    finishing: Vec<Finishing>,
 }
 
 impl Engine {
@@ -132,6 +158,8 @@ impl Engine {
             submissions: receiver,
             generator: Arc::clone(&generator),
             metrics,
+            stall_timeout: config.stall_timeout,
+            finishing: Vec::new(),
         };
         engine.warm_up()?;
         Ok((engine, generator))
@@ -160,14 +188,19 @@ impl Engine {
                 return;
             }
             self.drop_disconnected();
-            let step = self.scheduler.schedule();
+            self.deliver_held();
+            let mut step = self.scheduler.schedule();
             self.account(&step);
+            // Sequences whose client has not taken their last token sit this step out; their
+            // work stays planned (and its blocks reserved) for a later step.
+            step.work
+                .retain(|w| self.clients.get(&w.id).is_none_or(|c| c.held.is_none()));
             if step.work.is_empty() {
                 self.update_gauges();
-                if !self.scheduler.is_idle() {
-                    // Nothing could be scheduled (cannot happen with validated requests); avoid a
-                    // busy loop rather than spin.
-                    std::thread::sleep(Duration::from_millis(1));
+                if !self.scheduler.is_idle() || !self.finishing.is_empty() {
+                    // Everything is held back (or, with validated requests never, nothing could
+                    // be scheduled): wait for a client or a new request rather than spin.
+                    self.wait_for_submission(HELD_BACK_POLL);
                 }
                 continue;
             }
@@ -179,7 +212,7 @@ impl Engine {
 
     /// Takes new submissions; blocks while there is nothing to do. False when the generator is gone.
     fn intake(&mut self) -> bool {
-        if self.scheduler.is_idle() {
+        if self.scheduler.is_idle() && self.finishing.is_empty() {
             self.update_gauges();
             match self.submissions.recv() {
                 Ok(s) => self.accept(s),
@@ -197,12 +230,65 @@ impl Engine {
         }
     }
 
+    fn wait_for_submission(&mut self, limit: Duration) {
+        match self.submissions.recv_timeout(limit) {
+            Ok(s) => self.accept(s),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(limit),
+        }
+    }
+
+    /// Offers every held event to its client again. A client that took one has room again (its
+    /// sequence runs on); one that has taken nothing for the stall timeout loses its sequence.
+    fn deliver_held(&mut self) {
+        let now = Instant::now();
+        let stall_timeout = self.stall_timeout;
+        let mut stalled = Vec::new();
+        for (id, client) in &mut self.clients {
+            let Some(event) = client.held.take() else {
+                continue;
+            };
+            match client.events.try_send(event) {
+                Ok(()) => client.stalled_since = None,
+                Err(TrySendError::Full(event)) => {
+                    client.held = Some(event);
+                    if client
+                        .stalled_since
+                        .is_some_and(|since| now - since >= stall_timeout)
+                    {
+                        stalled.push(*id);
+                    }
+                }
+                // Gone: drop_disconnected retires it.
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        for id in stalled {
+            tracing::info!(
+                id,
+                ?stall_timeout,
+                "client took no token for the stall timeout; sequence cancelled"
+            );
+            self.retire(id);
+        }
+        for mut last in std::mem::take(&mut self.finishing) {
+            if let Err(TrySendError::Full(event)) = last.events.try_send(last.event)
+                && now - last.since < stall_timeout
+            {
+                last.event = event;
+                self.finishing.push(last);
+            }
+        }
+    }
+
     fn accept(&mut self, s: Submission) {
         let request = s.request;
         self.clients.insert(
             s.id,
             Client {
                 events: s.events,
+                held: None,
+                stalled_since: None,
                 sampler: Sampler::new(request.sampling),
                 max_new_tokens: request.max_new_tokens,
                 stop: StopMatcher::new(request.stop),
@@ -301,7 +387,9 @@ impl Engine {
                 tracing::error!(error = %e, "generation step failed");
                 for w in &step.work {
                     if let Some(client) = self.clients.get(&w.id) {
-                        let _ = client.events.send(GenerationEvent::Failed(e.to_string()));
+                        let _ = client
+                            .events
+                            .try_send(GenerationEvent::Failed(e.to_string()));
                     }
                     self.retire(w.id);
                 }
@@ -378,10 +466,23 @@ impl Engine {
             let events = client.events.clone();
             self.retire(id);
             self.update_gauges();
-            let _ = events.send(event);
-        } else if client.events.send(event).is_err() {
-            // The client is gone: the sequence leaves now.
-            self.retire(id);
+            if let Err(TrySendError::Full(event)) = events.try_send(event) {
+                self.finishing.push(Finishing {
+                    events,
+                    event,
+                    since: Instant::now(),
+                });
+            }
+        } else {
+            match client.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    client.held = Some(event);
+                    client.stalled_since = Some(Instant::now());
+                }
+                // The client is gone: the sequence leaves now.
+                Err(TrySendError::Closed(_)) => self.retire(id),
+            }
         }
     }
 }

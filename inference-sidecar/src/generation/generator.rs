@@ -1,7 +1,9 @@
 //! The client side of the generation engine: requests, the events that answer them, and
 //! [`Generator`], the handle the HTTP handlers share. It validates a request against the engine's
 //! limits, bounds the queue (429 beyond `max_waiting`), and hands the request to the engine thread
-//! ([`super::engine`]); dropping the returned stream cancels it.
+//! ([`super::engine`]); dropping the returned stream cancels it. The stream is bounded
+//! ([`STREAM_BUFFER_EVENTS`]): a client that does not keep up holds its sequence back rather than
+//! piling tokens up in memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,7 +11,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
 
 use thiserror::Error;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{Receiver as EventReceiver, Sender as EventSender, channel};
 
 use super::chat_template::{ChatMessage, ChatTemplate, PromptPart};
 use super::sampling::SamplingParams;
@@ -104,11 +106,17 @@ pub struct GeneratorLimits {
     pub max_waiting: usize,
 }
 
+/// Events a request's stream holds that its client has not taken. When it is full the engine
+/// holds the sequence back (it decodes nothing more for it) until the client takes one, and
+/// cancels it if the client takes none for the stall timeout. A few dozen tokens of slack let a
+/// client read in bursts without holding its sequence back.
+pub const STREAM_BUFFER_EVENTS: usize = 32;
+
 /// A request on its way to the engine thread.
 pub(super) struct Submission {
     pub(super) id: SeqId,
     pub(super) request: GenerationRequest,
-    pub(super) events: UnboundedSender<GenerationEvent>,
+    pub(super) events: EventSender<GenerationEvent>,
     pub(super) arrived: Instant,
 }
 
@@ -147,12 +155,22 @@ impl Generator {
         self.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Whether the queue has room for one more request now: checked before a prompt is tokenized,
+    /// so that a full queue refuses it before that work. [`Self::submit`] checks again.
+    pub fn check_room(&self) -> Result<(), SubmitError> {
+        let queued = self.queued.load(Ordering::SeqCst);
+        if queued >= self.limits.max_waiting {
+            return Err(SubmitError::QueueFull(queued));
+        }
+        Ok(())
+    }
+
     /// Queues `request`; events arrive on the returned stream. Dropping the stream cancels the
     /// request and frees its cache blocks at the engine's next step.
     pub fn submit(
         &self,
         request: GenerationRequest,
-    ) -> Result<UnboundedReceiver<GenerationEvent>, SubmitError> {
+    ) -> Result<EventReceiver<GenerationEvent>, SubmitError> {
         if request.prompt_ids.is_empty() {
             return Err(SubmitError::EmptyPrompt);
         }
@@ -171,7 +189,7 @@ impl Generator {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::QueueFull(queued));
         }
-        let (events, receiver) = unbounded_channel();
+        let (events, receiver) = channel(STREAM_BUFFER_EVENTS);
         let submission = Submission {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             request,

@@ -25,7 +25,7 @@ pub mod tokenizer;
 
 pub use generator::{
     Finish, FinishReason, GenerationEvent, GenerationRequest, Generator, GeneratorLimits,
-    SubmitError,
+    STREAM_BUFFER_EVENTS, SubmitError,
 };
 
 /// Deterministic pseudo-random values in `[-amplitude / 2, amplitude / 2)` from a 64-bit linear

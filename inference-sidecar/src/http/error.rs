@@ -34,6 +34,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     NotFound(String),
+    /// The body did not arrive in time (slow or stalled client).
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// The answer was not ready in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -57,6 +63,8 @@ impl ApiError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Service(e) => match e {
                 ServiceError::InvalidInput { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 ServiceError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -14,7 +14,7 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 use super::body::parse_json;
 use super::error::ApiError;
@@ -161,6 +161,8 @@ pub async fn tokenize_prompt(
     parts: Vec<PromptPart>,
     field: &str,
 ) -> Result<Vec<u32>, ApiError> {
+    // A full queue refuses the request before the work of tokenizing it.
+    generator.check_room().map_err(refusal)?;
     let bytes: usize = parts.iter().map(|p| p.as_str().len()).sum();
     let result = if bytes > INLINE_TOKENIZE_BYTES {
         let generator = std::sync::Arc::clone(generator);
@@ -173,9 +175,23 @@ pub async fn tokenize_prompt(
     result.map_err(|message| invalid(field, message))
 }
 
+/// What the caller hears when the engine's queue refuses a request.
+fn refusal(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::QueueFull(_) => ApiError::Service(ServiceError::Overloaded(e.to_string())),
+        SubmitError::Closed => ApiError::Service(ServiceError::Draining),
+        SubmitError::TooLong { .. } | SubmitError::MaxNewTokens(_) | SubmitError::EmptyPrompt => {
+            ApiError::TooLarge {
+                field: None,
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
 /// A request accepted by the engine.
 pub struct Started {
-    pub receiver: UnboundedReceiver<GenerationEvent>,
+    pub receiver: Receiver<GenerationEvent>,
     pub work: InFlightWork,
     pub prompt_tokens: usize,
     pub seed: u64,
@@ -188,16 +204,7 @@ pub fn submit(
 ) -> Result<Started, ApiError> {
     let prompt_tokens = request.prompt_ids.len();
     let seed = request.sampling.seed;
-    let receiver = generator.submit(request).map_err(|e| match e {
-        SubmitError::QueueFull(_) => ApiError::Service(ServiceError::Overloaded(e.to_string())),
-        SubmitError::Closed => ApiError::Service(ServiceError::Draining),
-        SubmitError::TooLong { .. } | SubmitError::MaxNewTokens(_) | SubmitError::EmptyPrompt => {
-            ApiError::TooLarge {
-                field: None,
-                message: e.to_string(),
-            }
-        }
-    })?;
+    let receiver = generator.submit(request).map_err(refusal)?;
     Ok(Started {
         receiver,
         work,

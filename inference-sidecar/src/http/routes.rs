@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use super::admission::admit;
 use super::error::ApiError;
 use super::state::AppState;
 use super::{completions, generate, native, openai, v2};
@@ -99,17 +100,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/generate_stream", post(generate::generate_stream))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(completions::chat_completions))
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::infer_version),
+        )
+        // Only the routes above: probes, /metrics and metadata are never refused.
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route("/v1/models", get(openai::models))
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::server_ready))
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))
-        .route("/v2/models/{name}/infer", post(v2::infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(v2::infer_version),
-        )
         .route(http::HEALTH_PATH, get(health))
         .route(http::READY_PATH, get(v2::ready))
         .route(http::METRICS_PATH, get(metrics))

@@ -1,12 +1,13 @@
 //! The server's lifecycle: listen, serve the router, drain on SIGTERM, exit.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
+use super::admission::Admission;
+use super::connection::{ConnectionLimits, serve_connections};
 use super::routes::router;
 use super::state::AppState;
 use crate::config::{Backend, ServeConfig};
@@ -64,6 +65,24 @@ impl ShutdownSignals {
     }
 }
 
+/// Binds `addr` with `send_buffer` as the SO_SNDBUF of every connection it accepts (Linux copies
+/// the listener's buffer sizes to the sockets it accepts).
+async fn listen(addr: &str, send_buffer: u32) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(send_buffer)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Time allowed, after in-flight inference has finished, for connections to close.
 const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -71,7 +90,7 @@ const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// `shutdown_delay`; then drains: new work gets 503 while accepted work completes (up to
 /// `drain_timeout`), then the listener closes and the function returns.
 pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(&config.listen)
+    let listener = listen(&config.listen, config.http.send_buffer_bytes)
         .await
         .map_err(|source| ServerError::Bind {
             addr: config.listen.clone(),
@@ -86,6 +105,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     let max_body_bytes = config.max_body_bytes;
     let drain_timeout = config.drain_timeout;
     let shutdown_delay = config.shutdown_delay;
+    let limits = config.http;
     let service = ModelService::start(config, Arc::clone(&metrics));
     let state = AppState {
         service: Arc::clone(&service),
@@ -94,22 +114,26 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        admission: Arc::new(Admission::new(limits, max_body_bytes)),
     };
     let app = router(state, max_body_bytes);
     tracing::info!(addr = %addr, "listening");
 
     let mut signals = ShutdownSignals::install();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async {
-        let _ = stopped.await;
-    });
-    let mut server_task = tokio::spawn(server.into_future());
+    let connection_limits = ConnectionLimits {
+        header_read_timeout: limits.header_read_timeout,
+        write_stall_timeout: limits.write_stall_timeout,
+    };
+    let mut server_task =
+        tokio::spawn(serve_connections(listener, app, connection_limits, async {
+            let _ = stopped.await;
+        }));
 
     tokio::select! {
         result = &mut server_task => {
             return match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ServerError::Serve(e)),
+                Ok(()) => Ok(()),
                 Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
             };
         }
@@ -139,8 +163,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     }
     let _ = stop.send(());
     match tokio::time::timeout(CONNECTION_CLOSE_GRACE, server_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(ServerError::Serve(e)),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(ServerError::Serve(std::io::Error::other(e))),
         Err(_) => tracing::warn!("connections did not close in time; exiting anyway"),
     }

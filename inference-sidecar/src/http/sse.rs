@@ -1,13 +1,15 @@
 //! Server-sent events for token streams. The stream owns the request's event receiver and its
 //! in-flight token: when the client disconnects, axum drops the stream, the receiver closes, and the
 //! engine frees the sequence's cache blocks at its next step; SIGTERM's drain waits for the token.
+//! The receiver is bounded: a client that does not read leaves events unpolled, the engine holds
+//! its sequence back, and after the stall timeout cancels it.
 
 use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use futures::stream::{self, StreamExt};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 use crate::encoder::service::InFlightWork;
 use crate::generation::GenerationEvent;
@@ -19,7 +21,7 @@ pub struct Mapped {
 }
 
 struct StreamState<M> {
-    receiver: UnboundedReceiver<GenerationEvent>,
+    receiver: Receiver<GenerationEvent>,
     /// Held until the stream is polled past its last event, so that a drain waits for the end.
     _work: InFlightWork,
     map: M,
@@ -30,7 +32,7 @@ struct StreamState<M> {
 
 /// Streams `receiver` through `map`, then `tail`.
 pub fn token_stream<M>(
-    receiver: UnboundedReceiver<GenerationEvent>,
+    receiver: Receiver<GenerationEvent>,
     work: InFlightWork,
     map: M,
     tail: Vec<Event>,

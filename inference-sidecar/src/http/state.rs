@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::admission::Admission;
 use crate::encoder::service::ModelService;
 use crate::metrics::Metrics;
 
@@ -12,4 +13,6 @@ pub struct AppState {
     /// KServe metadata `platform`.
     pub platform: String,
     pub started_unix: u64,
+    /// Permits and deadlines of the inference routes.
+    pub admission: Arc<Admission>,
 }

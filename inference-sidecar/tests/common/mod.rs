@@ -1,12 +1,14 @@
 //! Shared helpers for the sidecar's tests, one place each: where the models are and the server
 //! arguments that load them (here), a sidecar process started on a free port and stopped when dropped
 //! ([`sidecar`]), talking to it over HTTP ([`http`]), running `fetch` as the init container does
-//! ([`fetch`]), and making a classifier to serve ([`classifier_training`]).
+//! ([`fetch`]), making a classifier to serve ([`classifier_training`]), and clients that misbehave
+//! on purpose over raw TCP ([`raw`]).
 #![allow(dead_code)]
 
 pub mod classifier_training;
 pub mod fetch;
 pub mod http;
+pub mod raw;
 pub mod sidecar;
 
 use std::path::PathBuf;

@@ -117,23 +117,7 @@ impl BatchQueue {
             });
         }
         let mut state = self.shared.lock();
-        if state.closed {
-            return Err(SubmitError::Closed);
-        }
-        if state.pending.len() + texts.len() > self.capacity {
-            // Before refusing, reclaim the slots of texts whose caller went away.
-            state.pending.retain(|p| !p.item.reply.is_closed());
-            self.shared
-                .metrics
-                .queue_size
-                .set(state.pending.len() as i64);
-        }
-        if state.pending.len() + texts.len() > self.capacity {
-            return Err(SubmitError::QueueFull {
-                waiting: state.pending.len(),
-                capacity: self.capacity,
-            });
-        }
+        self.room_for(&mut state, texts.len())?;
         let now = Instant::now();
         let mut receivers = Vec::with_capacity(texts.len());
         for text in texts {
@@ -152,6 +136,41 @@ impl BatchQueue {
         drop(state);
         self.shared.wake.notify_all();
         Ok(receivers)
+    }
+
+    /// Whether `texts` more texts would be admitted now: the same check as [`Self::submit`]'s,
+    /// made before a request is tokenized so that a full queue refuses it before that work.
+    /// `submit` checks again (other requests may have taken the room meanwhile).
+    pub fn check_room(&self, texts: usize) -> Result<(), SubmitError> {
+        if texts > self.capacity {
+            return Err(SubmitError::TooManyTexts {
+                texts,
+                capacity: self.capacity,
+            });
+        }
+        let mut state = self.shared.lock();
+        self.room_for(&mut state, texts)
+    }
+
+    fn room_for(&self, state: &mut QueueState, texts: usize) -> Result<(), SubmitError> {
+        if state.closed {
+            return Err(SubmitError::Closed);
+        }
+        if state.pending.len() + texts > self.capacity {
+            // Before refusing, reclaim the slots of texts whose caller went away.
+            state.pending.retain(|p| !p.item.reply.is_closed());
+            self.shared
+                .metrics
+                .queue_size
+                .set(state.pending.len() as i64);
+        }
+        if state.pending.len() + texts > self.capacity {
+            return Err(SubmitError::QueueFull {
+                waiting: state.pending.len(),
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
     }
 
     /// Refuses new texts; workers finish what is queued (without waiting for fuller batches) and exit.
@@ -218,6 +237,28 @@ mod tests {
         );
         assert_eq!(q.shared.lock().pending.len(), 3);
         assert!(q.submit(vec![text(3)]).is_ok());
+    }
+
+    #[test]
+    fn room_is_checked_without_queueing() {
+        let q = queue(4);
+        assert_eq!(q.check_room(4), Ok(()));
+        assert_eq!(q.shared.lock().pending.len(), 0);
+        let _held = q.submit(vec![text(3), text(3), text(3)]).unwrap();
+        assert_eq!(q.check_room(1), Ok(()));
+        assert_eq!(
+            q.check_room(2),
+            Err(SubmitError::QueueFull {
+                waiting: 3,
+                capacity: 4
+            })
+        );
+        assert!(matches!(
+            q.check_room(5),
+            Err(SubmitError::TooManyTexts { .. })
+        ));
+        q.close();
+        assert_eq!(q.check_room(1), Err(SubmitError::Closed));
     }
 
     #[test]
