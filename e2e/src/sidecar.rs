@@ -40,6 +40,30 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Starts the sidecar of pod `pod` as the pod would: from the config the operator wrote into
+/// ConfigMap `config_map`, with one compute thread, its config and log under `dir`; waits until
+/// it is ready.
+pub async fn start_for_pod(
+    config_maps: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+    config_map: &str,
+    pod: &str,
+    dir: &Path,
+) -> Result<SidecarProcess> {
+    let config = config_maps
+        .get(config_map)
+        .await
+        .context("reading the sidecar ConfigMap")?;
+    let yaml = config
+        .data
+        .and_then(|d| d.get(lexserve_contract::names::path::CONFIG_FILE).cloned())
+        .context("no sidecar config in the ConfigMap")?;
+    let path = dir.join(format!("{pod}.yaml"));
+    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    let mut sidecar = SidecarProcess::start(&path, 1, &dir.join(format!("{pod}.log")))?;
+    sidecar.wait_ready(Duration::from_secs(120)).await?;
+    Ok(sidecar)
+}
+
 /// A running sidecar on a loopback port.
 pub struct SidecarProcess {
     process: Process,

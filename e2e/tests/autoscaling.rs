@@ -24,7 +24,7 @@ use kube::api::{Api, ListParams};
 use lexserve_e2e::aggregation::{BackendTrust, register_local_apiservice};
 use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::prometheus::Prometheus;
-use lexserve_e2e::sidecar::{SidecarProcess, minilm_int8_uris};
+use lexserve_e2e::sidecar::{SidecarProcess, minilm_int8_uris, start_for_pod};
 use lexserve_e2e::wait::{self, Poll};
 use lexserve_e2e::{LocalCluster, repo_root, shared_cluster};
 use lexserve_operator::api::InferenceService;
@@ -180,33 +180,10 @@ async fn run_pods(
             if pods_state.sidecars.lock().unwrap().contains_key(&name) {
                 continue;
             }
-            let config = match config_maps
-                .get(&lexserve_operator::resources::config_map::config_map_name(
-                    NAME,
-                ))
+            let config_map = lexserve_operator::resources::config_map::config_map_name(NAME);
+            let sidecar = start_for_pod(&config_maps, &config_map, &name, &dir)
                 .await
-            {
-                Ok(cm) => cm,
-                Err(e) => {
-                    eprintln!("reading the sidecar ConfigMap: {e}");
-                    continue;
-                }
-            };
-            let yaml = config
-                .data
-                .and_then(|d| {
-                    d.get(lexserve_operator::resources::config_map::CONFIG_FILE)
-                        .cloned()
-                })
-                .expect("sidecar config in the ConfigMap");
-            let path = dir.join(format!("{name}.yaml"));
-            std::fs::write(&path, yaml).expect("write sidecar config");
-            let mut sidecar = SidecarProcess::start(&path, 1, &dir.join(format!("{name}.log")))
-                .expect("start sidecar");
-            sidecar
-                .wait_ready(Duration::from_secs(120))
-                .await
-                .expect("sidecar ready");
+                .expect("the pod's sidecar serves");
             pods_state.serving.lock().unwrap().push(sidecar.url());
             pods_state.sidecars.lock().unwrap().insert(name, sidecar);
         }

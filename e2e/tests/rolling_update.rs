@@ -33,9 +33,9 @@ use lexserve_contract::duration::parse_duration;
 use lexserve_contract::names::drain::termination_grace_seconds;
 use lexserve_e2e::LocalCluster;
 use lexserve_e2e::kwok::TEST_KUBELET_LABEL;
-use lexserve_e2e::sidecar::{SidecarProcess, minilm_int8_uris};
+use lexserve_e2e::sidecar::{SidecarProcess, minilm_int8_uris, start_for_pod};
 use lexserve_e2e::wait::{self, Poll};
-use lexserve_operator::resources::config_map::{CONFIG_FILE, config_map_name};
+use lexserve_operator::resources::config_map::config_map_name;
 use lexserve_operator::resources::service::service_name;
 use serde_json::json;
 
@@ -153,25 +153,9 @@ async fn kubelet(cluster: &LocalCluster, ns: String, node: Arc<Node>, stop: Arc<
             }
             // Each pod its own address, as the node's IPAM would give it.
             let ip = format!("10.244.200.{}", next_ip.fetch_add(1, Ordering::Relaxed));
-            let config = match config_maps.get(&config_map_name(NAME)).await {
-                Ok(cm) => cm,
-                Err(e) => {
-                    eprintln!("reading the sidecar ConfigMap: {e}");
-                    continue;
-                }
-            };
-            let yaml = config
-                .data
-                .and_then(|d| d.get(CONFIG_FILE).cloned())
-                .expect("sidecar config in the ConfigMap");
-            let path = dir.join(format!("{name}.yaml"));
-            std::fs::write(&path, yaml).expect("write sidecar config");
-            let mut sidecar = SidecarProcess::start(&path, 1, &dir.join(format!("{name}.log")))
-                .expect("start sidecar");
-            sidecar
-                .wait_ready(Duration::from_secs(120))
+            let sidecar = start_for_pod(&config_maps, &config_map_name(NAME), &name, &dir)
                 .await
-                .expect("sidecar ready");
+                .expect("the pod's sidecar serves");
             node.by_ip.lock().unwrap().insert(ip.clone(), sidecar.url());
             node.sidecars.lock().unwrap().insert(name.clone(), sidecar);
             mark_ready(&pods, &name, &ip)
