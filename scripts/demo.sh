@@ -63,13 +63,19 @@ kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatabl
 say "installing the CRDs with kubectl apply"
 kubectl apply -f crds/
 kubectl wait --for condition=Established --timeout=60s -f crds/ >/dev/null
+# Established comes a moment before the new kinds are in the discovery and OpenAPI documents
+# kubectl reads: wait (bounded) until `explain` finds them.
+for _ in $(seq 1 60); do
+  kubectl explain inferenceservice.spec.scaling >/dev/null 2>&1 && break
+  sleep 0.5
+done
 kubectl explain inferenceservice.spec.scaling
 
 say "starting lexserve-operator (log: $LEXSERVE_CACHE/cluster/operator.log)"
 metrics_api_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$operator" run --kubeconfig "$kubeconfig" --log-format text \
   --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 --lease-namespace default \
-  --metrics-api-addr "127.0.0.1:$metrics_api_port" \
+  --metrics-api-addr "127.0.0.1:$metrics_api_port" --metrics-api-service lexserve-operator-metrics-api \
   --scaling-signal-interval-seconds 2 --scaling-signal-grace-seconds 5 \
   >"$LEXSERVE_CACHE/cluster/operator.log" 2>&1 &
 operator_pid=$!
@@ -92,9 +98,8 @@ spec:
   version: v1beta1
   groupPriorityMinimum: 100
   versionPriority: 100
-  # The demo's operator generates a self-signed certificate; a real install mounts one and
-  # sets caBundle (docs/autoscaling.md).
-  insecureSkipTLSVerify: true
+  # No caBundle here: the operator generates its certificate (kept in a Secret) for this
+  # Service's names and sets the caBundle itself, so the apiserver verifies it (docs/autoscaling.md).
   service: {name: lexserve-operator-metrics-api, namespace: default, port: $metrics_api_port}
 YAML
 kubectl wait --for=condition=Available --timeout=60s apiservice/v1beta1.external.metrics.k8s.io
