@@ -9,6 +9,7 @@ use super::power::{mde_proportion, progress_message, sample_size_means, sample_s
 use super::proportions::{Proportion, two_proportion_ztest};
 use super::sequential::{Msprt, confidence_sequence, rho};
 use super::srm::sample_ratio_mismatch;
+use super::wilson::wilson_interval;
 use super::{Alternative, StatsError};
 use serde_json::Value;
 
@@ -320,4 +321,36 @@ fn holm_matches_statsmodels() {
     assert_eq!(holm_adjust(&[0.5, 0.9]).unwrap(), vec![1.0, 1.0]);
     assert!(holm_adjust(&[0.1, f64::NAN]).is_err());
     assert!(holm_adjust(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn wilson_interval_matches_statsmodels() {
+    let g = golden();
+    for (key, successes, trials) in [
+        ("agreement_wilson", 9500, 10000),
+        ("agreement_wilson_small", 48, 50),
+    ] {
+        let (lo, hi) = wilson_interval(Proportion { successes, trials }, 0.05).unwrap();
+        close(lo, f(&g[key]["ci95"][0]), CLOSED);
+        close(hi, f(&g[key]["ci95"][1]), CLOSED);
+    }
+    let (lo, hi) = wilson_interval(
+        Proportion {
+            successes: 10,
+            trials: 10,
+        },
+        0.05,
+    )
+    .unwrap();
+    assert!(lo > 0.6 && hi > 1.0 - 1e-12 && hi <= 1.0, "({lo}, {hi})");
+    assert!(
+        wilson_interval(
+            Proportion {
+                successes: 0,
+                trials: 0
+            },
+            0.05
+        )
+        .is_err()
+    );
 }

@@ -10,6 +10,7 @@ pub mod power;
 pub mod proportions;
 pub mod sequential;
 pub mod srm;
+pub mod wilson;
 
 #[cfg(test)]
 mod golden;
