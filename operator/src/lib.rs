@@ -1,6 +1,7 @@
 //! lexserve-operator: the API types, the CRD generator, the pure builders of every child, and
 //! the controllers that apply them.
 
+pub mod analysis;
 pub mod api;
 pub mod config;
 pub mod controller;
