@@ -6,24 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use common::fetch::{Outcome, fetch, fetch_into, scratch};
+use common::fetch::{Outcome, entries, fetch, fetch_into, scratch};
 use common::http::post;
 use common::sidecar::Sidecar;
 use common::{minilm_dir, minilm_int8_onnx, ort_dylib};
 use lexserve_contract::digest::path_sha256;
 use serde_json::json;
-
-/// Top-level names in `dir`, sorted (empty when it does not exist).
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
 
 #[tokio::test]
 async fn a_pinned_file_under_any_name_is_fetched_then_served() {

@@ -23,7 +23,7 @@ use axum::extract::Path as UrlPath;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::fetch::{Outcome, fetch_into, scratch};
+use common::fetch::{Outcome, entries, fetch_into, scratch};
 use lexserve_contract::digest::{path_sha256, to_hex};
 use lexserve_sidecar::fetch::remote::sigv4::{self, Credentials};
 use serde_json::json;
@@ -256,18 +256,6 @@ fn s3_env(moto: &Moto) -> Vec<(&'static str, String)> {
 
 fn as_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-/// Nothing but the expected entries: in particular no staging directory left behind.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// A directory fetch of `uri` that succeeded: `dest` holds exactly the files of `expected_dir`,

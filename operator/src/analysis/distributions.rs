@@ -65,6 +65,20 @@ fn gamma_p_series(a: f64, x: f64) -> f64 {
     sum * (-x + a * x.ln() - ln_gamma(a)).exp()
 }
 
+/// `v`, or the smallest usable magnitude when it is (nearly) zero: the modified Lentz algorithm's
+/// guard against dividing by zero.
+fn away_from_zero(v: f64) -> f64 {
+    if v.abs() < TINY { TINY } else { v }
+}
+
+/// One term `an / (bn + …)` of a continued fraction evaluated by the modified Lentz algorithm:
+/// updates the running `c` and `d` and returns the factor the fraction's value changes by.
+fn lentz_step(an: f64, bn: f64, c: &mut f64, d: &mut f64) -> f64 {
+    *d = 1.0 / away_from_zero(bn + an * *d);
+    *c = away_from_zero(bn + an / *c);
+    *d * *c
+}
+
 /// Q(a, x) by its continued fraction (modified Lentz; for x ≥ a + 1).
 fn gamma_q_cf(a: f64, x: f64) -> f64 {
     let mut b = x + 1.0 - a;
@@ -74,16 +88,7 @@ fn gamma_q_cf(a: f64, x: f64) -> f64 {
     for i in 1..MAX_ITER {
         let an = -(i as f64) * (i as f64 - a);
         b += 2.0;
-        d = an * d + b;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = b + an / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        let del = d * c;
+        let del = lentz_step(an, b, &mut c, &mut d);
         h *= del;
         if (del - 1.0).abs() < EPS {
             break;
@@ -116,37 +121,15 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
     let qap = a + 1.0;
     let qam = a - 1.0;
     let mut c = 1.0;
-    let mut d = 1.0 - qab * x / qap;
-    if d.abs() < TINY {
-        d = TINY;
-    }
-    d = 1.0 / d;
+    let mut d = 1.0 / away_from_zero(1.0 - qab * x / qap);
     let mut h = d;
     for m in 1..MAX_ITER {
         let m = m as f64;
         let m2 = 2.0 * m;
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        h *= d * c;
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        let del = d * c;
+        let even = m * (b - m) * x / ((qam + m2) * (a + m2));
+        h *= lentz_step(even, 1.0, &mut c, &mut d);
+        let odd = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        let del = lentz_step(odd, 1.0, &mut c, &mut d);
         h *= del;
         if (del - 1.0).abs() < EPS {
             break;
