@@ -442,8 +442,9 @@ impl ModelService {
 
     /// After the shutdown delay: new work is refused; queued texts still run.
     pub fn begin_drain(&self) {
-        self.terminating.store(true, Ordering::SeqCst);
+        // Draining first: whoever sees readiness fail also sees new work refused.
         self.draining.store(true, Ordering::SeqCst);
+        self.terminating.store(true, Ordering::SeqCst);
         if let Some(model) = self.model() {
             model.queue.close();
         }

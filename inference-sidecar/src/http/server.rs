@@ -146,11 +146,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
         ?shutdown_delay,
         "shutdown requested: not ready, still serving"
     );
-    service.begin_termination();
-    tokio::select! {
-        _ = tokio::time::sleep(shutdown_delay) => {}
-        _ = signals.recv() => {
-            tracing::info!("second shutdown signal: skipping the rest of the delay");
+    // With no delay, readiness and admission turn together: a client that saw /ready fail must
+    // not then get work accepted in the gap before the drain.
+    if !shutdown_delay.is_zero() {
+        service.begin_termination();
+        tokio::select! {
+            _ = tokio::time::sleep(shutdown_delay) => {}
+            _ = signals.recv() => {
+                tracing::info!("second shutdown signal: skipping the rest of the delay");
+            }
         }
     }
     tracing::info!("draining");
