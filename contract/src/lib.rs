@@ -12,6 +12,8 @@
 //!   operator reads back.
 //! - [`names`]: the names both sides spell: flags, environment variables, paths, the port and
 //!   probe paths, metric and label names, the termination-message prefix.
+//! - [`router`]: the experiment router's configuration file (the operator writes it, `route`
+//!   reads it) and its bucket table.
 //! - [`digest`]: what a model's `sha256` covers (one file, or a directory's manifest), computed
 //!   by both `fetch` and `serve`.
 //!
@@ -25,6 +27,7 @@ pub mod fetch_report;
 pub mod model;
 pub mod names;
 pub mod quantity;
+pub mod router;
 pub mod rules;
 pub mod runtime;
 pub mod uri;

@@ -6,6 +6,8 @@ pub mod command {
     pub const SIDECAR_BINARY: &str = "lexserve-sidecar";
     pub const SERVE: &str = "serve";
     pub const FETCH: &str = "fetch";
+    /// The experiment router.
+    pub const ROUTE: &str = "route";
 }
 
 /// Flags of `lexserve-sidecar` that the operator passes.
@@ -191,6 +193,23 @@ pub mod metric {
     /// Refused KV block releases and leaked blocks: a scheduler bug, counted in release builds.
     pub const KV_CACHE_BLOCK_ERRORS: &str = "lexserve_kv_cache_block_errors";
 
+    // The experiment router. Outcome values must be finite and at least 0, so that all four
+    // series only grow and a decrease means a restart (what PromQL's `increase` assumes).
+    /// `{experiment,variant}` counter (registered without `_total`): requests assigned.
+    pub const EXPERIMENT_ASSIGNMENTS: &str = "lexserve_experiment_assignments";
+    /// `{experiment,variant,metric}` counter (registered without `_total`): outcomes reported
+    /// (trials of a proportion, observations of a mean).
+    pub const EXPERIMENT_OUTCOME: &str = "lexserve_experiment_outcome";
+    /// `{experiment,variant,metric}`: the sum of the outcome values (successes of a proportion).
+    /// Exposed under exactly this name (a float that only grows, typed gauge so that no `_total`
+    /// is appended).
+    pub const EXPERIMENT_OUTCOME_SUM: &str = "lexserve_experiment_outcome_sum";
+    /// `{experiment,variant,metric}`: the sum of the squared outcome values, exposed like
+    /// [`EXPERIMENT_OUTCOME_SUM`].
+    pub const EXPERIMENT_OUTCOME_SUM_SQUARES: &str = "lexserve_experiment_outcome_sum_squares";
+    /// `{experiment}` gauge: the `generation` of the router configuration being served.
+    pub const ROUTER_CONFIG_GENERATION: &str = "lexserve_router_config_generation";
+
     /// The series that make up an InferenceService's load (waiting plus running requests): what
     /// the autoscalers act on.
     pub const LOAD: [&str; 2] = [QUEUE_SIZE, REQUESTS_RUNNING];
@@ -204,4 +223,8 @@ pub mod label {
     pub const INFERENCE_SERVICE: &str = "inference_service";
     pub const NAMESPACE: &str = "namespace";
     pub const POD: &str = "pod";
+    /// Labels of the router's series.
+    pub const EXPERIMENT: &str = "experiment";
+    pub const VARIANT: &str = "variant";
+    pub const METRIC: &str = "metric";
 }

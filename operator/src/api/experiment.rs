@@ -129,15 +129,8 @@ impl Default for Assignment {
     }
 }
 
-/// Where the assignment key comes from.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum AssignmentSource {
-    Header,
-    Cookie,
-    JsonField,
-    Random,
-}
+/// Where the assignment key comes from (shared with the router's configuration).
+pub use lexserve_contract::router::AssignmentSource;
 
 /// A metric the analysis computes per variant.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -343,11 +336,55 @@ pub enum OnInconclusive {
 /// How traffic reaches the variants.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.provider != 'gatewayAPI' || has(self.gatewayAPI)")
+        .message("spec.routing.gatewayAPI is required when spec.routing.provider is gatewayAPI"),
+    validation = Rule::new("self.provider == 'gatewayAPI' || !has(self.gatewayAPI)")
+        .message("spec.routing.gatewayAPI must not be set unless spec.routing.provider is gatewayAPI"),
+)]
 pub struct RoutingSpec {
-    /// `router` (the lexserve router takes over the control's Service) or `gatewayAPI` (weights
-    /// on an HTTPRoute; assignment by header only).
+    /// `router` (the lexserve router takes over the control's Service: consistent assignment per
+    /// user, outcome counting) or `gatewayAPI` (weights on an HTTPRoute: each request assigned
+    /// independently by the gateway, and no `/outcome` counting).
     #[serde(default)]
     pub provider: RoutingProvider,
+    /// With `provider: gatewayAPI`: the Gateway(s) the HTTPRoute attaches to.
+    #[serde(
+        default,
+        rename = "gatewayAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_api: Option<GatewayApiRouting>,
+}
+
+/// Where the HTTPRoute of a `gatewayAPI` experiment attaches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouting {
+    /// The Gateways (Gateway API `parentRefs`) the route attaches to.
+    #[schemars(length(min = 1, max = 32))]
+    pub parent_refs: Vec<GatewayParentRef>,
+    /// Host names the route matches (Gateway API `hostnames`); all of the Gateway's when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hostnames: Vec<String>,
+}
+
+/// A Gateway the route attaches to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// The Gateway's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The Gateway's namespace; the experiment's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL_PATTERN))]
+    pub namespace: Option<String>,
+    /// The Gateway listener to attach to; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
 }
 
 /// The traffic splitter.
@@ -394,6 +431,85 @@ pub struct ExperimentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub history: Vec<Decision>,
+    /// The planned sample size against what the smallest variant has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_size: Option<SampleSizePlan>,
+    /// Guardrails breached at the latest analyses, with how many analyses in a row (two in a
+    /// row fail the variant). Kept in status so that an operator restart does not forget them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    pub guardrail_breaches: Vec<GuardrailBreach>,
+    /// When the latest analysis ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_time: Option<Time>,
+    /// How many times `onInconclusive: Extend` has extended `maxDuration`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extensions: u32,
+    /// What traffic does now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingStatus>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The planned sample size ("needs about N per variant, has M").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SampleSizePlan {
+    /// Samples per variant needed to detect `minimumDetectableEffect` on the primary metric with
+    /// the configured alpha and power, from the control's observed rate or variance.
+    pub needed_per_variant: u64,
+    /// The fewest primary-metric samples any variant has.
+    pub smallest_variant_samples: u64,
+    /// The smallest relative effect detectable with the samples so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detectable_effect_now: Option<f64>,
+}
+
+/// A guardrail a variant breached.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailBreach {
+    pub variant: String,
+    pub metric: String,
+    /// Consecutive analyses in breach.
+    pub consecutive: u32,
+}
+
+/// Where traffic goes now, and whether the router runs it yet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingStatus {
+    /// The weights in force: the spec's while running, the winner's or the control's alone after
+    /// a promotion or a rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub weights: Vec<VariantWeight>,
+    /// The router configuration generation the operator wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_generation: Option<u64>,
+    /// The generation every router replica reports serving (from its metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_generation: Option<u64>,
+    /// After a promotion: the control InferenceService's `metadata.generation` when it was
+    /// promoted. The router keeps sending everything to the winner until the control's
+    /// manifest changes (its generation moves on); then the control's Service is its own again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at_control_generation: Option<i64>,
+    /// What a user should know about this provider (e.g. that `gatewayAPI` assigns each request
+    /// independently).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// One variant's weight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantWeight {
+    pub variant: String,
+    pub weight: u32,
 }
 
 /// Where an experiment is.
