@@ -3,6 +3,7 @@
 //! these live beside them. Every function is checked against `golden/stats-golden.json`, computed by
 //! `golden/stats-golden.py` with scipy/statsmodels (copied from the project's shared reference set).
 
+pub mod decision;
 pub mod distributions;
 pub mod holm;
 pub mod means;
