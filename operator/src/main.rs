@@ -385,7 +385,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(identity.clone()),
         leadership.clone(),
     );
-    let (ctx, triggers) = tokio::select! {
+    let (ctx, triggers, peer_triggers) = tokio::select! {
         started = started => started?,
         _ = leadership.lost() => {
             metrics.leader.set(0);
@@ -397,19 +397,31 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // Stop the controllers on a signal, or when the lease is lost.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
     let controller = tokio::spawn(lexserve_operator::controller::inference_service::run(
         client.clone(),
         args.namespace.clone(),
-        ctx,
+        ctx.clone(),
         triggers,
+        peer_triggers.experiments,
         Some(load_signal),
-        {
-            let mut stop_rx = stop_rx.clone();
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            }
-        },
+        stopped(),
     ));
+    let experiments = tokio::spawn(lexserve_operator::controller::experiment::run(
+        client.clone(),
+        args.namespace.clone(),
+        ctx,
+        peer_triggers.inference_services,
+        stopped(),
+    ));
+    let controller = async move {
+        let _ = tokio::join!(controller, experiments);
+    };
     info!(identity = %identity, namespace = ?args.namespace, "controllers started");
 
     tokio::select! {

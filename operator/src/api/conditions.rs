@@ -62,6 +62,25 @@ pub mod reason {
     pub const VARIANTS_WORSE: &str = "VariantsWorse";
     /// `maxDuration` passed without a verdict (`onInconclusive` applies).
     pub const MAX_DURATION_REACHED: &str = "MaxDurationReached";
+
+    // Experiments: what the controller checks and does (the analysis's verdict reasons are
+    // beside the decision engine's).
+    /// A variant's InferenceService does not exist in the experiment's namespace.
+    pub const VARIANT_NOT_FOUND: &str = "VariantNotFound";
+    /// The variants cannot answer the same requests (different tasks, labels, ...).
+    pub const INCOMPATIBLE_VARIANTS: &str = "IncompatibleVariants";
+    /// Another experiment already holds the control's Service.
+    pub const CONTROL_IN_USE: &str = "ControlInUse";
+    /// Builtin (router-counted) metrics with `routing.provider: gatewayAPI`.
+    pub const OUTCOMES_NEED_ROUTER: &str = "OutcomesNeedRouter";
+    /// The router is not ready yet: the control's Service still selects the control.
+    pub const ROUTER_NOT_READY: &str = "RouterNotReady";
+    /// Traffic is split and the analysis runs every interval.
+    pub const EXPERIMENT_RUNNING: &str = "ExperimentRunning";
+    /// The HTTPRoute carries the weights (`routing.provider: gatewayAPI`).
+    pub const ROUTE_PROGRAMMED: &str = "RouteProgrammed";
+    /// The experiment ended; the message says how and what traffic does now.
+    pub const EXPERIMENT_FINISHED: &str = "ExperimentFinished";
 }
 
 /// The condition types lexserve sets.

@@ -31,6 +31,7 @@ use tracing::warn;
 
 use super::Error;
 use super::child::ChildKind;
+use crate::api::{Experiment, InferenceService};
 use crate::resources::labels::{COMPONENT_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::resources::scaled_object::scaled_object_resource;
 
@@ -488,5 +489,91 @@ pub async fn keda_installed(client: &Client) -> bool {
     match client.list_api_group_resources(&resource.api_version).await {
         Ok(list) => list.resources.iter().any(|r| r.name == resource.plural),
         Err(_) => false,
+    }
+}
+
+/// The Experiments and InferenceServices, which each other's controller reads: an
+/// InferenceService's Service follows the Experiment that holds it, and an Experiment checks
+/// and routes to its variants' InferenceServices.
+pub struct PeerStores {
+    pub experiments: Store<Experiment>,
+    pub inference_services: Store<InferenceService>,
+}
+
+/// The watch events of [`PeerStores`]: each triggers the other kind's controller.
+pub struct PeerTriggers {
+    pub experiments: Triggers<Experiment>,
+    pub inference_services: Triggers<InferenceService>,
+}
+
+impl PeerStores {
+    /// Starts both caches (in `namespace`, or everywhere); their drivers join `drivers`.
+    pub fn start(
+        client: &Client,
+        namespace: Option<&str>,
+        drivers: &mut Drivers,
+    ) -> (Self, PeerTriggers) {
+        let (experiments, experiment_triggers) = spawn_reflector(
+            drivers,
+            scoped::<Experiment>(client, namespace),
+            watcher::Config::default(),
+            (),
+            strip_managed_fields::<Experiment>,
+            true,
+        );
+        let (inference_services, isvc_triggers) = spawn_reflector(
+            drivers,
+            scoped::<InferenceService>(client, namespace),
+            watcher::Config::default(),
+            (),
+            strip_managed_fields::<InferenceService>,
+            true,
+        );
+        (
+            Self {
+                experiments,
+                inference_services,
+            },
+            PeerTriggers {
+                experiments: experiment_triggers.expect("triggers requested"),
+                inference_services: isvc_triggers.expect("triggers requested"),
+            },
+        )
+    }
+
+    /// Waits until both caches hold their first full list.
+    pub async fn wait_until_ready(&self) -> Result<(), Error> {
+        let ready = async {
+            self.experiments.wait_until_ready().await?;
+            self.inference_services.wait_until_ready().await
+        };
+        match tokio::time::timeout(FILL_TIMEOUT, ready).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Cache(format!("experiment caches: {e}"))),
+            Err(_) => Err(Error::Cache(format!(
+                "Experiment and InferenceService caches not filled within {FILL_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// The Experiments in `namespace` whose control is `control`.
+    pub fn experiments_of(&self, namespace: &str, control: &str) -> Vec<Arc<Experiment>> {
+        self.experiments.state_filter(|e| {
+            e.metadata.namespace.as_deref() == Some(namespace) && e.spec.control == control
+        })
+    }
+
+    /// The cached InferenceService of that name.
+    pub fn inference_service(&self, namespace: &str, name: &str) -> Option<Arc<InferenceService>> {
+        self.inference_services
+            .get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+impl ChildStores {
+    /// The cached ConfigMap of that name.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.config_maps
+            .get(&ObjectRef::new(name).within(namespace))
     }
 }

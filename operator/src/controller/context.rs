@@ -10,7 +10,9 @@ use tracing::info;
 use super::Error;
 use super::apply::Residuals;
 use super::backoff::Backoff;
-use super::cache::{ChildStores, ChildTriggers, Drivers, GpuStores, keda_installed};
+use super::cache::{
+    ChildStores, ChildTriggers, Drivers, GpuStores, PeerStores, PeerTriggers, keda_installed,
+};
 use super::signal_board::SignalBoard;
 use crate::config::OperatorConfig;
 use crate::leader::Leadership;
@@ -27,6 +29,8 @@ pub struct Context {
     pub signals: SignalBoard,
     /// The children and model-server pods, from watches.
     pub children: ChildStores,
+    /// The Experiments and InferenceServices, from watches.
+    pub peers: PeerStores,
     /// Nodes and their pods, from watches started by the first GPU service.
     gpu: OnceCell<GpuStores>,
     /// What the apiserver normalized in the last apply of a child (see [`Residuals`]).
@@ -38,7 +42,8 @@ pub struct Context {
 
 impl Context {
     /// Starts the watch caches (in `namespace`, or everywhere) and waits until they are
-    /// filled. Returns the context and the caches' events, which trigger reconciles.
+    /// filled. Returns the context and the caches' events, which trigger reconciles (the
+    /// children's and the peers', see [`PeerStores`]).
     pub async fn start(
         client: Client,
         namespace: Option<&str>,
@@ -46,14 +51,16 @@ impl Context {
         metrics: Metrics,
         instance: Option<String>,
         leadership: Leadership,
-    ) -> Result<(Self, ChildTriggers), Error> {
+    ) -> Result<(Self, ChildTriggers, PeerTriggers), Error> {
         let reporter = Reporter {
             controller: crate::resources::labels::FIELD_MANAGER.to_string(),
             instance,
         };
         let keda = keda_installed(&client).await;
-        let (children, triggers, drivers) = ChildStores::start(&client, namespace, keda);
+        let (children, triggers, mut drivers) = ChildStores::start(&client, namespace, keda);
+        let (peers, peer_triggers) = PeerStores::start(&client, namespace, &mut drivers);
         children.wait_until_ready().await?;
+        peers.wait_until_ready().await?;
         info!(keda, "watch caches filled");
         let context = Self {
             signals: SignalBoard::new(config.scaling_signal_grace),
@@ -63,12 +70,13 @@ impl Context {
             metrics,
             backoff: Backoff::default(),
             children,
+            peers,
             gpu: OnceCell::new(),
             residuals: Residuals::default(),
             leadership,
             _drivers: drivers,
         };
-        Ok((context, triggers))
+        Ok((context, triggers, peer_triggers))
     }
 
     /// The node and pod caches, started and filled on first use.

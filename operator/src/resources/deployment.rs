@@ -32,7 +32,7 @@ use crate::gpu::{RolloutPlan, gpu_resource_name};
 /// The port the sidecar listens on (HTTP API and `/metrics`).
 pub const HTTP_PORT: i32 = http::PORT as i32;
 /// The unprivileged user the sidecar runs as (the distroless `nonroot` user).
-const RUN_AS_USER: i64 = 65532;
+pub(crate) const RUN_AS_USER: i64 = 65532;
 /// The node label the NVIDIA GPU feature discovery sets to the GPU model.
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// The taint GPU node pools usually carry.
@@ -189,7 +189,7 @@ fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn restricted_security_context() -> SecurityContext {
+pub(crate) fn restricted_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),

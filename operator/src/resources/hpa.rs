@@ -86,26 +86,41 @@ pub fn behavior(scaling: &ScalingSpec) -> HorizontalPodAutoscalerBehavior {
 /// Builds the HPA for an InferenceService whose provider is `hpa`.
 pub fn build_hpa(isvc: &InferenceService, scaling: &ScalingSpec) -> HorizontalPodAutoscaler {
     let name = isvc.metadata.name.clone().unwrap_or_default();
-    HorizontalPodAutoscaler {
-        metadata: ObjectMeta {
+    build_hpa_for(
+        &name,
+        ObjectMeta {
             name: Some(hpa_name(&name)),
             ..child_meta(isvc)
         },
+        scaling,
+        max_replicas(isvc),
+    )
+}
+
+/// The HPA of the Deployment `name` (an InferenceService's, or an experiment router's), on the
+/// load signal of the pods labelled with that name.
+pub fn build_hpa_for(
+    name: &str,
+    metadata: ObjectMeta,
+    scaling: &ScalingSpec,
+    max_replicas: u32,
+) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        metadata,
         spec: HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".to_string()),
                 kind: "Deployment".to_string(),
-                name: deployment_name(&name),
+                name: deployment_name(name),
             },
-            // The HPA cannot scale to zero without the alpha HPAScaleToZero gate.
             min_replicas: Some(scaling.min_replicas.max(1) as i32),
-            max_replicas: max_replicas(isvc) as i32,
+            max_replicas: max_replicas as i32,
             metrics: Some(vec![MetricSpec {
                 type_: "External".to_string(),
                 external: Some(ExternalMetricSource {
                     metric: MetricIdentifier {
                         name: EXTERNAL_METRIC_NAME.to_string(),
-                        selector: Some(metric_selector(&name)),
+                        selector: Some(metric_selector(name)),
                     },
                     // AverageValue divides the metric (the total load) by the current replicas:
                     // desired = ceil(total load / target load per replica).

@@ -32,21 +32,41 @@ pub fn build_scaled_object(
 ) -> DynamicObject {
     let name = isvc.metadata.name.clone().unwrap_or_default();
     let namespace = isvc.metadata.namespace.clone().unwrap_or_default();
+    build_scaled_object_for(
+        &name,
+        &namespace,
+        ObjectMeta {
+            name: Some(scaled_object_name(&name)),
+            ..child_meta(isvc)
+        },
+        scaling,
+        max_replicas(isvc),
+        config,
+    )
+}
+
+/// The ScaledObject of the Deployment `name` (an InferenceService's, or an experiment
+/// router's), on the load of the pods labelled with that name.
+pub fn build_scaled_object_for(
+    name: &str,
+    namespace: &str,
+    metadata: ObjectMeta,
+    scaling: &ScalingSpec,
+    max_replicas: u32,
+    config: &OperatorConfig,
+) -> DynamicObject {
     let resource = scaled_object_resource();
-    let mut object = DynamicObject::new(&scaled_object_name(&name), &resource);
-    object.metadata = ObjectMeta {
-        name: Some(scaled_object_name(&name)),
-        ..child_meta(isvc)
-    };
+    let mut object = DynamicObject::new(&scaled_object_name(name), &resource);
+    object.metadata = metadata;
     object.data = json!({
         "spec": {
             "scaleTargetRef": {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
-                "name": deployment_name(&name),
+                "name": deployment_name(name),
             },
             "minReplicaCount": scaling.min_replicas,
-            "maxReplicaCount": max_replicas(isvc),
+            "maxReplicaCount": max_replicas,
             "advanced": {
                 "horizontalPodAutoscalerConfig": {
                     "behavior": super::hpa::behavior(scaling),
@@ -57,7 +77,7 @@ pub fn build_scaled_object(
                 "metricType": "AverageValue",
                 "metadata": {
                     "serverAddress": config.prometheus_url,
-                    "query": load_query(&namespace, &name),
+                    "query": load_query(namespace, name),
                     "threshold": scaling.target_load_per_replica.to_string(),
                     // No data is not zero load: KEDA keeps the current replicas instead.
                     "ignoreNullValues": "false",

@@ -24,9 +24,9 @@ use kube::{Client, ResourceExt};
 use tracing::warn;
 
 use super::Error;
-use super::cache::ChildTriggers;
+use super::cache::{ChildTriggers, Triggers};
 use super::context::Context;
-use crate::api::InferenceService;
+use crate::api::{Experiment, InferenceService};
 use crate::metrics_api::signal::LoadSignal;
 use crate::resources::labels::INFERENCE_SERVICE_LABEL;
 use crate::resources::scaled_object::scaled_object_resource;
@@ -34,12 +34,13 @@ use reconcile::KIND;
 pub use reconcile::reconcile;
 
 /// Runs the controller until `shutdown` resolves. `triggers` are the events of the context's
-/// child and pod caches (see [`Context::start`]).
+/// child and pod caches, `experiments` those of its Experiment cache (see [`Context::start`]).
 pub async fn run(
     client: Client,
     namespace: Option<String>,
     ctx: Arc<Context>,
     triggers: ChildTriggers,
+    experiments: Triggers<Experiment>,
     load_signal: Option<LoadSignal>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -84,6 +85,10 @@ pub async fn run(
         .watches_stream(pods, |pod| {
             let name = pod.labels().get(INFERENCE_SERVICE_LABEL)?;
             Some(ObjectRef::new(name).within(&pod.namespace()?))
+        })
+        // An experiment's state decides what its control's Service selects.
+        .watches_stream(experiments, |experiment| {
+            Some(ObjectRef::new(&experiment.spec.control).within(&experiment.namespace()?))
         });
     if let Some(scaled_objects) = scaled_objects {
         controller = controller.owns_stream_with(scaled_objects, scaled_object_resource());

@@ -6,7 +6,7 @@
 //! An unchanged, settled service makes no API request at all: every read is served from the
 //! watch caches, nothing drifted is re-applied, and an unchanged status is not written.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ use crate::controller::child::{ChildKind, DesiredChild, Rejection};
 use crate::controller::context::Context;
 use crate::controller::error_policy::key;
 use crate::controller::events::publish;
+use crate::controller::experiment::children::{router_name, router_selector_labels};
+use crate::controller::experiment::routing;
 use crate::controller::orphans::{orphans, sweep};
 use crate::gpu::{GpuFit, gpu_fit, gpu_resource_name, plan_rollout};
 use crate::resources::labels::{FIELD_MANAGER, selector_labels};
@@ -132,6 +134,10 @@ pub fn invalid_status(isvc: &InferenceService, message: &str, now: Time) -> Infe
 pub struct Inputs {
     /// The GPU situation, when the pods request GPUs.
     pub gpu: Option<GpuInputs>,
+    /// The selector of the experiment router that holds this service's Service, when one does
+    /// (see [`crate::controller::experiment::routing`]): the Service then selects the router's
+    /// pods instead of its own, so clients keep their URL.
+    pub router_selector: Option<BTreeMap<String, String>>,
 }
 
 pub struct GpuInputs {
@@ -140,10 +146,15 @@ pub struct GpuInputs {
     pub fit: GpuFit,
 }
 
-/// Reads the GPU capacity of the nodes the pods may use, from the node and pod caches.
+/// Reads the GPU capacity of the nodes the pods may use, from the node and pod caches, and the
+/// experiment that holds the service's Service, from the experiment and Deployment caches.
 async fn read(isvc: &InferenceService, ctx: &Context) -> Result<Inputs, Error> {
+    let router_selector = held_by_router(isvc, ctx);
     let Some(gpu) = isvc.spec.resources.as_ref().and_then(|r| r.gpu.as_ref()) else {
-        return Ok(Inputs { gpu: None });
+        return Ok(Inputs {
+            gpu: None,
+            router_selector,
+        });
     };
     let stores = ctx.gpu_stores().await?;
     let resource = gpu_resource_name(gpu);
@@ -162,7 +173,23 @@ async fn read(isvc: &InferenceService, ctx: &Context) -> Result<Inputs, Error> {
             fit: gpu_fit(u64::from(gpu.count), &nodes),
             resource,
         }),
+        router_selector,
     })
+}
+
+/// The router selector of the experiment that holds this service's Service, if one does and
+/// its router has a ready replica.
+fn held_by_router(isvc: &InferenceService, ctx: &Context) -> Option<BTreeMap<String, String>> {
+    let namespace = isvc.namespace()?;
+    let experiments = ctx.peers.experiments_of(&namespace, &isvc.name_any());
+    let holder = routing::holder(
+        experiments.iter().map(AsRef::as_ref),
+        isvc.metadata.generation,
+    )?;
+    let router = ctx
+        .children
+        .deployment(&namespace, &router_name(&holder.name_any()));
+    routing::router_ready(router.as_deref()).then(|| router_selector_labels(&holder.name_any()))
 }
 
 /// Every child this object needs, in apply order. Pure.
@@ -180,6 +207,10 @@ pub fn build(
         hpa,
         scaled_object,
     } = build_children(isvc, config, rollout);
+    let mut service = service;
+    if let (Some(selector), Some(spec)) = (&inputs.router_selector, service.spec.as_mut()) {
+        spec.selector = Some(selector.clone());
+    }
     let mut children = vec![
         DesiredChild::new(ChildKind::ConfigMap, &config_map),
         DesiredChild::new(ChildKind::Service, &service),
@@ -425,7 +456,10 @@ mod tests {
         let children = build(
             &isvc(spec),
             &OperatorConfig::default(),
-            &Inputs { gpu: None },
+            &Inputs {
+                gpu: None,
+                router_selector: None,
+            },
         );
         let kinds: Vec<_> = children.iter().map(|c| (c.kind, c.name.as_str())).collect();
         assert_eq!(
@@ -439,6 +473,49 @@ mod tests {
             ]
         );
         assert!(children.iter().all(|c| c.hash.len() == 16));
+    }
+
+    #[test]
+    fn a_service_held_by_an_experiment_selects_the_router_and_nothing_else_changes() {
+        let own = build(
+            &isvc(embedder()),
+            &OperatorConfig::default(),
+            &Inputs {
+                gpu: None,
+                router_selector: None,
+            },
+        );
+        let router = BTreeMap::from([(
+            "lexserve.io/inference-service".to_string(),
+            "x-router".to_string(),
+        )]);
+        let held = build(
+            &isvc(embedder()),
+            &OperatorConfig::default(),
+            &Inputs {
+                gpu: None,
+                router_selector: Some(router.clone()),
+            },
+        );
+        let selector = |children: &[DesiredChild]| {
+            children
+                .iter()
+                .find(|c| c.kind == ChildKind::Service)
+                .map(|c| c.object["spec"]["selector"].clone())
+        };
+        assert_eq!(
+            selector(&held),
+            Some(serde_json::to_value(&router).expect("json"))
+        );
+        assert_ne!(selector(&own), selector(&held));
+        let others = |children: &[DesiredChild]| {
+            children
+                .iter()
+                .filter(|c| c.kind != ChildKind::Service)
+                .map(|c| c.hash.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(others(&own), others(&held));
     }
 
     #[test]
