@@ -306,6 +306,39 @@ async fn the_reader_reads_what_the_router_exported_across_restarts() {
         ],
     );
 
+    // Without a router (gatewayAPI) only the user's queries count, read up to now: the
+    // extrapolation of `increase` to now scales count and sums of one target alike, and by
+    // less than the scrape interval over the window.
+    let mut gateway = experiment("checkout");
+    gateway.spec.routing = serde_json::from_value(json!({
+        "provider": "gatewayAPI",
+        "gatewayAPI": { "parentRefs": [{ "name": "web" }] },
+    }))
+    .expect("routing");
+    let Observation::Data(data) = observe(&client, &gateway, started.elapsed()).await else {
+        panic!("expected data without a router");
+    };
+    for (read, exported) in data
+        .iter()
+        .zip([add(control, control_after), add(candidate, candidate_after)])
+    {
+        assert_eq!(read.assignments, 0.0, "{read:?}");
+        assert!(!read.metrics.contains_key("thumbs-up"), "{read:?}");
+        let latency = read.metrics["latency"];
+        let scale = latency.count / exported.latency_count;
+        assert!((1.0..1.5).contains(&scale), "{read:?} against {exported:?}");
+        close(
+            latency.sum,
+            exported.latency_sum * scale,
+            "latency sum, scaled",
+        );
+        close(
+            latency.sum_squares,
+            exported.latency_sum_squares * scale,
+            "latency sum of squares, scaled",
+        );
+    }
+
     // An experiment without series: no data, and the reason says so.
     match observe(&client, &experiment("search"), started.elapsed()).await {
         Observation::NoData { reason } => {

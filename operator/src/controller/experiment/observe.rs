@@ -31,6 +31,9 @@
 //!   without that label (a static scrape config) match too, where same-named experiments in
 //!   two namespaces would mix.
 //!
+//! With `routing.provider: gatewayAPI` there is no router: no assignments (no sample-ratio
+//! check), no builtin metrics, and the user's queries are evaluated now.
+//!
 //! `prometheus` metrics run the user's count, sum and sum-of-squares queries once per variant,
 //! with `{{variant}}`, `{{experiment}}`, `{{namespace}}` and `{{range}}` (the same window, e.g.
 //! `3600000ms`, for `increase(x[{{range}}])`) replaced, evaluated at `<t>` too. A query's answer
@@ -46,7 +49,7 @@ use prometheus_http_query::Error as QueryError;
 use prometheus_http_query::response::Data;
 
 use crate::analysis::decision::{Observation, Sufficient, VariantData};
-use crate::api::experiment::{Experiment, MetricKind, PrometheusMetric};
+use crate::api::experiment::{Experiment, MetricKind, PrometheusMetric, RoutingProvider};
 use crate::metrics_api::signal::error_chain;
 
 /// The client the operator queries Prometheus with (the load signal uses the same).
@@ -100,6 +103,92 @@ async fn read(
     experiment: &Experiment,
     since_start: Duration,
 ) -> Result<Observation, Failure> {
+    let spec = &experiment.spec;
+    let builtin: BTreeMap<&str, &str> = spec
+        .metrics
+        .iter()
+        .filter_map(|m| Some((m.source.builtin.as_deref()?, m.name.as_str())))
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let (window, assigned, outcomes) = if spec.routing.provider == RoutingProvider::GatewayApi {
+        // No router: no assignment counts (so no sample-ratio check) and no builtin outcomes,
+        // only the user's queries, up to now.
+        let window = Window {
+            range: format!("{}ms", since_start.as_millis().max(1)),
+            at: format!("{now:.3}"),
+        };
+        (window, Answer::default(), Outcomes::default())
+    } else {
+        match router_counts(
+            prometheus,
+            experiment,
+            since_start,
+            now,
+            !builtin.is_empty(),
+        )
+        .await?
+        {
+            Ok(counts) => counts,
+            Err(reason) => return Ok(Observation::NoData { reason }),
+        }
+    };
+
+    let custom = custom_metrics(prometheus, experiment, &window).await?;
+    if assigned.is_empty() && custom.is_empty() {
+        return Ok(Observation::NoData {
+            reason: format!(
+                "the prometheus metrics' queries of experiment {}/{} return nothing",
+                experiment.namespace().unwrap_or_default(),
+                experiment.name_any()
+            ),
+        });
+    }
+    let data = spec
+        .variants
+        .iter()
+        .map(|v| {
+            let mut metrics = BTreeMap::new();
+            for (outcome, metric_name) in &builtin {
+                let key = |m: &Answer| m.get(&[v.name.as_str(), outcome]).copied();
+                if let Some(count) = key(&outcomes.count) {
+                    metrics.insert(
+                        metric_name.to_string(),
+                        Sufficient {
+                            count,
+                            sum: key(&outcomes.sum).unwrap_or(0.0),
+                            sum_squares: key(&outcomes.sum_squares).unwrap_or(0.0),
+                        },
+                    );
+                }
+            }
+            for ((variant, metric_name), stats) in &custom {
+                if *variant == v.name {
+                    metrics.insert(metric_name.clone(), *stats);
+                }
+            }
+            VariantData {
+                variant: v.name.clone(),
+                assignments: assigned.get(&[v.name.as_str()]).copied().unwrap_or(0.0),
+                metrics,
+            }
+        })
+        .collect();
+    Ok(Observation::Data(data))
+}
+
+/// The router's counts: the window (ending at the newest scrape of the experiment's
+/// assignments), the assignments by variant, and, with `outcomes`, the builtin outcome series
+/// by variant and metric. `Ok(Err(reason))` when there is nothing to read yet.
+async fn router_counts(
+    prometheus: &PrometheusClient,
+    experiment: &Experiment,
+    since_start: Duration,
+    now: f64,
+    outcomes: bool,
+) -> Result<Result<(Window, Answer, Outcomes), String>, Failure> {
     let name = experiment.name_any();
     let namespace = experiment.namespace().unwrap_or_default();
     let series = RouterSeries {
@@ -115,44 +204,30 @@ async fn read(
     )
     .await?;
     let Some(newest) = newest.values().next().copied() else {
-        return Ok(Observation::NoData {
-            reason: format!(
-                "Prometheus has no {assignments} series for experiment {namespace}/{name}: the \
-                 router has not assigned a request yet, or Prometheus does not scrape it"
-            ),
-        });
+        return Ok(Err(format!(
+            "Prometheus has no {assignments} series for experiment {namespace}/{name}: the \
+             router has not assigned a request yet, or Prometheus does not scrape it"
+        )));
     };
     // The window ends at the newest scrape and starts at the experiment's start.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
     let window_ms = ((since_start.as_secs_f64() - (now - newest).max(0.0)) * 1000.0).floor();
     if window_ms < 1000.0 {
-        return Ok(Observation::NoData {
-            reason: format!(
-                "the experiment started {}s ago, Prometheus's newest sample of it is older",
-                since_start.as_secs()
-            ),
-        });
+        return Ok(Err(format!(
+            "the experiment started {}s ago, Prometheus's newest sample of it is older",
+            since_start.as_secs()
+        )));
     }
     let at = Window {
         range: format!("{window_ms:.0}ms"),
         at: format!("{newest:.3}"),
     };
 
-    let spec = &experiment.spec;
-    let builtin: BTreeMap<&str, &str> = spec
-        .metrics
-        .iter()
-        .filter_map(|m| Some((m.source.builtin.as_deref()?, m.name.as_str())))
-        .collect();
     let by_variant = query(
         prometheus,
         series.increase(&assignments, &[label::VARIANT], &at),
         Some(&at),
     );
-    let (assigned, outcomes) = if builtin.is_empty() {
+    let (assigned, outcomes) = if !outcomes {
         (by_variant.await?, Outcomes::default())
     } else {
         let by_metric = [label::VARIANT, label::METRIC];
@@ -185,46 +260,12 @@ async fn read(
         )
     };
     if assigned.is_empty() {
-        return Ok(Observation::NoData {
-            reason: format!(
-                "no assignments of experiment {namespace}/{name} in the last {}",
-                at.range
-            ),
-        });
+        return Ok(Err(format!(
+            "no assignments of experiment {namespace}/{name} in the last {}",
+            at.range
+        )));
     }
-
-    let custom = custom_metrics(prometheus, experiment, &at).await?;
-    let data = spec
-        .variants
-        .iter()
-        .map(|v| {
-            let mut metrics = BTreeMap::new();
-            for (outcome, metric_name) in &builtin {
-                let key = |m: &Answer| m.get(&[v.name.as_str(), outcome]).copied();
-                if let Some(count) = key(&outcomes.count) {
-                    metrics.insert(
-                        metric_name.to_string(),
-                        Sufficient {
-                            count,
-                            sum: key(&outcomes.sum).unwrap_or(0.0),
-                            sum_squares: key(&outcomes.sum_squares).unwrap_or(0.0),
-                        },
-                    );
-                }
-            }
-            for ((variant, metric_name), stats) in &custom {
-                if *variant == v.name {
-                    metrics.insert(metric_name.clone(), *stats);
-                }
-            }
-            VariantData {
-                variant: v.name.clone(),
-                assignments: assigned.get(&[v.name.as_str()]).copied().unwrap_or(0.0),
-                metrics,
-            }
-        })
-        .collect();
-    Ok(Observation::Data(data))
+    Ok(Ok((at, assigned, outcomes)))
 }
 
 /// The user's `prometheus` metrics, by (variant, metric); a metric whose count query returns
