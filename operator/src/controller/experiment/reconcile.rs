@@ -359,8 +359,10 @@ async fn live_generation(
     namespace: &str,
     name: &str,
 ) -> Option<u64> {
+    // A series without a namespace label (a scrape config that does not copy it) still
+    // counts, as in the analysis's own queries.
     let query = format!(
-        "min({}{{{}=\"{}\",{}=\"{}\"}})",
+        "min({}{{{}=~\"{}|\",{}=\"{}\"}})",
         metric::ROUTER_CONFIG_GENERATION,
         label::NAMESPACE,
         escape(namespace),

@@ -6,6 +6,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 
 use super::children::ordered_variants;
+use crate::analysis::decision::BREACHES_TO_FAIL;
 use crate::api::Experiment;
 use crate::api::experiment::{ExperimentPhase, OnInconclusive, RoutingProvider};
 
@@ -43,14 +44,41 @@ pub fn traffic(experiment: &Experiment) -> Traffic {
     }
 }
 
+/// The challengers a guardrail has failed while the others go on: the analysis leaves them
+/// out, and they get no new traffic. Read from the breach streaks in status, which stay at or
+/// above [`BREACHES_TO_FAIL`] for a dropped variant. Pure.
+pub fn dropped(experiment: &Experiment) -> Vec<String> {
+    let control = &experiment.spec.control;
+    experiment
+        .status
+        .as_ref()
+        .map(|s| {
+            s.guardrail_breaches
+                .iter()
+                .filter(|b| b.consecutive >= BREACHES_TO_FAIL)
+                .map(|b| b.variant.clone())
+                .filter(|v| {
+                    experiment
+                        .spec
+                        .variants
+                        .iter()
+                        .any(|x| x.name == *v && x.inference_service != *control)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The weights in force, per variant in router order (the control first). Pure.
 pub fn weights_in_force(experiment: &Experiment) -> Vec<(String, u32)> {
     let traffic = traffic(experiment);
     let control = &experiment.spec.control;
+    let dropped = dropped(experiment);
     ordered_variants(experiment)
         .into_iter()
         .map(|v| {
             let weight = match &traffic {
+                Traffic::Split if dropped.contains(&v.name) => 0,
                 Traffic::Split => v.weight,
                 Traffic::Winner(winner) => u32::from(v.name == *winner),
                 Traffic::Control => u32::from(v.inference_service == *control),
@@ -176,6 +204,27 @@ mod tests {
         assert_eq!(traffic(&hold), Traffic::Control);
         hold.spec.on_inconclusive = OnInconclusive::Hold;
         assert_eq!(traffic(&hold), Traffic::Split);
+    }
+
+    #[test]
+    fn a_variant_failed_by_a_guardrail_gets_no_new_traffic_but_the_control_keeps_its_own() {
+        use crate::api::experiment::GuardrailBreach;
+        let breach = |variant: &str, consecutive| GuardrailBreach {
+            variant: variant.to_string(),
+            metric: "latency".to_string(),
+            consecutive,
+        };
+        let mut status = phase(ExperimentPhase::Running);
+        status.guardrail_breaches = vec![breach("treatment", 1)];
+        assert_eq!(
+            weights_in_force(&experiment(Some(status.clone()))),
+            w(&[("control", 70), ("treatment", 30)])
+        );
+        status.guardrail_breaches = vec![breach("treatment", 2), breach("control", 3)];
+        assert_eq!(
+            weights_in_force(&experiment(Some(status))),
+            w(&[("control", 70), ("treatment", 0)])
+        );
     }
 
     #[test]

@@ -462,6 +462,7 @@ mod tests {
             sample_size: None,
             guardrail_breaches: vec![],
             extensions: 0,
+            dropped: vec![],
         }
     }
 
