@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{TIMEOUT, create, embedder, install_crds, isvc, scene};
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -204,4 +205,314 @@ async fn the_control_service_moves_to_the_router_survives_a_restart_and_returns_
         .await
         .expect("delete");
     wait_selector(&services, "a", &selector_labels("a")).await;
+}
+
+/// Users of the promote test, and their chance to convert on each variant (the planted
+/// difference).
+const USERS: u64 = 2400;
+const CONTROL_RATE: f64 = 0.10;
+const TREATMENT_RATE: f64 = 0.25;
+
+/// A deterministic draw in [0, 1) for user `i` (splitmix64): the same run, the same outcomes.
+fn draw(i: u64) -> f64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Plays kubelet for the router's ConfigMap volume: copies `router.yaml` into `path` whenever it
+/// changes, until `stop`.
+fn sync_router_config(
+    config_maps: Api<ConfigMap>,
+    path: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = String::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(Some(cm)) = config_maps.get_opt("exp-router").await
+                && let Some(yaml) = cm.data.and_then(|d| d.get("router.yaml").cloned())
+                && yaml != last
+            {
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, &yaml).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+                    last = yaml;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn simulated_users_with_a_planted_difference_promote_the_better_variant() {
+    use lexserve_e2e::operator::workspace_bin;
+    use lexserve_e2e::process::Process;
+    use lexserve_e2e::prometheus::{Prometheus, Target};
+    use lexserve_e2e::sidecar::{free_port, minilm_int8_uris, start_for_pod};
+
+    let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
+    install_crds(cluster).await.expect("CRDs");
+    let scene = scene(cluster, "exp-promote").await;
+    let ns = scene.ns.to_string();
+    let dir = std::env::temp_dir().join(format!("lexserve-e2e-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    // Prometheus scrapes the router; the operator reads it.
+    let router_port = free_port().expect("port");
+    let router_url = format!("http://127.0.0.1:{router_port}");
+    let prometheus = Prometheus::start(&[Target {
+        job: "router".to_string(),
+        address: format!("127.0.0.1:{router_port}"),
+    }])
+    .await
+    .expect("Prometheus");
+    let _operator = OperatorProcess::start(
+        cluster,
+        OperatorOptions {
+            identity: "exp-promote".to_string(),
+            namespace: Some(ns.clone()),
+            prometheus_url: Some(prometheus.url().to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("operator");
+
+    // Two real sidecars, started from the configs the operator wrote.
+    let (model, tokenizer) = minilm_int8_uris().expect("MiniLM");
+    for name in ["a", "b"] {
+        create(
+            &scene.api,
+            &isvc(
+                name,
+                json!({
+                    "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
+                    "runtime": {"quantize": "int8", "threads": 1},
+                    "scaling": {"provider": "none", "minReplicas": 1},
+                }),
+            ),
+        )
+        .await
+        .expect("InferenceService");
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
+    let mut sidecars = Vec::new();
+    for name in ["a", "b"] {
+        let config_map = format!("{name}-sidecar");
+        wait::until(
+            "sidecar ConfigMap",
+            TIMEOUT,
+            Duration::from_millis(200),
+            || async {
+                Ok(match config_maps.get_opt(&config_map).await? {
+                    Some(_) => Poll::Ready(()),
+                    None => Poll::pending("absent"),
+                })
+            },
+        )
+        .await
+        .expect("ConfigMap");
+        sidecars.push(
+            start_for_pod(&config_maps, &config_map, &format!("{name}-0"), &dir)
+                .await
+                .expect("sidecar ready"),
+        );
+    }
+
+    let mut spec = experiment("exp", "a", "b");
+    spec.spec.on_success = lexserve_operator::api::experiment::OnSuccess::Promote;
+    spec.spec.analysis = serde_json::from_value(json!({
+        "interval": "2s", "minDuration": "1s", "maxDuration": "10m",
+        "minSamplesPerVariant": 300,
+    }))
+    .expect("analysis");
+    let experiments: Api<Experiment> = Api::namespaced(scene.client.clone(), &ns);
+    experiments
+        .create(&PostParams::default(), &spec)
+        .await
+        .expect("Experiment admitted");
+
+    // The router, run from its ConfigMap as its pod would be, reaching the variants' Services
+    // through --resolve.
+    let config_path = dir.join("router.yaml");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sync = sync_router_config(config_maps.clone(), config_path.clone(), stop.clone());
+    wait::until(
+        "router.yaml",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            Ok(if config_path.is_file() {
+                Poll::Ready(())
+            } else {
+                Poll::pending("not written")
+            })
+        },
+    )
+    .await
+    .expect("router config");
+    let resolve = [("control", &sidecars[0]), ("treatment", &sidecars[1])]
+        .iter()
+        .map(|(variant, sidecar)| {
+            format!(
+                "exp-{variant}.{ns}.svc.cluster.local:80={}",
+                sidecar.address()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let _router = Process::spawn(
+        "router",
+        &workspace_bin("lexserve-sidecar").expect("sidecar binary"),
+        &[
+            "route".to_string(),
+            "--config".to_string(),
+            config_path.display().to_string(),
+            "--listen".to_string(),
+            format!("127.0.0.1:{router_port}"),
+            "--resolve".to_string(),
+            resolve,
+        ],
+        &dir.join("router.log"),
+    )
+    .expect("router");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    wait::until(
+        "router ready",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            Ok(match http.get(format!("{router_url}/ready")).send().await {
+                Ok(r) if r.status().is_success() => Poll::Ready(()),
+                Ok(r) => Poll::pending(r.status()),
+                Err(e) => Poll::pending(e),
+            })
+        },
+    )
+    .await
+    .expect("router ready");
+    let services: Api<Service> = Api::namespaced(scene.client.clone(), &ns);
+    wait_selector(&services, "a", &router_selector_labels("exp")).await;
+
+    // Simulated users: one request each through the router, then a conversion or not, with
+    // the planted difference between the variants.
+    let users = futures::stream::iter(0..USERS).map(|i| {
+        let http = http.clone();
+        let router_url = router_url.clone();
+        async move {
+            let user = format!("user-{i}");
+            let response = http
+                .post(format!("{router_url}/embed"))
+                .header("x-user", &user)
+                .json(&json!({"texts": ["an experiment with simulated users"]}))
+                .send()
+                .await
+                .expect("request through the router");
+            assert!(response.status().is_success(), "{}", response.status());
+            let variant = response
+                .headers()
+                .get("x-lexserve-variant")
+                .and_then(|v| v.to_str().ok())
+                .expect("the variant header")
+                .to_string();
+            let rate = if variant == "treatment" {
+                TREATMENT_RATE
+            } else {
+                CONTROL_RATE
+            };
+            let value = if draw(i) < rate { 1.0 } else { 0.0 };
+            let outcome = http
+                .post(format!("{router_url}/outcome"))
+                .json(&json!({"key": user, "metric": "converted", "value": value}))
+                .send()
+                .await
+                .expect("outcome");
+            assert!(outcome.status().is_success(), "{}", outcome.status());
+            variant
+        }
+    });
+    let variants: Vec<String> =
+        futures::StreamExt::collect(futures::StreamExt::buffer_unordered(users, 8)).await;
+    let treated = variants.iter().filter(|v| *v == "treatment").count();
+    println!("{treated} of {USERS} users on the treatment");
+
+    // The analysis concludes for the treatment and promotes it.
+    let status = wait::until(
+        "the experiment to conclude",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            let status = experiments.get("exp").await?.status.unwrap_or_default();
+            Ok(match status.phase {
+                Some(ExperimentPhase::Running | ExperimentPhase::Pending) | None => {
+                    Poll::pending(format!(
+                        "{:?}: {:?}",
+                        status.phase,
+                        status.history.last().map(|d| d.message.clone())
+                    ))
+                }
+                Some(_) => Poll::Ready(status),
+            })
+        },
+    )
+    .await
+    .expect("a verdict");
+    assert_eq!(status.phase, Some(ExperimentPhase::Succeeded), "{status:?}");
+    assert_eq!(status.winner.as_deref(), Some("treatment"));
+    let control = scene.api.get("a").await.expect("control");
+    assert_eq!(
+        status
+            .routing
+            .as_ref()
+            .and_then(|r| r.promoted_at_control_generation),
+        control.metadata.generation
+    );
+    // Everything goes to the winner: a new configuration, every bucket the treatment's.
+    let promoted = wait::until(
+        "the promoted configuration",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let cm = config_maps.get("exp-router").await?;
+            let yaml = cm
+                .data
+                .and_then(|d| d.get("router.yaml").cloned())
+                .unwrap_or_default();
+            let config: lexserve_contract::router::RouterConfig = serde_yaml::from_str(&yaml)?;
+            Ok(if config.buckets.count("treatment") == 10_000 {
+                Poll::Ready(config)
+            } else {
+                Poll::pending(format!("generation {}", config.generation))
+            })
+        },
+    )
+    .await
+    .expect("promoted");
+    assert_eq!(promoted.generation, 2);
+    let held = services.get("a").await.expect("Service a");
+    assert_eq!(
+        held.spec.and_then(|s| s.selector).unwrap_or_default(),
+        router_selector_labels("exp")
+    );
+
+    // The user changes the control's manifest: its Service is its own again.
+    scene
+        .api
+        .patch(
+            "a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"runtime": {"threads": 2}}})),
+        )
+        .await
+        .expect("patch the control");
+    wait_selector(&services, "a", &selector_labels("a")).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sync.await;
 }
