@@ -472,7 +472,9 @@ pub struct SampleSizePlan {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GuardrailBreach {
+    /// The variant in breach.
     pub variant: String,
+    /// The guardrail metric it breached.
     pub metric: String,
     /// Consecutive analyses in breach.
     pub consecutive: u32,
@@ -508,7 +510,9 @@ pub struct RoutingStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VariantWeight {
+    /// The variant.
     pub variant: String,
+    /// Its share of new assignments, relative to the others.
     pub weight: u32,
 }
 
