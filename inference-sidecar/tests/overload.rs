@@ -25,14 +25,18 @@ const MIB: usize = 1024 * 1024;
 /// The request slots of both servers: what bounds their memory under the storm.
 const PERMITS: usize = 8;
 
-/// Small deadlines so that the test runs in well under a minute on a quiet machine.
+/// Deadlines short enough that the slow clients of (b) are cut within seconds, long enough that
+/// under (a)'s storm on a starved CI machine (200 connections uploading 2 MiB each while 8 bodies
+/// are tokenized) a healthy client's headers and body, or a refused body being drained, still
+/// arrive in time: with 2 s, a CI run saw connections cut mid-upload, which the client reads as a
+/// broken connection instead of its 429 or 413.
 const LIMITS: [&str; 12] = [
     "--max-concurrent-requests",
     "8",
     "--header-read-timeout",
-    "2s",
+    "10s",
     "--body-read-timeout",
-    "2s",
+    "10s",
     "--request-timeout",
     "20s",
     "--write-stall-timeout",

@@ -31,9 +31,15 @@ struct Cli {
 enum Command {
     /// Write the CRD manifests (one file per kind) and print their sizes.
     Crd {
-        /// The directory to write into.
-        #[arg(long, default_value = "crds", env = "LEXSERVE_CRD_DIR")]
-        out: PathBuf,
+        /// The directories to write into: the repository's `crds/` (for `kubectl apply`) and the
+        /// Helm chart's `crds/` (Helm installs those before the templates).
+        #[arg(
+            long,
+            default_values = ["crds", "charts/lexserve/crds"],
+            env = "LEXSERVE_CRD_DIR",
+            value_delimiter = ','
+        )]
+        out: Vec<PathBuf>,
         /// Print the YAML to stdout instead of writing files.
         #[arg(long)]
         stdout: bool,
@@ -534,7 +540,7 @@ async fn start_metrics_api(
     Ok(())
 }
 
-fn write_crds(out: &Path, stdout: bool) -> anyhow::Result<()> {
+fn write_crds(dirs: &[PathBuf], stdout: bool) -> anyhow::Result<()> {
     let crds = render_all()?;
     if stdout {
         for crd in &crds {
@@ -542,8 +548,15 @@ fn write_crds(out: &Path, stdout: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    for out in dirs {
+        write_crds_into(out, &crds)?;
+    }
+    Ok(())
+}
+
+fn write_crds_into(out: &Path, crds: &[lexserve_operator::crd::RenderedCrd]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    for crd in &crds {
+    for crd in crds {
         let path = out.join(&crd.file_name);
         std::fs::write(&path, &crd.yaml)?;
         let size = crd.yaml.len();

@@ -19,9 +19,18 @@ fn repo_root() -> PathBuf {
 
 #[test]
 fn committed_crds_match_the_generator() {
+    check_generated_crds(&repo_root().join("crds"));
+}
+
+/// Helm installs the chart's `crds/` before its templates: they must be the same CRDs.
+#[test]
+fn the_charts_crds_match_the_generator() {
+    check_generated_crds(&repo_root().join("charts/lexserve/crds"));
+}
+
+fn check_generated_crds(dir: &Path) {
     let rendered = render_all().expect("CRDs render");
     assert_eq!(rendered.len(), 3);
-    let dir = repo_root().join("crds");
     for crd in &rendered {
         let path = dir.join(&crd.file_name);
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
@@ -43,8 +52,8 @@ fn committed_crds_match_the_generator() {
             crd.yaml.len()
         );
     }
-    let mut on_disk: Vec<_> = std::fs::read_dir(&dir)
-        .expect("crds/ exists")
+    let mut on_disk: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| {
             e.expect("readable entry")
                 .file_name()
@@ -55,7 +64,12 @@ fn committed_crds_match_the_generator() {
     on_disk.sort();
     let mut expected: Vec<_> = rendered.iter().map(|c| c.file_name.clone()).collect();
     expected.sort();
-    assert_eq!(on_disk, expected, "crds/ holds exactly the generated files");
+    assert_eq!(
+        on_disk,
+        expected,
+        "{} holds exactly the generated files",
+        dir.display()
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod config_map;
 pub mod deployment;
 pub mod hash;
 pub mod hpa;
+pub mod http_route;
 pub mod labels;
 pub mod load_query;
 pub mod model_pin;
