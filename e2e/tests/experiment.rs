@@ -1,7 +1,9 @@
 //! Experiments on the local control plane, with the operator as a process: the control's
 //! Service moves to the router while the experiment runs, stays there through an operator
 //! restart (the state lives in the cluster), and comes back to the control when the
-//! Experiment is deleted.
+//! Experiment is deleted; simulated users with a planted difference, through the real router
+//! in front of real sidecars and a real Prometheus, make the analysis promote the better
+//! variant, also when the operator is killed mid-experiment.
 
 mod common;
 
@@ -269,17 +271,15 @@ async fn simulated_users_with_a_planted_difference_promote_the_better_variant() 
     }])
     .await
     .expect("Prometheus");
-    let _operator = OperatorProcess::start(
-        cluster,
-        OperatorOptions {
-            identity: "exp-promote".to_string(),
-            namespace: Some(ns.clone()),
-            prometheus_url: Some(prometheus.url().to_string()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("operator");
+    let options = OperatorOptions {
+        identity: "exp-promote".to_string(),
+        namespace: Some(ns.clone()),
+        prometheus_url: Some(prometheus.url().to_string()),
+        ..Default::default()
+    };
+    let mut operator = OperatorProcess::start(cluster, options.clone())
+        .await
+        .expect("operator");
 
     // Two real sidecars, started from the configs the operator wrote.
     let (model, tokenizer) = minilm_int8_uris().expect("MiniLM");
@@ -442,6 +442,18 @@ async fn simulated_users_with_a_planted_difference_promote_the_better_variant() 
         futures::StreamExt::collect(futures::StreamExt::buffer_unordered(users, 8)).await;
     let treated = variants.iter().filter(|v| *v == "treatment").count();
     println!("{treated} of {USERS} users on the treatment");
+
+    // The operator is killed mid-experiment; the next one resumes from the cluster's state.
+    operator.kill();
+    let _operator = OperatorProcess::start(
+        cluster,
+        OperatorOptions {
+            identity: "exp-promote-2".to_string(),
+            ..options
+        },
+    )
+    .await
+    .expect("operator restarts");
 
     // The analysis concludes for the treatment and promotes it.
     let status = wait::until(

@@ -258,12 +258,18 @@ impl ChildStores {
                 let key = ObjectRef::new_with(name, scaled_object_resource()).within(namespace);
                 serde_json::to_value(store.get(&key)?.as_ref()).ok()
             }
+            ChildKind::HttpRoute => None,
         }
     }
 
-    /// Whether the cache of a kind exists (KEDA's may not).
+    /// Whether the cache of a kind exists (KEDA's may not; HTTPRoutes, few and optional, are
+    /// read when applied).
     pub fn watches(&self, kind: ChildKind) -> bool {
-        kind != ChildKind::ScaledObject || self.scaled_objects.is_some()
+        match kind {
+            ChildKind::ScaledObject => self.scaled_objects.is_some(),
+            ChildKind::HttpRoute => false,
+            _ => true,
+        }
     }
 
     /// Every cached child in `namespace` with a controller owner reference to `owner_uid`:

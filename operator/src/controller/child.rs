@@ -25,18 +25,22 @@ pub enum ChildKind {
     HorizontalPodAutoscaler,
     /// KEDA's `keda.sh/v1alpha1` ScaledObject, present only where KEDA's CRD is installed.
     ScaledObject,
+    /// Gateway API's `gateway.networking.k8s.io/v1` HTTPRoute (an Experiment with
+    /// `routing.provider: gatewayAPI`), present only where Gateway API's CRDs are installed.
+    HttpRoute,
 }
 
 impl ChildKind {
     /// Every kind, in the order children are applied: what a Deployment mounts and what
     /// selects its pods first, the autoscalers that target it last.
-    pub const ALL: [ChildKind; 6] = [
+    pub const ALL: [ChildKind; 7] = [
         ChildKind::ConfigMap,
         ChildKind::Service,
         ChildKind::Deployment,
         ChildKind::PodDisruptionBudget,
         ChildKind::HorizontalPodAutoscaler,
         ChildKind::ScaledObject,
+        ChildKind::HttpRoute,
     ];
 
     /// The `kind` string.
@@ -48,6 +52,7 @@ impl ChildKind {
             ChildKind::PodDisruptionBudget => "PodDisruptionBudget",
             ChildKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
             ChildKind::ScaledObject => "ScaledObject",
+            ChildKind::HttpRoute => "HTTPRoute",
         }
     }
 
@@ -62,6 +67,7 @@ impl ChildKind {
                 ApiResource::erase::<HorizontalPodAutoscaler>(&())
             }
             ChildKind::ScaledObject => scaled_object_resource(),
+            ChildKind::HttpRoute => crate::resources::http_route::http_route_resource(),
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::resources::labels::{FIELD_MANAGER, MANAGED_BY_LABEL, selector_labels}
 use crate::resources::service::SERVICE_PORT;
 
 /// The label naming the Experiment a child belongs to.
-pub const EXPERIMENT_LABEL: &str = "lexserve.io/experiment";
+pub use crate::resources::http_route::EXPERIMENT_LABEL;
 
 /// The name of the router's Deployment, Service, ConfigMap and autoscaler, and the
 /// `inference_service` its series carry.

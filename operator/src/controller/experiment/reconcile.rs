@@ -45,6 +45,7 @@ use crate::controller::context::Context;
 use crate::controller::error_policy::key;
 use crate::controller::events::publish;
 use crate::controller::orphans::{orphans, sweep};
+use crate::resources::http_route::build_http_route;
 use crate::resources::labels::FIELD_MANAGER;
 use crate::resources::load_query::escape;
 
@@ -161,7 +162,8 @@ async fn reconcile_phases(
     });
     let routing_ready = match experiment.spec.routing.provider {
         RoutingProvider::Router => router_ready(deployment.as_ref()),
-        RoutingProvider::GatewayApi => true,
+        // The HTTPRoute was admitted; whether a gateway programs it is the gateway's status.
+        RoutingProvider::GatewayApi => applied.rejected.is_empty(),
     };
     let before = experiment.status.clone().unwrap_or_default();
     let interval = parse_duration(&experiment.spec.analysis.interval)
@@ -246,13 +248,21 @@ pub fn build(
     control: Option<&InferenceService>,
     router: &lexserve_contract::router::RouterConfig,
 ) -> Vec<DesiredChild> {
+    if let Some(routing) = &experiment.spec.routing.gateway_api
+        && experiment.spec.routing.provider == RoutingProvider::GatewayApi
+    {
+        // The gateway reaches the variants through their own Services: no router takes over
+        // the control's, and no Services of the experiment's own are needed.
+        let weights = weights_in_force(experiment).into_iter().collect();
+        return vec![DesiredChild::new(
+            ChildKind::HttpRoute,
+            &build_http_route(experiment, routing, &weights),
+        )];
+    }
     let mut children: Vec<DesiredChild> = build_variant_services(experiment)
         .iter()
         .map(|s| DesiredChild::new(ChildKind::Service, s))
         .collect();
-    if experiment.spec.routing.provider != RoutingProvider::Router {
-        return children;
-    }
     let image = control
         .and_then(|c| c.spec.runtime.as_ref())
         .and_then(|r| r.image.clone())
@@ -312,7 +322,13 @@ async fn apply(
     for child in desired {
         let kind = child.kind;
         applied.built.insert((kind, child.name.clone()));
-        match apply_child(ctx, KIND, namespace, child).await? {
+        let outcome = apply_child(ctx, KIND, namespace, child).await;
+        let outcome = if kind == ChildKind::HttpRoute {
+            outcome.map_err(gateway_api_missing)?
+        } else {
+            outcome?
+        };
+        match outcome {
             Outcome::Rejected(rejection) => applied.rejected.push(rejection),
             outcome => {
                 applied.written += u64::from(matches!(outcome, Outcome::Written(_)));
@@ -325,6 +341,16 @@ async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// Gateway API's CRD missing from the cluster is a configuration problem, said plainly.
+fn gateway_api_missing(e: Error) -> Error {
+    match e {
+        Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404 => Error::MissingDependency(
+            "spec.routing.provider is gatewayAPI, but the cluster has no HTTPRoute CRD (gateway.networking.k8s.io/v1): install Gateway API or use provider router".to_string(),
+        ),
+        other => other,
+    }
 }
 
 fn replicas(deployment: Option<&Deployment>) -> (i32, i32) {
@@ -425,6 +451,52 @@ mod tests {
 
     fn at(s: i64) -> Time {
         Time(Timestamp::from_second(s).expect("valid"))
+    }
+
+    fn experiment(routing: serde_json::Value) -> Experiment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lexserve.io/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": "exp", "namespace": "ns", "uid": "u"},
+            "spec": {
+                "control": "a",
+                "variants": [{"name": "control", "inferenceService": "a", "weight": 1},
+                             {"name": "t", "inferenceService": "b", "weight": 1}],
+                "metrics": [{"name": "ok", "kind": "Proportion", "role": "Primary",
+                             "source": {"builtin": "ok"}}],
+                "routing": routing,
+            }
+        }))
+        .expect("valid")
+    }
+
+    #[test]
+    fn a_router_experiment_builds_the_router_and_a_gateway_one_only_its_route() {
+        let config = OperatorConfig::default();
+        let router = experiment(serde_json::json!({"provider": "router"}));
+        let weights = weights_in_force(&router);
+        let table = build_router_config(&router, &weights, None, &config).expect("config");
+        let kinds: Vec<_> = build(&router, &config, None, &table)
+            .iter()
+            .map(|c| (c.kind, c.name.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ChildKind::Service, "exp-control".to_string()),
+                (ChildKind::Service, "exp-t".to_string()),
+                (ChildKind::ConfigMap, "exp-router".to_string()),
+                (ChildKind::Service, "exp-router".to_string()),
+                (ChildKind::Deployment, "exp-router".to_string()),
+            ]
+        );
+        let gateway = experiment(serde_json::json!({"provider": "gatewayAPI",
+            "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}));
+        let kinds: Vec<_> = build(&gateway, &config, None, &table)
+            .iter()
+            .map(|c| (c.kind, c.name.clone()))
+            .collect();
+        assert_eq!(kinds, vec![(ChildKind::HttpRoute, "exp".to_string())]);
     }
 
     #[test]

@@ -16,9 +16,7 @@ use crate::api::experiment::{
 };
 use crate::api::inference_service::ModelSpec;
 use crate::api::{Experiment, InferenceService};
-
-/// What `routing.message` says with `provider: gatewayAPI`.
-pub const GATEWAY_API_MESSAGE: &str = "routing.provider gatewayAPI: the gateway assigns each request independently by weight, so a user may see different variants from one request to the next (assignment is per request, not per user), and outcomes reported to /outcome are not counted (that needs the lexserve router): only prometheus metrics can be analysed";
+use crate::resources::http_route::GATEWAY_API_ROUTING_MESSAGE;
 
 /// What the status is computed from.
 pub struct Observed<'a> {
@@ -115,7 +113,7 @@ pub fn compute_status(experiment: &Experiment, observed: &Observed) -> Experimen
         live_generation: observed.live_generation,
         promoted_at_control_generation: promoted_at,
         message: match experiment.spec.routing.provider {
-            RoutingProvider::GatewayApi => GATEWAY_API_MESSAGE.to_string(),
+            RoutingProvider::GatewayApi => GATEWAY_API_ROUTING_MESSAGE.to_string(),
             RoutingProvider::Router => String::new(),
         },
     });
