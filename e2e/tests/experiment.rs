@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{TIMEOUT, create, embedder, install_crds, isvc, scene};
-use futures::StreamExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -19,7 +22,7 @@ use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::request_counts::counter;
 use lexserve_e2e::wait::{self, Poll};
 use lexserve_operator::api::Experiment;
-use lexserve_operator::api::experiment::ExperimentPhase;
+use lexserve_operator::api::experiment::{ExperimentPhase, ExperimentStatus};
 use lexserve_operator::controller::experiment::children::router_selector_labels;
 use lexserve_operator::resources::labels::selector_labels;
 use serde_json::json;
@@ -209,12 +212,6 @@ async fn the_control_service_moves_to_the_router_survives_a_restart_and_returns_
     wait_selector(&services, "a", &selector_labels("a")).await;
 }
 
-/// Users of the promote test, and their chance to convert on each variant (the planted
-/// difference).
-const USERS: u64 = 2400;
-const CONTROL_RATE: f64 = 0.10;
-const TREATMENT_RATE: f64 = 0.25;
-
 /// A deterministic draw in [0, 1) for user `i` (splitmix64): the same run, the same outcomes.
 fn draw(i: u64) -> f64 {
     let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -229,11 +226,11 @@ fn draw(i: u64) -> f64 {
 fn sync_router_config(
     config_maps: Api<ConfigMap>,
     path: std::path::PathBuf,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = String::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             if let Ok(Some(cm)) = config_maps.get_opt("exp-router").await
                 && let Some(yaml) = cm.data.and_then(|d| d.get("router.yaml").cloned())
                 && yaml != last
@@ -248,237 +245,311 @@ fn sync_router_config(
     })
 }
 
-#[tokio::test]
-async fn simulated_users_with_a_planted_difference_promote_the_better_variant() {
-    use lexserve_e2e::operator::workspace_bin;
-    use lexserve_e2e::process::Process;
-    use lexserve_e2e::prometheus::{Prometheus, Target};
-    use lexserve_e2e::sidecar::{free_port, minilm_int8_uris, start_for_pod};
+/// An experiment `exp` between InferenceServices `a` (control) and `b` (treatment) in a
+/// namespace of its own: two real sidecars started from the configs the operator wrote, the
+/// real router run from its ConfigMap as its pod would be (reaching the variants' Services
+/// through `--resolve`), a real Prometheus scraping it, and an operator reading that
+/// Prometheus. Everything stops when it is dropped.
+struct Lab {
+    scene: common::Scene,
+    ns: String,
+    options: OperatorOptions,
+    operator: OperatorProcess,
+    router_url: String,
+    http: reqwest::Client,
+    experiments: Api<Experiment>,
+    services: Api<Service>,
+    config_maps: Api<ConfigMap>,
+    stop: Arc<AtomicBool>,
+    _sidecars: Vec<lexserve_e2e::sidecar::SidecarProcess>,
+    _router: lexserve_e2e::process::Process,
+    _prometheus: lexserve_e2e::prometheus::Prometheus,
+}
 
-    let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
-    install_crds(cluster).await.expect("CRDs");
-    let scene = scene(cluster, "exp-promote").await;
-    let ns = scene.ns.to_string();
-    let dir = std::env::temp_dir().join(format!("lexserve-e2e-{ns}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-
-    // Prometheus scrapes the router; the operator reads it.
-    let router_port = free_port().expect("port");
-    let router_url = format!("http://127.0.0.1:{router_port}");
-    let prometheus = Prometheus::start(&[Target {
-        job: "router".to_string(),
-        address: format!("127.0.0.1:{router_port}"),
-    }])
-    .await
-    .expect("Prometheus");
-    let options = OperatorOptions {
-        identity: "exp-promote".to_string(),
-        namespace: Some(ns.clone()),
-        prometheus_url: Some(prometheus.url().to_string()),
-        ..Default::default()
-    };
-    let mut operator = OperatorProcess::start(cluster, options.clone())
-        .await
-        .expect("operator");
-
-    // Two real sidecars, started from the configs the operator wrote.
-    let (model, tokenizer) = minilm_int8_uris().expect("MiniLM");
-    for name in ["a", "b"] {
-        create(
-            &scene.api,
-            &isvc(
-                name,
-                json!({
-                    "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
-                    "runtime": {"quantize": "int8", "threads": 1},
-                    "scaling": {"provider": "none", "minReplicas": 1},
-                }),
-            ),
-        )
-        .await
-        .expect("InferenceService");
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
-    let mut sidecars = Vec::new();
-    for name in ["a", "b"] {
-        let config_map = format!("{name}-sidecar");
+}
+
+impl Lab {
+    /// Starts everything and waits until the control's Service selects the running router.
+    /// `spec` completes the experiment's spec (analysis, actions).
+    async fn start(prefix: &str, spec: serde_json::Value) -> Lab {
+        use lexserve_e2e::operator::workspace_bin;
+        use lexserve_e2e::process::Process;
+        use lexserve_e2e::prometheus::{Prometheus, Target};
+        use lexserve_e2e::sidecar::{free_port, minilm_int8_uris, start_for_pod};
+
+        let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
+        install_crds(cluster).await.expect("CRDs");
+        let scene = scene(cluster, prefix).await;
+        let ns = scene.ns.to_string();
+        let dir = std::env::temp_dir().join(format!("lexserve-e2e-{ns}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+
+        // Prometheus scrapes the router; the operator reads it.
+        let router_port = free_port().expect("port");
+        let router_url = format!("http://127.0.0.1:{router_port}");
+        let prometheus = Prometheus::start(&[Target {
+            job: "router".to_string(),
+            address: format!("127.0.0.1:{router_port}"),
+        }])
+        .await
+        .expect("Prometheus");
+        let options = OperatorOptions {
+            identity: prefix.to_string(),
+            namespace: Some(ns.clone()),
+            prometheus_url: Some(prometheus.url().to_string()),
+            ..Default::default()
+        };
+        let operator = OperatorProcess::start(cluster, options.clone())
+            .await
+            .expect("operator");
+
+        // Two real sidecars, started from the configs the operator wrote.
+        let (model, tokenizer) = minilm_int8_uris().expect("MiniLM");
+        for name in ["a", "b"] {
+            create(
+                &scene.api,
+                &isvc(
+                    name,
+                    json!({
+                        "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
+                        "runtime": {"quantize": "int8", "threads": 1},
+                        "scaling": {"provider": "none", "minReplicas": 1},
+                    }),
+                ),
+            )
+            .await
+            .expect("InferenceService");
+        }
+        let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
+        let mut sidecars = Vec::new();
+        for name in ["a", "b"] {
+            let config_map = format!("{name}-sidecar");
+            wait::until(
+                "sidecar ConfigMap",
+                TIMEOUT,
+                Duration::from_millis(200),
+                || async {
+                    Ok(match config_maps.get_opt(&config_map).await? {
+                        Some(_) => Poll::Ready(()),
+                        None => Poll::pending("absent"),
+                    })
+                },
+            )
+            .await
+            .expect("ConfigMap");
+            sidecars.push(
+                start_for_pod(&config_maps, &config_map, &format!("{name}-0"), &dir)
+                    .await
+                    .expect("sidecar ready"),
+            );
+        }
+
+        let mut experiment = experiment("exp", "a", "b");
+        let mut spec_json = serde_json::to_value(&experiment.spec).expect("spec");
+        for (k, v) in spec.as_object().cloned().unwrap_or_default() {
+            spec_json[k] = v;
+        }
+        experiment.spec = serde_json::from_value(spec_json).expect("spec");
+        let experiments: Api<Experiment> = Api::namespaced(scene.client.clone(), &ns);
+        experiments
+            .create(&PostParams::default(), &experiment)
+            .await
+            .expect("Experiment admitted");
+
+        let config_path = dir.join("router.yaml");
+        let stop = Arc::new(AtomicBool::new(false));
+        sync_router_config(config_maps.clone(), config_path.clone(), stop.clone());
         wait::until(
-            "sidecar ConfigMap",
+            "router.yaml",
             TIMEOUT,
-            Duration::from_millis(200),
+            Duration::from_millis(100),
             || async {
-                Ok(match config_maps.get_opt(&config_map).await? {
-                    Some(_) => Poll::Ready(()),
-                    None => Poll::pending("absent"),
+                Ok(if config_path.is_file() {
+                    Poll::Ready(())
+                } else {
+                    Poll::pending("not written")
                 })
             },
         )
         .await
-        .expect("ConfigMap");
-        sidecars.push(
-            start_for_pod(&config_maps, &config_map, &format!("{name}-0"), &dir)
-                .await
-                .expect("sidecar ready"),
-        );
+        .expect("router config");
+        let resolve = [("control", &sidecars[0]), ("treatment", &sidecars[1])]
+            .iter()
+            .map(|(variant, sidecar)| {
+                format!(
+                    "exp-{variant}.{ns}.svc.cluster.local:80={}",
+                    sidecar.address()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let router = Process::spawn(
+            "router",
+            &workspace_bin("lexserve-sidecar").expect("sidecar binary"),
+            &[
+                "route".to_string(),
+                "--config".to_string(),
+                config_path.display().to_string(),
+                "--listen".to_string(),
+                format!("127.0.0.1:{router_port}"),
+                "--resolve".to_string(),
+                resolve,
+            ],
+            &dir.join("router.log"),
+        )
+        .expect("router");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        wait::until(
+            "router ready",
+            TIMEOUT,
+            Duration::from_millis(200),
+            || async {
+                Ok(match http.get(format!("{router_url}/ready")).send().await {
+                    Ok(r) if r.status().is_success() => Poll::Ready(()),
+                    Ok(r) => Poll::pending(r.status()),
+                    Err(e) => Poll::pending(e),
+                })
+            },
+        )
+        .await
+        .expect("router ready");
+        let services: Api<Service> = Api::namespaced(scene.client.clone(), &ns);
+        wait_selector(&services, "a", &router_selector_labels("exp")).await;
+        Lab {
+            scene,
+            ns,
+            options,
+            operator,
+            router_url,
+            http,
+            experiments,
+            services,
+            config_maps,
+            stop,
+            _sidecars: sidecars,
+            _router: router,
+            _prometheus: prometheus,
+        }
     }
 
-    let mut spec = experiment("exp", "a", "b");
-    spec.spec.on_success = lexserve_operator::api::experiment::OnSuccess::Promote;
-    spec.spec.analysis = serde_json::from_value(json!({
-        "interval": "2s", "minDuration": "1s", "maxDuration": "10m",
-        "minSamplesPerVariant": 300,
-    }))
-    .expect("analysis");
-    let experiments: Api<Experiment> = Api::namespaced(scene.client.clone(), &ns);
-    experiments
-        .create(&PostParams::default(), &spec)
+    /// Simulated users: one request each through the router, then a conversion or not, at
+    /// each variant's rate. Returns how many landed on the treatment.
+    async fn users(&self, users: u64, control_rate: f64, treatment_rate: f64) -> usize {
+        let requests = futures::stream::iter(0..users).map(|i| {
+            let http = self.http.clone();
+            let router_url = self.router_url.clone();
+            async move {
+                let user = format!("user-{i}");
+                let response = http
+                    .post(format!("{router_url}/embed"))
+                    .header("x-user", &user)
+                    .json(&json!({"texts": ["an experiment with simulated users"]}))
+                    .send()
+                    .await
+                    .expect("request through the router");
+                assert!(response.status().is_success(), "{}", response.status());
+                let variant = response
+                    .headers()
+                    .get("x-lexserve-variant")
+                    .and_then(|v| v.to_str().ok())
+                    .expect("the variant header")
+                    .to_string();
+                let rate = if variant == "treatment" {
+                    treatment_rate
+                } else {
+                    control_rate
+                };
+                let value = if draw(i) < rate { 1.0 } else { 0.0 };
+                let outcome = http
+                    .post(format!("{router_url}/outcome"))
+                    .json(&json!({"key": user, "metric": "converted", "value": value}))
+                    .send()
+                    .await
+                    .expect("outcome");
+                assert!(outcome.status().is_success(), "{}", outcome.status());
+                variant
+            }
+        });
+        let variants: Vec<String> = requests.buffer_unordered(8).collect().await;
+        let treated = variants.iter().filter(|v| *v == "treatment").count();
+        println!("{treated} of {users} users on the treatment");
+        treated
+    }
+
+    /// Kills the operator and starts another, which must resume from the cluster's state.
+    async fn restart_operator(&mut self) {
+        self.operator.kill();
+        let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
+        self.operator = OperatorProcess::start(
+            cluster,
+            OperatorOptions {
+                identity: format!("{}-again", self.options.identity),
+                ..self.options.clone()
+            },
+        )
         .await
-        .expect("Experiment admitted");
+        .expect("operator restarts");
+    }
 
-    // The router, run from its ConfigMap as its pod would be, reaching the variants' Services
-    // through --resolve.
-    let config_path = dir.join("router.yaml");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sync = sync_router_config(config_maps.clone(), config_path.clone(), stop.clone());
-    wait::until(
-        "router.yaml",
-        TIMEOUT,
-        Duration::from_millis(100),
-        || async {
-            Ok(if config_path.is_file() {
-                Poll::Ready(())
-            } else {
-                Poll::pending("not written")
-            })
-        },
-    )
-    .await
-    .expect("router config");
-    let resolve = [("control", &sidecars[0]), ("treatment", &sidecars[1])]
-        .iter()
-        .map(|(variant, sidecar)| {
-            format!(
-                "exp-{variant}.{ns}.svc.cluster.local:80={}",
-                sidecar.address()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let _router = Process::spawn(
-        "router",
-        &workspace_bin("lexserve-sidecar").expect("sidecar binary"),
-        &[
-            "route".to_string(),
-            "--config".to_string(),
-            config_path.display().to_string(),
-            "--listen".to_string(),
-            format!("127.0.0.1:{router_port}"),
-            "--resolve".to_string(),
-            resolve,
-        ],
-        &dir.join("router.log"),
-    )
-    .expect("router");
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    wait::until(
-        "router ready",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            Ok(match http.get(format!("{router_url}/ready")).send().await {
-                Ok(r) if r.status().is_success() => Poll::Ready(()),
-                Ok(r) => Poll::pending(r.status()),
-                Err(e) => Poll::pending(e),
-            })
-        },
-    )
-    .await
-    .expect("router ready");
-    let services: Api<Service> = Api::namespaced(scene.client.clone(), &ns);
-    wait_selector(&services, "a", &router_selector_labels("exp")).await;
+    /// Waits until the experiment leaves Running, and returns its status.
+    async fn verdict(&self) -> ExperimentStatus {
+        wait::until(
+            "the experiment to conclude",
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            || async {
+                let status = self
+                    .experiments
+                    .get("exp")
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                Ok(match status.phase {
+                    Some(ExperimentPhase::Running | ExperimentPhase::Pending) | None => {
+                        Poll::pending(format!(
+                            "{:?}: {:?}",
+                            status.phase,
+                            status.history.last().map(|d| d.message.clone())
+                        ))
+                    }
+                    Some(_) => Poll::Ready(status),
+                })
+            },
+        )
+        .await
+        .expect("a verdict")
+    }
+}
 
-    // Simulated users: one request each through the router, then a conversion or not, with
-    // the planted difference between the variants.
-    let users = futures::stream::iter(0..USERS).map(|i| {
-        let http = http.clone();
-        let router_url = router_url.clone();
-        async move {
-            let user = format!("user-{i}");
-            let response = http
-                .post(format!("{router_url}/embed"))
-                .header("x-user", &user)
-                .json(&json!({"texts": ["an experiment with simulated users"]}))
-                .send()
-                .await
-                .expect("request through the router");
-            assert!(response.status().is_success(), "{}", response.status());
-            let variant = response
-                .headers()
-                .get("x-lexserve-variant")
-                .and_then(|v| v.to_str().ok())
-                .expect("the variant header")
-                .to_string();
-            let rate = if variant == "treatment" {
-                TREATMENT_RATE
-            } else {
-                CONTROL_RATE
-            };
-            let value = if draw(i) < rate { 1.0 } else { 0.0 };
-            let outcome = http
-                .post(format!("{router_url}/outcome"))
-                .json(&json!({"key": user, "metric": "converted", "value": value}))
-                .send()
-                .await
-                .expect("outcome");
-            assert!(outcome.status().is_success(), "{}", outcome.status());
-            variant
-        }
-    });
-    let variants: Vec<String> =
-        futures::StreamExt::collect(futures::StreamExt::buffer_unordered(users, 8)).await;
-    let treated = variants.iter().filter(|v| *v == "treatment").count();
-    println!("{treated} of {USERS} users on the treatment");
-
+#[tokio::test]
+async fn simulated_users_with_a_planted_difference_promote_the_better_variant() {
+    let mut lab = Lab::start(
+        "exp-promote",
+        json!({
+            "onSuccess": "Promote",
+            "analysis": {"interval": "2s", "minDuration": "1s", "maxDuration": "10m",
+                         "minSamplesPerVariant": 300},
+        }),
+    )
+    .await;
+    // 10% of the control's users convert, 25% of the treatment's.
+    lab.users(2400, 0.10, 0.25).await;
     // The operator is killed mid-experiment; the next one resumes from the cluster's state.
-    operator.kill();
-    let _operator = OperatorProcess::start(
-        cluster,
-        OperatorOptions {
-            identity: "exp-promote-2".to_string(),
-            ..options
-        },
-    )
-    .await
-    .expect("operator restarts");
+    lab.restart_operator().await;
 
     // The analysis concludes for the treatment and promotes it.
-    let status = wait::until(
-        "the experiment to conclude",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || async {
-            let status = experiments.get("exp").await?.status.unwrap_or_default();
-            Ok(match status.phase {
-                Some(ExperimentPhase::Running | ExperimentPhase::Pending) | None => {
-                    Poll::pending(format!(
-                        "{:?}: {:?}",
-                        status.phase,
-                        status.history.last().map(|d| d.message.clone())
-                    ))
-                }
-                Some(_) => Poll::Ready(status),
-            })
-        },
-    )
-    .await
-    .expect("a verdict");
+    let status = lab.verdict().await;
     assert_eq!(status.phase, Some(ExperimentPhase::Succeeded), "{status:?}");
     assert_eq!(status.winner.as_deref(), Some("treatment"));
-    let control = scene.api.get("a").await.expect("control");
+    let control = lab.scene.api.get("a").await.expect("control");
     assert_eq!(
         status
             .routing
@@ -492,7 +563,7 @@ async fn simulated_users_with_a_planted_difference_promote_the_better_variant() 
         TIMEOUT,
         Duration::from_millis(200),
         || async {
-            let cm = config_maps.get("exp-router").await?;
+            let cm = lab.config_maps.get("exp-router").await?;
             let yaml = cm
                 .data
                 .and_then(|d| d.get("router.yaml").cloned())
@@ -508,14 +579,14 @@ async fn simulated_users_with_a_planted_difference_promote_the_better_variant() 
     .await
     .expect("promoted");
     assert_eq!(promoted.generation, 2);
-    let held = services.get("a").await.expect("Service a");
+    let held = lab.services.get("a").await.expect("Service a");
     assert_eq!(
         held.spec.and_then(|s| s.selector).unwrap_or_default(),
         router_selector_labels("exp")
     );
 
     // The user changes the control's manifest: its Service is its own again.
-    scene
+    lab.scene
         .api
         .patch(
             "a",
@@ -524,7 +595,37 @@ async fn simulated_users_with_a_planted_difference_promote_the_better_variant() 
         )
         .await
         .expect("patch the control");
-    wait_selector(&services, "a", &selector_labels("a")).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = sync.await;
+    wait_selector(&lab.services, "a", &selector_labels("a")).await;
+    println!("namespace {} done", lab.ns);
+}
+
+#[tokio::test]
+async fn an_a_a_run_finds_no_winner_and_gives_the_control_its_service_back() {
+    let lab = Lab::start(
+        "exp-aa",
+        json!({
+            "onSuccess": "Promote",
+            "onInconclusive": "Rollback",
+            "analysis": {"interval": "2s", "minDuration": "1s", "maxDuration": "25s",
+                         "minSamplesPerVariant": 300},
+        }),
+    )
+    .await;
+    // Both variants convert at the same rate: any "winner" would be a false positive.
+    lab.users(1600, 0.15, 0.15).await;
+    let status = lab.verdict().await;
+    assert_eq!(
+        status.phase,
+        Some(ExperimentPhase::Inconclusive),
+        "{status:?}"
+    );
+    assert_eq!(status.winner, None);
+    assert!(
+        status.history.iter().all(|d| d.reason != "WinnerFound"),
+        "{:?}",
+        status.history
+    );
+    // Rolled back: everything to the control, which has its Service again.
+    wait_selector(&lab.services, "a", &selector_labels("a")).await;
+    println!("namespace {} done", lab.ns);
 }
