@@ -245,6 +245,44 @@ fn sync_router_config(
     })
 }
 
+/// A TCP proxy to `upstream` that holds every chunk of the answers for `delay`: a variant made
+/// slow, every response of every (kept-alive) connection. Returns its `127.0.0.1:PORT`.
+async fn delaying_proxy(upstream: String, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                requests.abort();
+            });
+        }
+    });
+    address
+}
+
 /// An experiment `exp` between InferenceServices `a` (control) and `b` (treatment) in a
 /// namespace of its own: two real sidecars started from the configs the operator wrote, the
 /// real router run from its ConfigMap as its pod would be (reaching the variants' Services
@@ -275,7 +313,7 @@ impl Drop for Lab {
 impl Lab {
     /// Starts everything and waits until the control's Service selects the running router.
     /// `spec` completes the experiment's spec (analysis, actions).
-    async fn start(prefix: &str, spec: serde_json::Value) -> Lab {
+    async fn start(prefix: &str, spec: serde_json::Value, slow_treatment: Option<Duration>) -> Lab {
         use lexserve_e2e::operator::workspace_bin;
         use lexserve_e2e::process::Process;
         use lexserve_e2e::prometheus::{Prometheus, Target};
@@ -377,14 +415,13 @@ impl Lab {
         )
         .await
         .expect("router config");
-        let resolve = [("control", &sidecars[0]), ("treatment", &sidecars[1])]
+        let treatment = match slow_treatment {
+            Some(delay) => delaying_proxy(sidecars[1].address(), delay).await,
+            None => sidecars[1].address(),
+        };
+        let resolve = [("control", sidecars[0].address()), ("treatment", treatment)]
             .iter()
-            .map(|(variant, sidecar)| {
-                format!(
-                    "exp-{variant}.{ns}.svc.cluster.local:80={}",
-                    sidecar.address()
-                )
-            })
+            .map(|(variant, address)| format!("exp-{variant}.{ns}.svc.cluster.local:80={address}"))
             .collect::<Vec<_>>()
             .join(",");
         let router = Process::spawn(
@@ -442,12 +479,20 @@ impl Lab {
 
     /// Simulated users: one request each through the router, then a conversion or not, at
     /// each variant's rate. Returns how many landed on the treatment.
-    async fn users(&self, users: u64, control_rate: f64, treatment_rate: f64) -> usize {
+    /// With `latency`, each user also reports the latency it saw (seconds) as outcome `latency`.
+    async fn users(
+        &self,
+        users: u64,
+        control_rate: f64,
+        treatment_rate: f64,
+        latency: bool,
+    ) -> usize {
         let requests = futures::stream::iter(0..users).map(|i| {
             let http = self.http.clone();
             let router_url = self.router_url.clone();
             async move {
                 let user = format!("user-{i}");
+                let sent = std::time::Instant::now();
                 let response = http
                     .post(format!("{router_url}/embed"))
                     .header("x-user", &user)
@@ -462,6 +507,8 @@ impl Lab {
                     .and_then(|v| v.to_str().ok())
                     .expect("the variant header")
                     .to_string();
+                let _ = response.bytes().await.expect("answer");
+                let seconds = sent.elapsed().as_secs_f64();
                 let rate = if variant == "treatment" {
                     treatment_rate
                 } else {
@@ -475,6 +522,15 @@ impl Lab {
                     .await
                     .expect("outcome");
                 assert!(outcome.status().is_success(), "{}", outcome.status());
+                if latency {
+                    let outcome = http
+                        .post(format!("{router_url}/outcome"))
+                        .json(&json!({"key": user, "metric": "latency", "value": seconds}))
+                        .send()
+                        .await
+                        .expect("outcome");
+                    assert!(outcome.status().is_success(), "{}", outcome.status());
+                }
                 variant
             }
         });
@@ -538,10 +594,11 @@ async fn simulated_users_with_a_planted_difference_promote_the_better_variant() 
             "analysis": {"interval": "2s", "minDuration": "1s", "maxDuration": "10m",
                          "minSamplesPerVariant": 300},
         }),
+        None,
     )
     .await;
     // 10% of the control's users convert, 25% of the treatment's.
-    lab.users(2400, 0.10, 0.25).await;
+    lab.users(2400, 0.10, 0.25, false).await;
     // The operator is killed mid-experiment; the next one resumes from the cluster's state.
     lab.restart_operator().await;
 
@@ -609,10 +666,11 @@ async fn an_a_a_run_finds_no_winner_and_gives_the_control_its_service_back() {
             "analysis": {"interval": "2s", "minDuration": "1s", "maxDuration": "25s",
                          "minSamplesPerVariant": 300},
         }),
+        None,
     )
     .await;
     // Both variants convert at the same rate: any "winner" would be a false positive.
-    lab.users(1600, 0.15, 0.15).await;
+    lab.users(1600, 0.15, 0.15, false).await;
     let status = lab.verdict().await;
     assert_eq!(
         status.phase,
@@ -626,6 +684,40 @@ async fn an_a_a_run_finds_no_winner_and_gives_the_control_its_service_back() {
         status.history
     );
     // Rolled back: everything to the control, which has its Service again.
+    wait_selector(&lab.services, "a", &selector_labels("a")).await;
+    println!("namespace {} done", lab.ns);
+}
+
+#[tokio::test]
+async fn a_variant_made_slow_breaches_the_latency_guardrail_and_is_rolled_back() {
+    let lab = Lab::start(
+        "exp-slow",
+        json!({
+            "onSuccess": "Promote",
+            "metrics": [
+                {"name": "converted", "kind": "Proportion", "role": "Primary",
+                 "source": {"builtin": "converted"}},
+                {"name": "latency", "kind": "Mean", "role": "Guardrail",
+                 "direction": "LowerIsBetter", "threshold": 0.5,
+                 "source": {"builtin": "latency"}},
+            ],
+            "analysis": {"interval": "2s", "minDuration": "1s", "maxDuration": "10m",
+                         "minSamplesPerVariant": 300},
+        }),
+        Some(Duration::from_millis(80)),
+    )
+    .await;
+    // The treatment answers 80 ms late; its users convert as often as the control's.
+    lab.users(600, 0.15, 0.15, true).await;
+    let status = lab.verdict().await;
+    assert_eq!(status.phase, Some(ExperimentPhase::Failed), "{status:?}");
+    assert!(
+        status.history.iter().any(|d| d.reason == "GuardrailFailed"),
+        "{:?}",
+        status.history
+    );
+    assert_eq!(status.winner, None);
+    // Rolled back: the control has its Service again.
     wait_selector(&lab.services, "a", &selector_labels("a")).await;
     println!("namespace {} done", lab.ns);
 }
