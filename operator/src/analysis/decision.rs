@@ -231,8 +231,9 @@ struct Guardrails {
     comparisons: Vec<Comparison>,
     /// Variants the guardrails have failed (now or earlier).
     failed: Vec<String>,
-    /// First breaches (not failed yet), as "variant metric +x% ..." for the message.
-    warnings: Vec<String>,
+    /// First breaches, by variant, as "variant metric +x% ..." for the message (a variant that
+    /// fails on another guardrail is left out: it is no longer in doubt).
+    warnings: Vec<(String, String)>,
     /// Failures decided at this analysis, for the message.
     new_failures: Vec<String>,
 }
@@ -387,7 +388,12 @@ impl<'a> Analysis<'a> {
                 format!(
                     "guardrail breached, nothing is decided until the next analysis (a second \
                      breach in a row fails the variant): {}",
-                    guard.warnings.join("; ")
+                    guard
+                        .warnings
+                        .iter()
+                        .map(|(_, line)| line.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
             );
             return verdict;
@@ -639,7 +645,7 @@ impl<'a> Analysis<'a> {
                     if after == BREACHES_TO_FAIL {
                         out.new_failures.push(line);
                     } else if after < BREACHES_TO_FAIL {
-                        out.warnings.push(line);
+                        out.warnings.push((variant.name.clone(), line));
                     }
                 }
                 if after > 0 {
@@ -655,7 +661,7 @@ impl<'a> Analysis<'a> {
         out.failed = failed_variants(&out.breaches);
         // A variant failing now is not also a warning.
         out.warnings
-            .retain(|w| !out.failed.iter().any(|f| w.starts_with(&format!("{f} "))));
+            .retain(|(variant, _)| !out.failed.contains(variant));
         out
     }
 

@@ -895,3 +895,24 @@ fn a_planted_effect_is_found() {
     assert_eq!(wrong, 0);
     assert!(power >= 0.8, "power {power}");
 }
+
+#[test]
+fn a_first_breach_of_a_variant_that_fails_on_another_guardrail_holds_nothing() {
+    let (mut spec, Observation::Data(mut data)) = three_way() else {
+        unreachable!()
+    };
+    spec.metrics
+        .push(guardrail_mean("memory", Direction::LowerIsBetter, 0.10));
+    for (arm, memory) in data.iter_mut().zip([1.0, 1.5, 1.0]) {
+        arm.metrics
+            .insert("memory".to_string(), mean(10_000.0, memory, 0.1));
+    }
+    let status = with_breaches(vec![breach("b", "latency", 1)]);
+    let v = decide(&spec, &status, &Observation::Data(data), 2 * HOUR);
+    assert_eq!(v.dropped, vec!["b".to_string()]);
+    assert_eq!(
+        v.guardrail_breaches,
+        vec![breach("b", "latency", 2), breach("b", "memory", 1)]
+    );
+    assert_eq!(v.winner.as_deref(), Some("c"), "{}", v.message);
+}
