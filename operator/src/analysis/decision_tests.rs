@@ -790,33 +790,40 @@ fn garbage_from_prometheus_is_no_data_not_nan() {
     assert!(!json.to_string().contains("null"), "{json}");
 }
 
-/// One simulated experiment: `LOOKS` analyses one interval apart, each after every arm got about
-/// `USERS_PER_LOOK / 2` more users (a binomial split) converting at `rates`; the first look that
+/// One simulated experiment over the spec's variants (equal weights): `LOOKS` analyses one
+/// interval apart, each after `USERS_PER_ARM_PER_LOOK` users per arm on average more (a
+/// multinomial split) converting at `rates` (the spec's variant order); the first look that
 /// ends the experiment decides. Returns its phase and winner.
 fn simulate(
     rng: &mut SplitMix64,
     spec: &ExperimentSpec,
-    rates: (f64, f64),
+    rates: &[f64],
 ) -> (ExperimentPhase, Option<String>) {
     const LOOKS: u32 = 30;
-    const USERS_PER_LOOK: u64 = 400;
-    let (mut users, mut successes) = ([0u64; 2], [0u64; 2]);
+    const USERS_PER_ARM_PER_LOOK: u64 = 200;
+    let arms = rates.len();
+    let (mut users, mut successes) = (vec![0u64; arms], vec![0u64; arms]);
     let mut status = ExperimentStatus::default();
     for look in 1..=LOOKS {
-        let to_candidate = rng.binomial(USERS_PER_LOOK, 0.5);
-        let new_users = [USERS_PER_LOOK - to_candidate, to_candidate];
-        for arm in 0..2 {
-            users[arm] += new_users[arm];
-            let rate = if arm == 0 { rates.0 } else { rates.1 };
-            successes[arm] += rng.binomial(new_users[arm], rate);
+        let mut left = USERS_PER_ARM_PER_LOOK * arms as u64;
+        for arm in 0..arms {
+            let new_users = if arm + 1 == arms {
+                left
+            } else {
+                rng.binomial(left, 1.0 / (arms - arm) as f64)
+            };
+            left -= new_users;
+            users[arm] += new_users;
+            successes[arm] += rng.binomial(new_users, rates[arm]);
         }
-        let data = ["control", "candidate"]
+        let data = spec
+            .variants
             .iter()
             .enumerate()
-            .map(|(arm, name)| {
+            .map(|(arm, v)| {
                 let n = users[arm] as f64;
                 variant(
-                    name,
+                    &v.name,
                     n,
                     &[("conversion", proportion(n, successes[arm] as f64))],
                 )
@@ -855,15 +862,15 @@ fn aa_experiments_looked_at_every_interval_find_a_winner_at_most_alpha_of_the_ti
     let mut rng = SplitMix64(1414);
     let rate = |spec: &ExperimentSpec, rng: &mut SplitMix64| {
         let winners = (0..SIMULATED)
-            .filter(|_| simulate(rng, spec, (0.10, 0.10)).1.is_some())
+            .filter(|_| simulate(rng, spec, &[0.10, 0.10]).1.is_some())
             .count();
         winners as f64 / SIMULATED as f64
     };
     let sequential = rate(&simulation_spec(true), &mut rng);
     let naive = rate(&simulation_spec(false), &mut rng);
     println!(
-        "A/A through decide, seed 1414: {SIMULATED} experiments x up to 30 looks (400 users per \
-         look, rate 0.10, alpha {ALPHA}, verdicts from 1000 per arm): a winner in {sequential:.3} \
+        "A/A through decide, seed 1414: {SIMULATED} experiments x up to 30 looks (200 users per \
+         arm per look, rate 0.10, alpha {ALPHA}, verdicts from 1000 per arm): a winner in {sequential:.3} \
          (sequential), {naive:.3} (fixed-horizon test at every look)"
     );
     assert!(
@@ -881,7 +888,7 @@ fn a_planted_effect_is_found() {
     let spec = simulation_spec(true);
     let (mut right, mut wrong) = (0usize, 0usize);
     for _ in 0..SIMULATED {
-        match simulate(&mut rng, &spec, (0.10, 0.13)) {
+        match simulate(&mut rng, &spec, &[0.10, 0.13]) {
             (_, Some(winner)) if winner == "candidate" => right += 1,
             (ExperimentPhase::Failed, _) | (_, Some(_)) => wrong += 1,
             _ => {}
@@ -890,7 +897,7 @@ fn a_planted_effect_is_found() {
     let power = right as f64 / SIMULATED as f64;
     println!(
         "planted effect through decide, seed 2828: {SIMULATED} experiments, 0.10 vs 0.13, up to \
-         30 looks of 400 users: the candidate won {power:.3} of the time, lost {wrong} times"
+         30 looks of 200 users per arm: the candidate won {power:.3} of the time, lost {wrong} times"
     );
     assert_eq!(wrong, 0);
     assert!(power >= 0.8, "power {power}");
@@ -915,4 +922,26 @@ fn a_first_breach_of_a_variant_that_fails_on_another_guardrail_holds_nothing() {
         vec![breach("b", "latency", 2), breach("b", "memory", 1)]
     );
     assert_eq!(v.winner.as_deref(), Some("c"), "{}", v.message);
+}
+
+#[test]
+fn holm_keeps_the_family_wise_rate_with_three_challengers_looked_at_every_interval() {
+    let mut rng = SplitMix64(4242);
+    let mut spec = spec(
+        &[("control", 25), ("b", 25), ("c", 25), ("d", 25)],
+        vec![primary_proportion("conversion")],
+    );
+    let base = simulation_spec(true);
+    spec.analysis = base.analysis.clone();
+    spec.on_inconclusive = base.on_inconclusive;
+    const FAMILIES: usize = 400;
+    let winners = (0..FAMILIES)
+        .filter(|_| simulate(&mut rng, &spec, &[0.10; 4]).1.is_some())
+        .count();
+    let rate = winners as f64 / FAMILIES as f64;
+    println!(
+        "A/A/A/A through decide, seed 4242: {FAMILIES} experiments x up to 30 looks, Holm over \
+         three challengers, sequential: a winner in {rate:.3}"
+    );
+    assert!(rate <= ALPHA, "family-wise false-positive rate {rate}");
 }
