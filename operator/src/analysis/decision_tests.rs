@@ -945,3 +945,25 @@ fn holm_keeps_the_family_wise_rate_with_three_challengers_looked_at_every_interv
     );
     assert!(rate <= ALPHA, "family-wise false-positive rate {rate}");
 }
+
+#[test]
+fn a_mismatch_lasting_to_max_duration_is_inconclusive_never_a_promotion() {
+    let data = Observation::Data(vec![
+        variant(
+            "control",
+            10_000.0,
+            &[("conversion", proportion(10_000.0, 1_000.0))],
+        ),
+        variant(
+            "candidate",
+            9_000.0,
+            &[("conversion", proportion(9_000.0, 1_800.0))],
+        ),
+    ]);
+    let v = decide(&ab(), &ExperimentStatus::default(), &data, 25 * HOUR);
+    assert_eq!(v.phase, ExperimentPhase::Inconclusive);
+    assert_eq!(v.reason, reason::MAX_DURATION_REACHED);
+    assert_eq!(v.action, Action::Rollback);
+    assert!(v.winner.is_none());
+    assert!(v.message.contains("sample-ratio mismatch"), "{}", v.message);
+}
