@@ -373,7 +373,7 @@ fn noise_does_not_breach_a_guardrail() {
     assert!(!breached(&few), "{few:?}");
     // 15% worse on 200 very noisy requests: the interval does not exclude "no degradation".
     let noisy = compare_latency(mean(200.0, 0.115, 0.2), mean(200.0, 0.100, 0.2));
-    assert!(noisy.lift > 0.10);
+    assert!(noisy.relative() > 0.10);
     assert!(!breached(&noisy), "{noisy:?}");
     // 15% worse on 5,000 requests with the usual spread: a real degradation.
     let real = compare_latency(mean(5_000.0, 0.115, 0.03), mean(5_000.0, 0.100, 0.03));
@@ -966,4 +966,61 @@ fn a_mismatch_lasting_to_max_duration_is_inconclusive_never_a_promotion() {
     assert_eq!(v.action, Action::Rollback);
     assert!(v.winner.is_none());
     assert!(v.message.contains("sample-ratio mismatch"), "{}", v.message);
+}
+
+#[test]
+fn a_guardrail_over_a_control_at_zero_breaches_on_a_significant_difference() {
+    let errors = MetricSpec {
+        kind: MetricKind::Proportion,
+        role: MetricRole::Guardrail,
+        direction: Direction::LowerIsBetter,
+        threshold: Some(0.5),
+        ..primary_proportion("errors")
+    };
+    let spec = spec(
+        &[("control", 50), ("candidate", 50)],
+        vec![primary_proportion("conversion"), errors.clone()],
+    );
+    let data = |candidate_errors: f64| {
+        Observation::Data(vec![
+            variant(
+                "control",
+                2_000.0,
+                &[
+                    ("conversion", proportion(2_000.0, 200.0)),
+                    ("errors", proportion(2_000.0, 0.0)),
+                ],
+            ),
+            variant(
+                "candidate",
+                2_000.0,
+                &[
+                    ("conversion", proportion(2_000.0, 260.0)),
+                    ("errors", proportion(2_000.0, candidate_errors)),
+                ],
+            ),
+        ])
+    };
+    // One error against none: no ratio, and no evidence either.
+    let one = decide(&spec, &ExperimentStatus::default(), &data(1.0), 2 * HOUR);
+    assert!(one.guardrail_breaches.is_empty(), "{}", one.message);
+    // A hundred against none: a breach, with words for the missing ratio.
+    let hundred = decide(&spec, &ExperimentStatus::default(), &data(100.0), 2 * HOUR);
+    assert_eq!(
+        hundred.guardrail_breaches,
+        vec![breach("candidate", "errors", 1)]
+    );
+    assert_eq!(hundred.reason, reason::GUARDRAIL_BREACHED);
+    assert!(
+        hundred.message.contains("worse than a control at 0"),
+        "{}",
+        hundred.message
+    );
+    let row = hundred
+        .comparisons
+        .iter()
+        .find(|c| c.metric == "errors")
+        .expect("an errors row");
+    assert_eq!((row.effect, row.verdict), (0.0, ComparisonVerdict::Worse));
+    serde_json::to_string(&hundred.comparisons).expect("finite numbers");
 }
