@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::http::header;
 use axum::routing::get;
 use lexserve_contract::names::metric;
 use lexserve_e2e::prometheus::Prometheus;
@@ -15,6 +16,9 @@ use lexserve_operator::analysis::decision::{Observation, Sufficient, VariantData
 use lexserve_operator::api::experiment::Experiment;
 use lexserve_operator::controller::experiment::observe::{connect, observe};
 use serde_json::json;
+
+/// What the router's `/metrics` says it serves (and what makes Prometheus parse OpenMetrics).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What one arm's router (and the user's own latency histogram) has counted so far.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,42 +31,73 @@ struct Counted {
     latency_sum_squares: f64,
 }
 
-/// The exporter's page: the router's series of experiment `shop/checkout` for two variants,
-/// the same experiment name in another namespace and another experiment (both to be ignored),
-/// and a user series for the `prometheus` metric. `namespace` is on the series themselves
-/// (scraped with `honor_labels`), as the cluster's relabelling would put it.
+/// The exporter's page, in OpenMetrics as the router's `prometheus-client` writes it (counters
+/// registered without `_total`, the sums as gauges): the router's series of experiment
+/// `shop/checkout` for two variants, the same experiment name in another namespace and another
+/// experiment (both to be ignored), and the user's series for the `prometheus` metric.
+/// `namespace` is on the series themselves (scraped with `honor_labels`), as the cluster's
+/// relabelling would put it.
 fn page(control: Counted, candidate: Counted) -> String {
-    let mut text = String::new();
-    let mut line = |series: &str, labels: &str, value: f64| {
-        text.push_str(&format!("{series}{{{labels}}} {value}\n"));
+    let arms = [("control", control), ("candidate", candidate)];
+    let router = |v: &str| format!(r#"experiment="checkout",namespace="shop",variant="{v}""#);
+    let outcome = |v: &str| format!(r#"{},metric="thumbs-up""#, router(v));
+    let user = |v: &str| format!(r#"arm="{v}",exp="checkout""#);
+    // One sample per arm: its labels and one of its numbers.
+    let per_arm = |labels: &dyn Fn(&str) -> String, value: fn(&Counted) -> f64| {
+        arms.iter()
+            .map(|(v, c)| (labels(v), value(c)))
+            .collect::<Vec<_>>()
     };
-    let assignments = format!("{}_total", metric::EXPERIMENT_ASSIGNMENTS);
-    let outcome = format!("{}_total", metric::EXPERIMENT_OUTCOME);
-    for (variant, c) in [("control", control), ("candidate", candidate)] {
-        let arm = format!(r#"namespace="shop",experiment="checkout",variant="{variant}""#);
-        line(&assignments, &arm, c.assignments);
-        let outcome_labels = format!(r#"{arm},metric="thumbs-up""#);
-        line(&outcome, &outcome_labels, c.trials);
-        line(metric::EXPERIMENT_OUTCOME_SUM, &outcome_labels, c.successes);
-        line(
-            metric::EXPERIMENT_OUTCOME_SUM_SQUARES,
-            &outcome_labels,
-            c.successes,
-        );
-        let user = format!(r#"arm="{variant}",exp="checkout""#);
-        line("shop_latency_seconds_count", &user, c.latency_count);
-        line("shop_latency_seconds_sum", &user, c.latency_sum);
-        line(
-            "shop_latency_seconds_sum_squares",
-            &user,
-            c.latency_sum_squares,
-        );
-        // Not this experiment: same name elsewhere, another name here.
-        let elsewhere = format!(r#"namespace="lab",experiment="checkout",variant="{variant}""#);
-        line(&assignments, &elsewhere, 3.0 * c.assignments);
-        let other = format!(r#"namespace="shop",experiment="pricing",variant="{variant}""#);
-        line(&assignments, &other, 5.0 * c.assignments);
+    let mut assignments = per_arm(&router, |c| c.assignments);
+    for (v, c) in arms {
+        // Not this experiment: the same name elsewhere, another name here.
+        let elsewhere = format!(r#"experiment="checkout",namespace="lab",variant="{v}""#);
+        assignments.push((elsewhere, 3.0 * c.assignments));
+        let other = format!(r#"experiment="pricing",namespace="shop",variant="{v}""#);
+        assignments.push((other, 5.0 * c.assignments));
     }
+    let families = [
+        (metric::EXPERIMENT_ASSIGNMENTS, "counter", assignments),
+        (
+            metric::EXPERIMENT_OUTCOME,
+            "counter",
+            per_arm(&outcome, |c| c.trials),
+        ),
+        (
+            metric::EXPERIMENT_OUTCOME_SUM,
+            "gauge",
+            per_arm(&outcome, |c| c.successes),
+        ),
+        (
+            metric::EXPERIMENT_OUTCOME_SUM_SQUARES,
+            "gauge",
+            per_arm(&outcome, |c| c.successes),
+        ),
+        (
+            "shop_latency_observations",
+            "counter",
+            per_arm(&user, |c| c.latency_count),
+        ),
+        (
+            "shop_latency_seconds_sum",
+            "gauge",
+            per_arm(&user, |c| c.latency_sum),
+        ),
+        (
+            "shop_latency_seconds_sum_squares",
+            "gauge",
+            per_arm(&user, |c| c.latency_sum_squares),
+        ),
+    ];
+    let mut text = String::new();
+    for (family, kind, samples) in families {
+        text.push_str(&format!("# TYPE {family} {kind}\n"));
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for (labels, value) in samples {
+            text.push_str(&format!("{family}{suffix}{{{labels}}} {value:?}\n"));
+        }
+    }
+    text.push_str("# EOF\n");
     text
 }
 
@@ -82,7 +117,10 @@ impl Exporter {
             "/metrics",
             get(move || {
                 let served = served.clone();
-                async move { served.lock().expect("page lock").clone() }
+                async move {
+                    let page = served.lock().expect("page lock").clone();
+                    ([(header::CONTENT_TYPE, OPENMETRICS)], page)
+                }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -163,7 +201,7 @@ fn experiment(name: &str) -> Experiment {
                     "name": "latency", "kind": "Mean", "role": "Guardrail",
                     "direction": "LowerIsBetter", "threshold": 0.1,
                     "source": { "prometheus": {
-                        "count": "sum(increase(shop_latency_seconds_count{arm=\"{{variant}}\",exp=\"{{experiment}}\"}[{{range}}]))",
+                        "count": "sum(increase(shop_latency_observations_total{arm=\"{{variant}}\",exp=\"{{experiment}}\"}[{{range}}]))",
                         "sum": "sum(increase(shop_latency_seconds_sum{arm=\"{{variant}}\",exp=\"{{experiment}}\"}[{{range}}]))",
                         "sumSquares": "sum(increase(shop_latency_seconds_sum_squares{arm=\"{{variant}}\",exp=\"{{experiment}}\"}[{{range}}]))",
                     } },

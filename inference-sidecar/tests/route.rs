@@ -807,3 +807,78 @@ async fn a_dead_or_silent_variant_and_overload_get_json_errors() {
     assert!(error["error"].is_string(), "{error}");
     holder.abort();
 }
+
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish_and_refuses_new_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A variant that answers when the test says so: the request is in flight for as long as needed.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let variant = tokio::spawn(async move {
+        let (mut socket, _) = upstream.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the router closed the connection");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        let _ = released.await;
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+        socket.write_all(answer).await.unwrap();
+        socket.flush().await.unwrap();
+    });
+    let dir = ConfigDir::new("drain");
+    let arm = [Arm {
+        name: "a",
+        model: "m-a",
+        weight: 1,
+    }];
+    dir.write(&router_config(
+        1,
+        AssignmentSource::Header,
+        Some("x-user"),
+        &arm,
+        &[],
+    ));
+    let mut router = start_router(
+        &dir,
+        &[format!("a.team-a.svc:8080={upstream_addr}")],
+        &["--drain-timeout", "600s"],
+    )
+    .await;
+    let client = client();
+    let held = {
+        let (client, url) = (client.clone(), router.url("/v1/embeddings"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("x-user", "u")
+                .json(&json!({"model": SERVED, "input": "x"}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    wait_metric(&router, "lexserve_requests_running", 1.0).await;
+    router.sigterm();
+    router.wait_status(&client, "/ready", 503).await;
+    let request = client
+        .post(router.url("/v1/embeddings"))
+        .json(&json!({"input": "x"}));
+    let (status, _, error) = send(request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("draining"),
+        "{error}"
+    );
+
+    release.send(()).unwrap();
+    let response = held.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-lexserve-variant"], "a");
+    assert_eq!(response.text().await.unwrap(), "{\"ok\":true}");
+    variant.await.unwrap();
+    assert_eq!(router.wait_exit(Duration::from_secs(60)), Some(0));
+}

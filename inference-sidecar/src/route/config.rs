@@ -222,3 +222,90 @@ pub fn parse(path: &Path, text: &[u8], resolve: &Resolve) -> Result<Routing, Rou
     })?;
     Routing::compile(config, resolve)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+experiment: e
+generation: 3
+model: ctl
+assignment: {by: header, key: x-user, seed: 1}
+variants:
+  - {name: a, url: "http://a.ns.svc:8080", model: ctl, weight: 1}
+  - {name: b, url: "http://b.ns.svc:8080/", model: b-model, weight: 3}
+buckets:
+  owners:
+    - {variant: a, ranges: [[0, 2500]]}
+    - {variant: b, ranges: [[2500, 10000]]}
+"#;
+
+    fn compile(text: &str, resolve: &Resolve) -> Result<Routing, RoutingError> {
+        parse(Path::new("router.yaml"), text.as_bytes(), resolve)
+    }
+
+    #[test]
+    fn a_valid_file_compiles_with_resolve_applied() {
+        let resolve = Resolve::parse(&["b.ns.svc:8080=127.0.0.1:9000".to_string()]).unwrap();
+        let routing = compile(CONFIG, &resolve).unwrap();
+        assert_eq!(routing.upstreams[0].base, "http://a.ns.svc:8080");
+        assert_eq!(routing.upstreams[0].host, None);
+        assert_eq!(routing.upstreams[1].base, "http://127.0.0.1:9000");
+        assert_eq!(routing.upstreams[1].host.as_ref().unwrap(), "b.ns.svc:8080");
+        assert_eq!(
+            (routing.owner(0), routing.owner(2499), routing.owner(2500)),
+            (0, 0, 1)
+        );
+        assert_eq!(routing.owner(9999), 1);
+    }
+
+    #[test]
+    fn files_that_would_misroute_are_refused_with_the_reason() {
+        let cases = [
+            (
+                CONFIG.replace("[[2500, 10000]]", "[[2500, 9999]]"),
+                "every bucket",
+            ),
+            (CONFIG.replace("[[0, 2500]]", "[[0, 2600]]"), "every bucket"),
+            (
+                CONFIG.replace("{variant: b,", "{variant: c,"),
+                "unknown variant",
+            ),
+            (CONFIG.replace("name: b,", "name: a,"), "appears twice"),
+            (CONFIG.replace(", key: x-user", ""), "assignment.key"),
+            (
+                CONFIG.replace("http://a.ns.svc:8080", "http://a.ns.svc:8080/v1"),
+                "no path",
+            ),
+            (CONFIG.replace("http://a.ns.svc:8080", "ftp://a"), "http"),
+            (
+                CONFIG.replace("generation: 3", "generation: -1"),
+                "cannot parse",
+            ),
+        ];
+        for (text, reason) in cases {
+            let error = compile(&text, &Resolve::default()).unwrap_err().to_string();
+            assert!(error.contains(reason), "{reason}: {error}");
+        }
+        let random = CONFIG.replace(
+            "{by: header, key: x-user, seed: 1}",
+            "{by: random, seed: 1}",
+        );
+        assert!(compile(&random, &Resolve::default()).is_ok());
+    }
+
+    #[test]
+    fn resolve_entries_are_host_port_equals_addr() {
+        assert!(Resolve::parse(&["a:80=127.0.0.1:1".into()]).is_ok());
+        for bad in [
+            "a:80",
+            "a=127.0.0.1:1",
+            "a:x=127.0.0.1:1",
+            "a:80=localhost:1",
+        ] {
+            let error = Resolve::parse(&[bad.to_string()]).unwrap_err().to_string();
+            assert!(error.contains("--resolve"), "{bad}: {error}");
+        }
+    }
+}

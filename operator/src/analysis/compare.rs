@@ -27,17 +27,39 @@ pub struct Settings {
 /// One variant against the control.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Compared {
-    /// Variant over control, minus one (0.05 = 5% higher).
-    pub lift: f64,
-    /// The two-sided interval of `lift` at `alpha` (always valid when sequential).
-    pub interval: (f64, f64),
+    /// Variant minus control, in the metric's units (a rate or a mean).
+    pub diff: f64,
+    /// Half the width of the one-sided interval of `diff` at `alpha` (always valid when
+    /// sequential): `diff - h` is a lower bound, `diff + h` an upper bound, each at 1 − alpha.
+    pub diff_one_sided_halfwidth: f64,
+    /// The relative effect; `None` when the control's rate or mean is 0 (no ratio exists, the
+    /// difference still does).
+    pub lift: Option<RelativeEffect>,
     /// The two-sided p-value of "no difference" (always valid when sequential), before Holm.
     pub p_value: f64,
-    /// Half the width of the one-sided interval of `lift` at `alpha` (always valid when
-    /// sequential): `lift - one_sided_halfwidth` is a lower bound at level 1 − alpha.
-    pub one_sided_halfwidth: f64,
     /// Observations in the treatment and the control arm.
     pub samples: (u64, u64),
+}
+
+/// The relative effect of a variant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RelativeEffect {
+    /// Variant over control, minus one (0.05 = 5% higher).
+    pub value: f64,
+    /// Its two-sided interval at `alpha` (always valid when sequential).
+    pub interval: (f64, f64),
+}
+
+impl Compared {
+    /// The relative effect, or ±∞ by the sign of the difference when the control is at 0.
+    pub fn relative(&self) -> f64 {
+        match self.lift {
+            Some(lift) => lift.value,
+            None if self.diff > 0.0 => f64::INFINITY,
+            None if self.diff < 0.0 => f64::NEG_INFINITY,
+            None => 0.0,
+        }
+    }
 }
 
 /// An observation count as Prometheus returns it (a float, extrapolated by `increase`), as the
@@ -54,9 +76,8 @@ pub fn whole(count: f64) -> u64 {
 ///
 /// Proportion: the pooled two-proportion z-test gives the fixed-horizon p-value; the unpooled
 /// difference and its variance feed the confidence sequence. Mean: Welch's t-test, and its
-/// difference and variance for the sequence. Either way the effect is the relative lift with a
-/// delta-method standard error; its always-valid interval is the confidence sequence of that
-/// estimate.
+/// difference and variance for the sequence. The relative lift has a delta-method standard
+/// error; its always-valid interval is the confidence sequence of that estimate.
 pub fn compare(
     kind: MetricKind,
     treatment: &Sufficient,
@@ -101,35 +122,41 @@ pub fn compare(
             )
         }
     };
-    let lift = relative_lift(t_est, c_est, alpha)?;
+    // A control at 0 has no relative effect; the test of the difference stands anyway.
+    let lift = relative_lift(t_est, c_est, alpha).ok();
     let n_total = samples.0 + samples.1;
     if !settings.sequential {
-        let one_sided = norm_ppf(1.0 - alpha) * lift.se;
+        let z = norm_ppf(1.0 - alpha);
         return Ok(Compared {
-            lift: lift.lift,
-            interval: lift.ci,
+            diff,
+            diff_one_sided_halfwidth: z * var_diff.sqrt(),
+            lift: lift.map(|l| RelativeEffect {
+                value: l.lift,
+                interval: l.ci,
+            }),
             p_value: fixed_p,
-            one_sided_halfwidth: one_sided,
             samples,
         });
     }
-    let p_value = confidence_sequence(diff, var_diff, n_total, settings.tuning_n, alpha)?.p_value;
-    let var_lift = lift.se * lift.se;
-    let two_sided = confidence_sequence(lift.lift, var_lift, n_total, settings.tuning_n, alpha)?;
+    let sequence = |estimate: f64, variance: f64, alpha: f64| {
+        confidence_sequence(estimate, variance, n_total, settings.tuning_n, alpha)
+    };
+    let p_value = sequence(diff, var_diff, alpha)?.p_value;
     // The sequence at 2·alpha two-sided bounds each side at alpha (the boundary is symmetric);
     // alpha < 0.5 is a CRD rule, so 2·alpha stays a valid level.
-    let one_sided = confidence_sequence(
-        lift.lift,
-        var_lift,
-        n_total,
-        settings.tuning_n,
-        (2.0 * alpha).min(0.999),
-    )?;
+    let one_sided = sequence(diff, var_diff, (2.0 * alpha).min(0.999))?.halfwidth;
+    let lift = match lift {
+        Some(l) => Some(RelativeEffect {
+            value: l.lift,
+            interval: sequence(l.lift, l.se * l.se, alpha)?.ci,
+        }),
+        None => None,
+    };
     Ok(Compared {
-        lift: lift.lift,
-        interval: two_sided.ci,
+        diff,
+        diff_one_sided_halfwidth: one_sided,
+        lift,
         p_value,
-        one_sided_halfwidth: one_sided.halfwidth,
         samples,
     })
 }

@@ -194,18 +194,21 @@ pub fn failed_variants(breaches: &[GuardrailBreach]) -> Vec<String> {
 /// The guardrail rule: a variant breaches a guardrail when
 /// - both arms have at least [`MIN_GUARDRAIL_SAMPLES`] observations,
 /// - the point estimate of the relative degradation against the control (the lift, turned by
-///   the metric's direction) is worse than `threshold`, and
-/// - the one-sided interval at `alpha` (always valid with `sequential`) excludes "no
-///   degradation": its lower bound on the degradation is above 0.
+///   the metric's direction) is worse than `threshold` (any degradation of a control at 0, an
+///   error rate with no errors, counts as infinitely worse), and
+/// - the one-sided interval of the difference at `alpha` (always valid with `sequential`)
+///   excludes "no degradation": its bound on the degradation is above 0.
 ///
 /// The point estimate alone would trip on noise with few samples; the interval alone would trip
-/// on a real but tolerated degradation with many.
+/// on a real but tolerated degradation with many. Neither is corrected across variants, metrics
+/// or looks: a guardrail errs on the side of safety, and a breach must repeat before it fails.
 pub fn guardrail_breached(compared: &Compared, direction: Direction, threshold: f64) -> bool {
-    let degradation = -improvement(direction, compared.lift);
+    let relative = -improvement(direction, compared.relative());
+    let absolute = -improvement(direction, compared.diff);
     compared.samples.0 >= MIN_GUARDRAIL_SAMPLES
         && compared.samples.1 >= MIN_GUARDRAIL_SAMPLES
-        && degradation > threshold
-        && degradation - compared.one_sided_halfwidth > 0.0
+        && relative > threshold
+        && absolute - compared.diff_one_sided_halfwidth > 0.0
 }
 
 /// The lift turned so that positive is better.
@@ -231,8 +234,9 @@ struct Guardrails {
     comparisons: Vec<Comparison>,
     /// Variants the guardrails have failed (now or earlier).
     failed: Vec<String>,
-    /// First breaches (not failed yet), as "variant metric +x% ..." for the message.
-    warnings: Vec<String>,
+    /// First breaches, by variant, as "variant metric +x% ..." for the message (a variant that
+    /// fails on another guardrail is left out: it is no longer in doubt).
+    warnings: Vec<(String, String)>,
     /// Failures decided at this analysis, for the message.
     new_failures: Vec<String>,
 }
@@ -326,7 +330,7 @@ impl<'a> Analysis<'a> {
         let mut arms: Vec<&Variant> = vec![self.control];
         arms.extend(active.iter().filter(|v| v.weight > 0));
 
-        let primary = self.primary_comparisons(&active);
+        let (primary, primary_numbers) = self.primary_comparisons(&active);
         let mut comparisons = primary.clone();
         comparisons.extend(guard.comparisons.iter().cloned());
         comparisons.truncate(MAX_COMPARISONS);
@@ -387,7 +391,12 @@ impl<'a> Analysis<'a> {
                 format!(
                     "guardrail breached, nothing is decided until the next analysis (a second \
                      breach in a row fails the variant): {}",
-                    guard.warnings.join("; ")
+                    guard
+                        .warnings
+                        .iter()
+                        .map(|(_, line)| line.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
             );
             return verdict;
@@ -465,12 +474,13 @@ impl<'a> Analysis<'a> {
         // 4. The primary metric.
         let summary = primary.iter().map(describe).collect::<Vec<_>>().join("; ");
         let direction = self.primary.direction;
+        let gain = |c: &Option<Compared>| c.map_or(0.0, |c| improvement(direction, c.relative()));
         let winner = primary
             .iter()
-            .filter(|c| c.verdict == ComparisonVerdict::Better)
-            .max_by(|a, b| {
-                improvement(direction, a.effect).total_cmp(&improvement(direction, b.effect))
-            });
+            .zip(&primary_numbers)
+            .filter(|(row, _)| row.verdict == ComparisonVerdict::Better)
+            .max_by(|(_, a), (_, b)| gain(a).total_cmp(&gain(b)))
+            .map(|(row, _)| row);
         if let Some(winner) = winner {
             verdict.phase = ExperimentPhase::Succeeded;
             verdict.reason = reason::WINNER_FOUND;
@@ -628,18 +638,21 @@ impl<'a> Analysis<'a> {
                 };
                 if state == GuardrailState::Breached {
                     row.verdict = ComparisonVerdict::Worse;
+                    let effect = match compared.and_then(|c| c.lift) {
+                        Some(lift) => format!("{:+.1}% vs control", 100.0 * lift.value),
+                        None => "worse than a control at 0".to_string(),
+                    };
                     let line = format!(
-                        "{} {} {:+.1}% vs control (threshold {:.1}% worse, {} in a row)",
+                        "{} {} {effect} (threshold {:.1}% worse, {} in a row)",
                         variant.name,
                         metric.name,
-                        100.0 * row.effect,
                         100.0 * threshold,
                         after
                     );
                     if after == BREACHES_TO_FAIL {
                         out.new_failures.push(line);
                     } else if after < BREACHES_TO_FAIL {
-                        out.warnings.push(line);
+                        out.warnings.push((variant.name.clone(), line));
                     }
                 }
                 if after > 0 {
@@ -655,22 +668,25 @@ impl<'a> Analysis<'a> {
         out.failed = failed_variants(&out.breaches);
         // A variant failing now is not also a warning.
         out.warnings
-            .retain(|w| !out.failed.iter().any(|f| w.starts_with(&format!("{f} "))));
+            .retain(|(variant, _)| !out.failed.contains(variant));
         out
     }
 
     /// Each active challenger against the control on the primary metric, Holm across them.
-    fn primary_comparisons(&self, active: &[&Variant]) -> Vec<Comparison> {
+    /// The status rows, and each row's numbers (the winner is ranked by them: a row's effect
+    /// is 0 where the control is at 0).
+    fn primary_comparisons(&self, active: &[&Variant]) -> (Vec<Comparison>, Vec<Option<Compared>>) {
         let compared: Vec<Option<Compared>> = active
             .iter()
             .map(|v| self.compare(self.primary, &v.name))
             .collect();
-        self.rows(
+        let rows = self.rows(
             self.primary,
             active,
             &compared,
             self.spec.analysis.min_samples_per_variant,
-        )
+        );
+        (rows, compared)
     }
 
     fn compare(&self, metric: &MetricSpec, variant: &str) -> Option<Compared> {
@@ -712,7 +728,7 @@ impl<'a> Analysis<'a> {
                 let verdict = if c.samples.0 < min_samples || c.samples.1 < min_samples {
                     ComparisonVerdict::NotEnoughData
                 } else if p <= self.settings.alpha {
-                    if improvement(metric.direction, c.lift) > 0.0 {
+                    if improvement(metric.direction, c.diff) > 0.0 {
                         ComparisonVerdict::Better
                     } else {
                         ComparisonVerdict::Worse
@@ -723,8 +739,10 @@ impl<'a> Analysis<'a> {
                 Comparison {
                     variant: v.name.clone(),
                     metric: metric.name.clone(),
-                    effect: finite_or(c.lift, 0.0),
-                    interval: vec![finite_or(c.interval.0, 0.0), finite_or(c.interval.1, 0.0)],
+                    effect: c.lift.map_or(0.0, |l| finite_or(l.value, 0.0)),
+                    interval: c.lift.map_or(vec![0.0, 0.0], |l| {
+                        vec![finite_or(l.interval.0, 0.0), finite_or(l.interval.1, 0.0)]
+                    }),
                     p_value: p,
                     verdict,
                 }
