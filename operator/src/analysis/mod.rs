@@ -3,6 +3,8 @@
 //! these live beside them. Every function is checked against `golden/stats-golden.json`, computed by
 //! `golden/stats-golden.py` with scipy/statsmodels (copied from the project's shared reference set).
 
+pub mod compare;
+pub mod decision;
 pub mod distributions;
 pub mod holm;
 pub mod means;
@@ -15,7 +17,7 @@ pub mod wilson;
 #[cfg(test)]
 mod golden;
 #[cfg(test)]
-mod simulation;
+pub(crate) mod simulation;
 
 /// Why a statistic could not be computed. Degenerate input is reported, never turned into NaN.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

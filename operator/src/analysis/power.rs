@@ -86,3 +86,20 @@ pub fn progress_message(needed_per_arm: f64, has_per_arm: u64) -> String {
         has_per_arm
     )
 }
+
+/// Minimum detectable absolute difference of means with common standard deviation `sigma` and
+/// `n` per arm: (z₁₋α/₂ + z₁₋β)·σ·√(2/n), the inverse of [`sample_size_means`].
+pub fn mde_means(sigma: f64, n: u64, alpha: f64, power: f64) -> Result<f64, StatsError> {
+    if sigma <= 0.0 || sigma.is_nan() {
+        return Err(StatsError::ZeroVariance { what: "sigma" });
+    }
+    if n == 0 {
+        return Err(StatsError::TooFewObservations {
+            what: "per-arm sample",
+            needed: 1,
+            has: 0,
+        });
+    }
+    let (za, zb) = z_quantiles(alpha, power)?;
+    Ok((za + zb) * sigma * (2.0 / n as f64).sqrt())
+}

@@ -7,10 +7,10 @@ use super::proportions::{Proportion, two_proportion_ztest};
 use super::sequential::confidence_sequence;
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator, enough for a simulation.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -19,11 +19,11 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1) from the top 53 bits.
-    fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn binomial(&mut self, n: u64, p: f64) -> u64 {
+    pub(crate) fn binomial(&mut self, n: u64, p: f64) -> u64 {
         (0..n).filter(|_| self.next_f64() < p).count() as u64
     }
 }

@@ -38,6 +38,30 @@ pub mod reason {
     /// Degraded reasons that come from the load signal (see `SignalMissing::reason`): the
     /// signal checks re-reconcile the service when they change, so no fast requeue is needed.
     pub const SIGNAL_REASONS: [&str; 2] = [PROMETHEUS_UNAVAILABLE, LOAD_SERIES_MISSING];
+
+    // An Experiment's analysis (`analysis::decision`).
+    /// Prometheus answered, but without the experiment's series (no traffic yet, or not
+    /// scraped): the analysis waits.
+    pub const NO_DATA: &str = "NoData";
+    /// Prometheus did not answer: the analysis waits, never fails a check.
+    pub const PROMETHEUS_UNREACHABLE: &str = "PrometheusUnreachable";
+    /// A variant breached a guardrail at this analysis (once: a warning, not yet a failure), or
+    /// a guardrail failed a variant and the others go on without it.
+    pub const GUARDRAIL_BREACHED: &str = "GuardrailBreached";
+    /// A guardrail breach two analyses in a row failed the experiment.
+    pub const GUARDRAIL_FAILED: &str = "GuardrailFailed";
+    /// `minDuration` or `minSamplesPerVariant` not reached yet.
+    pub const NOT_ENOUGH_DATA: &str = "NotEnoughData";
+    /// The assignments do not fit the weights: results cannot be trusted, nothing is decided.
+    pub const SAMPLE_RATIO_MISMATCH: &str = "SampleRatioMismatch";
+    /// Enough data, no significant difference yet: the analysis goes on.
+    pub const NO_SIGNIFICANT_DIFFERENCE: &str = "NoSignificantDifference";
+    /// A variant is significantly better than the control.
+    pub const WINNER_FOUND: &str = "WinnerFound";
+    /// Every challenger is significantly worse than the control.
+    pub const VARIANTS_WORSE: &str = "VariantsWorse";
+    /// `maxDuration` passed without a verdict (`onInconclusive` applies).
+    pub const MAX_DURATION_REACHED: &str = "MaxDurationReached";
 }
 
 /// The condition types lexserve sets.

@@ -196,7 +196,9 @@ pub struct MetricSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL_PATTERN))]
     pub builtin: Option<String>,
-    /// PromQL queries, evaluated per variant with `{{variant}}` and `{{experiment}}` replaced.
+    /// PromQL queries, evaluated per variant with `{{variant}}` and `{{experiment}}` replaced,
+    /// and `{{namespace}}` and `{{range}}` (the experiment's age as a PromQL duration, so that
+    /// `increase(x[{{range}}])` counts since it started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusMetric>,
 }
@@ -472,7 +474,7 @@ pub struct SampleSizePlan {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GuardrailBreach {
-    /// The variant in breach.
+    /// The variant in breach (never the control).
     pub variant: String,
     /// The guardrail metric it breached.
     pub metric: String,
@@ -512,7 +514,7 @@ pub struct RoutingStatus {
 pub struct VariantWeight {
     /// The variant.
     pub variant: String,
-    /// Its share of new assignments, relative to the others.
+    /// Its share of new assignments, relative to the other weights.
     pub weight: u32,
 }
 

@@ -24,6 +24,7 @@ pub mod drift;
 pub mod error;
 pub mod error_policy;
 pub mod events;
+pub mod experiment;
 pub mod inference_service;
 pub mod orphans;
 pub mod signal_board;

@@ -92,7 +92,7 @@ impl LoadSignal {
 
 /// An error with its causes ("failed to send request: ...: Connection refused"): the top-level
 /// message of an HTTP client error alone rarely says what went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
