@@ -40,6 +40,10 @@ struct Args {
     /// Requests sent (and not measured) before the measurement starts.
     #[arg(long, default_value_t = 20)]
     warmup: usize,
+    /// Send this header with a distinct value per request (`user-<n>`): the assignment key of an
+    /// experiment router keyed by header (`bench/route.sh`).
+    #[arg(long)]
+    key_header: Option<String>,
 }
 
 #[path = "texts.rs"]
@@ -86,6 +90,7 @@ async fn main() -> Result<(), String> {
             let client = client.clone();
             let next = Arc::clone(&next);
             let url = args.url.clone();
+            let key_header = args.key_header.clone();
             let total = args.requests;
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -97,8 +102,12 @@ async fn main() -> Result<(), String> {
                         break;
                     }
                     let body = serde_json::json!({"texts": [pool[i % pool.len()]]});
+                    let mut request = client.post(&url).json(&body);
+                    if let Some(name) = &key_header {
+                        request = request.header(name.as_str(), format!("user-{i}"));
+                    }
                     let sent = Instant::now();
-                    match client.post(&url).json(&body).send().await {
+                    match request.send().await {
                         Ok(response) if response.status().is_success() => {
                             let _ = response.bytes().await;
                             latencies.push(sent.elapsed().as_secs_f64() * 1e3);

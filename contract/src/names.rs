@@ -33,6 +33,11 @@ pub mod flag {
     pub const REQUEST_TIMEOUT: &str = "request-timeout";
     pub const WRITE_STALL_TIMEOUT: &str = "write-stall-timeout";
     pub const SEND_BUFFER_BYTES: &str = "send-buffer-bytes";
+    /// `route`: `HOST:PORT=ADDR`, connect to ADDR when a variant's URL names HOST:PORT (curl's
+    /// `--resolve`, for a router outside a cluster).
+    pub const RESOLVE: &str = "resolve";
+    /// `route`: how long connecting to a variant may take before the request gets 503.
+    pub const CONNECT_TIMEOUT: &str = "connect-timeout";
 
     /// `--name` from a flag's long name.
     pub fn arg(long: &str) -> String {
@@ -66,6 +71,8 @@ pub mod env {
     pub const REQUEST_TIMEOUT: &str = "LEXSERVE_REQUEST_TIMEOUT";
     pub const WRITE_STALL_TIMEOUT: &str = "LEXSERVE_WRITE_STALL_TIMEOUT";
     pub const SEND_BUFFER_BYTES: &str = "LEXSERVE_SEND_BUFFER_BYTES";
+    pub const RESOLVE: &str = "LEXSERVE_RESOLVE";
+    pub const CONNECT_TIMEOUT: &str = "LEXSERVE_CONNECT_TIMEOUT";
     /// The log filter (tracing's `EnvFilter` syntax) of both binaries.
     pub const LOG: &str = "LEXSERVE_LOG";
     /// The ONNX Runtime shared library (ort's own variable).
@@ -120,6 +127,12 @@ pub mod http {
     pub const READY_PATH: &str = "/ready";
     /// Prometheus metrics.
     pub const METRICS_PATH: &str = "/metrics";
+    /// The router's endpoint for outcomes (`POST`).
+    pub const OUTCOME_PATH: &str = "/outcome";
+    /// The router's response header naming the variant that answered.
+    pub const VARIANT_HEADER: &str = "x-lexserve-variant";
+    /// The router's response header with the request's id (for `/outcome`).
+    pub const REQUEST_ID_HEADER: &str = "x-lexserve-request-id";
 
     /// The default listen address.
     pub fn default_listen() -> String {
@@ -209,6 +222,12 @@ pub mod metric {
     pub const EXPERIMENT_OUTCOME_SUM_SQUARES: &str = "lexserve_experiment_outcome_sum_squares";
     /// `{experiment}` gauge: the `generation` of the router configuration being served.
     pub const ROUTER_CONFIG_GENERATION: &str = "lexserve_router_config_generation";
+    /// Counter (registered without `_total`): router configuration files that could not be read
+    /// or were invalid (the router kept the configuration it had).
+    pub const ROUTER_CONFIG_ERRORS: &str = "lexserve_router_config_errors";
+    /// `{experiment}` counter (registered without `_total`): requests with no assignment key,
+    /// sent to the control and not counted as assignments (they would skew the sample ratio).
+    pub const EXPERIMENT_UNASSIGNED: &str = "lexserve_experiment_unassigned";
 
     /// The series that make up an InferenceService's load (waiting plus running requests): what
     /// the autoscalers act on.

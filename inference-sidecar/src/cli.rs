@@ -26,6 +26,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Copy a model into a local directory and verify its digest (an init container's job).
     Fetch(FetchArgs),
+    /// Route an experiment's requests to its variants and count assignments and outcomes.
+    Route(Box<RouteArgs>),
 }
 
 /// `serve` flags. Model and runtime flags mirror `spec.model` / `spec.runtime` and override the file.
@@ -115,15 +117,24 @@ pub struct ServeArgs {
     /// Where PersistentVolumeClaims are mounted: pvc://claim/path is read from <root>/claim/path.
     #[arg(long = flag::PVC_ROOT, env = env::PVC_ROOT, default_value = path::PVC_ROOT)]
     pub pvc_root: PathBuf,
-    /// Largest request body accepted (bytes); larger bodies get 413.
-    #[arg(long, env = "LEXSERVE_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
-    pub max_body_bytes: u64,
     /// Most texts in one request; more get 413.
     #[arg(long, env = "LEXSERVE_MAX_TEXTS_PER_REQUEST", default_value_t = 128)]
     pub max_texts_per_request: u64,
     /// Truncation length in tokens (default: the model's own limit).
     #[arg(long, env = "LEXSERVE_MAX_INPUT_TOKENS")]
     pub max_input_tokens: Option<u64>,
+    /// The HTTP server's backpressure: admission, deadlines, shutdown.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The HTTP server's backpressure and shutdown flags, shared by `serve` and `route`: the router
+/// follows the same rules as the model server it stands in front of.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Largest request body accepted (bytes); larger bodies get 413.
+    #[arg(long, env = "LEXSERVE_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: u64,
     /// After SIGTERM, how long work in flight may take before the server exits anyway.
     #[arg(long, env = env::DRAIN_TIMEOUT, default_value = drain::DRAIN_TIMEOUT_TEXT)]
     pub drain_timeout: String,
@@ -160,6 +171,36 @@ pub struct ServeArgs {
     #[arg(long = flag::SEND_BUFFER_BYTES, env = env::SEND_BUFFER_BYTES,
         default_value_t = defaults::SEND_BUFFER_BYTES.into())]
     pub send_buffer_bytes: u64,
+}
+
+/// `route` flags: the experiment router in front of an experiment's variants.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "route")]
+pub struct RouteArgs {
+    /// The router configuration (the operator's ConfigMap key `router.yaml`); re-read when its
+    /// content changes, the old one kept when the new one is invalid.
+    #[arg(long = flag::CONFIG, env = env::CONFIG)]
+    pub config: PathBuf,
+    /// Address for the proxied API, `/outcome` and /metrics.
+    #[arg(long = flag::LISTEN, env = env::LISTEN, default_value_t = http::default_listen())]
+    pub listen: String,
+    /// `HOST:PORT=ADDR` (repeatable, or comma-separated): connect to ADDR when a variant's URL
+    /// names HOST:PORT, like curl's --resolve (a router run outside the cluster).
+    #[arg(long = flag::RESOLVE, env = env::RESOLVE, value_delimiter = ',')]
+    pub resolve: Vec<String>,
+    /// How long connecting to a variant may take; then 503.
+    #[arg(long = flag::CONNECT_TIMEOUT, env = env::CONNECT_TIMEOUT, default_value = "2s")]
+    pub connect_timeout: String,
+    /// How many request ids `/outcome` remembers (the oldest are forgotten first); with the
+    /// window, the bound on that memory (about 100 bytes an id).
+    #[arg(long, env = "LEXSERVE_OUTCOME_REQUEST_IDS", default_value_t = 100_000)]
+    pub outcome_request_ids: u64,
+    /// How long after its request an outcome may name the request id.
+    #[arg(long, env = "LEXSERVE_OUTCOME_WINDOW", default_value = "15m")]
+    pub outcome_window: String,
+    /// The HTTP server's backpressure: admission, deadlines, shutdown.
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,7 +16,7 @@ use lexserve_contract::{ModelSpec, RuntimeSpec};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::cli::ServeArgs;
+use crate::cli::{HttpArgs, ServeArgs};
 pub use crate::uri::ModelUri;
 /// The spec's types, from the operator↔sidecar contract.
 pub use lexserve_contract::{Backend, ModelFormat, ModelTask, Pooling, Quantize};
@@ -37,7 +37,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
         message: message.into(),
@@ -151,6 +151,27 @@ pub struct HttpLimits {
     pub send_buffer_bytes: u32,
 }
 
+impl HttpLimits {
+    /// The limits from the flags `serve` and `route` share.
+    pub fn resolve(args: &HttpArgs) -> Result<Self, ConfigError> {
+        Ok(HttpLimits {
+            max_concurrent_requests: positive(
+                "--max-concurrent-requests",
+                args.max_concurrent_requests,
+            )?,
+            header_read_timeout: timeout("--header-read-timeout", &args.header_read_timeout)?,
+            body_read_timeout: timeout("--body-read-timeout", &args.body_read_timeout)?,
+            request_timeout: timeout("--request-timeout", &args.request_timeout)?,
+            write_stall_timeout: timeout("--write-stall-timeout", &args.write_stall_timeout)?,
+            send_buffer_bytes: u32::try_from(positive(
+                "--send-buffer-bytes",
+                args.send_buffer_bytes,
+            )?)
+            .map_err(|_| invalid("--send-buffer-bytes", "is too large"))?,
+        })
+    }
+}
+
 /// Everything `serve` needs, after merging file, flags and defaults.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -184,7 +205,7 @@ pub struct ServeConfig {
 }
 
 /// A deadline: a Go duration above zero (a zero deadline would refuse everything).
-fn timeout(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn timeout(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let value = parse_duration(text).map_err(|e| invalid(field, e.to_string()))?;
     if value.is_zero() {
         return Err(invalid(field, "must be above zero"));
@@ -192,7 +213,7 @@ fn timeout(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
     Ok(value)
 }
 
-fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
+pub(crate) fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
     if value == 0 {
         return Err(invalid(field, "must be at least 1"));
     }
@@ -207,7 +228,8 @@ impl ServeConfig {
         let model = file.model;
         let runtime = file.runtime.unwrap_or_default();
         let shutdown_delay = shutdown_delay(
-            args.shutdown_delay
+            args.http
+                .shutdown_delay
                 .as_deref()
                 .or(runtime.shutdown_delay.as_deref()),
         )?;
@@ -414,36 +436,22 @@ impl ServeConfig {
             listen: args.listen.clone(),
             pvc_root: args.pvc_root.clone(),
             ort_dylib_path: args.ort_dylib_path.clone(),
-            max_body_bytes: positive("--max-body-bytes", args.max_body_bytes)?,
+            max_body_bytes: positive("--max-body-bytes", args.http.max_body_bytes)?,
             max_texts_per_request: positive("--max-texts-per-request", args.max_texts_per_request)?,
             max_input_tokens: args
                 .max_input_tokens
                 .map(|n| positive("--max-input-tokens", n))
                 .transpose()?,
-            drain_timeout: parse_duration(&args.drain_timeout)
+            drain_timeout: parse_duration(&args.http.drain_timeout)
                 .map_err(|e| invalid("--drain-timeout", e.to_string()))?,
             shutdown_delay,
-            http: HttpLimits {
-                max_concurrent_requests: positive(
-                    "--max-concurrent-requests",
-                    args.max_concurrent_requests,
-                )?,
-                header_read_timeout: timeout("--header-read-timeout", &args.header_read_timeout)?,
-                body_read_timeout: timeout("--body-read-timeout", &args.body_read_timeout)?,
-                request_timeout: timeout("--request-timeout", &args.request_timeout)?,
-                write_stall_timeout: timeout("--write-stall-timeout", &args.write_stall_timeout)?,
-                send_buffer_bytes: u32::try_from(positive(
-                    "--send-buffer-bytes",
-                    args.send_buffer_bytes,
-                )?)
-                .map_err(|_| invalid("--send-buffer-bytes", "is too large"))?,
-            },
+            http: HttpLimits::resolve(&args.http)?,
         })
     }
 }
 
 /// `runtime.shutdownDelay` (or `--shutdown-delay`), checked as the CRD's rule checks it.
-fn shutdown_delay(text: Option<&str>) -> Result<Duration, ConfigError> {
+pub(crate) fn shutdown_delay(text: Option<&str>) -> Result<Duration, ConfigError> {
     let Some(text) = text else {
         return Ok(defaults::SHUTDOWN_DELAY);
     };

@@ -3,10 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lexserve_sidecar::cli::{Cli, Command, ServeArgs};
+use lexserve_sidecar::cli::{Cli, Command, RouteArgs, ServeArgs};
 use lexserve_sidecar::config::{ConfigFile, ServeConfig};
 use lexserve_sidecar::fetch::fetch;
 use lexserve_sidecar::http::server::serve;
+use lexserve_sidecar::route::config::RouteSettings;
+use lexserve_sidecar::route::server::route;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(lexserve_contract::names::env::LOG)
@@ -61,11 +63,39 @@ fn run_serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+fn run_route(args: &RouteArgs) -> ExitCode {
+    let settings = match RouteSettings::resolve(args) {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(route(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "router failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match &cli.command {
         Command::Serve(args) => run_serve(args),
+        Command::Route(args) => run_route(args),
         Command::Fetch(args) => match fetch(args) {
             Ok(fetched) => {
                 tracing::info!(path = %fetched.path.display(), sha256 = %fetched.sha256, "fetched");

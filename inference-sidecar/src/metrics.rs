@@ -34,7 +34,7 @@ pub struct ModelLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-fn seconds_histogram() -> Histogram {
+pub(crate) fn seconds_histogram() -> Histogram {
     // 100µs .. ~26s
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
 }

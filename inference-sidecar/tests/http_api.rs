@@ -220,15 +220,25 @@ async fn every_error_has_its_status_and_names_the_field() {
     assert_eq!(status, 400);
 
     // 404: unknown model and route; 422: bad tensors; 404 for another model name on OpenAI.
-    let (status, _) = post(
+    // The sidecar answers only to its served name, and the 404 says which name it did not know
+    // (vLLM's behaviour; an experiment's router relies on it).
+    let (status, error) = post(
         &client,
         sidecar.url("/v2/models/other/infer"),
         json!({"inputs": []}),
     )
     .await;
     assert_eq!(status, 404);
-    let (status, _) = get(&client, sidecar.url("/v2/models/other")).await;
+    assert!(
+        error["error"].as_str().unwrap().contains("\"other\""),
+        "{error}"
+    );
+    let (status, error) = get(&client, sidecar.url("/v2/models/other")).await;
     assert_eq!(status, 404);
+    assert!(
+        error["error"].as_str().unwrap().contains("\"other\""),
+        "{error}"
+    );
     let (status, _) = get(&client, sidecar.url("/nope")).await;
     assert_eq!(status, 404);
     let (status, error) = post(
@@ -253,13 +263,17 @@ async fn every_error_has_its_status_and_names_the_field() {
         (status, &error["field"]),
         (StatusCode::UNPROCESSABLE_ENTITY, &json!("inputs[0].shape"))
     );
-    let (status, _) = post(
+    let (status, error) = post(
         &client,
         sidecar.url("/v1/embeddings"),
         json!({"input": "a", "model": "gpt"}),
     )
     .await;
     assert_eq!(status, 404);
+    assert!(
+        error["error"].as_str().unwrap().contains("\"gpt\""),
+        "{error}"
+    );
     let (status, error) = post(
         &client,
         sidecar.url("/v1/embeddings"),

@@ -22,7 +22,6 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
-use super::state::AppState;
 use crate::config::HttpLimits;
 use crate::encoder::service::ServiceError;
 
@@ -41,11 +40,23 @@ impl Admission {
             max_body_bytes,
         }
     }
+
+    /// Resolves once every permit is back: nothing admitted is still being answered. Taking
+    /// them all also keeps new requests out, which is what a drain wants.
+    pub async fn wait_idle(&self) {
+        let all = u32::try_from(self.limits.max_concurrent_requests).unwrap_or(u32::MAX);
+        let _ = self.permits.acquire_many(all).await;
+    }
 }
 
-/// The middleware in front of the inference routes.
-pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let admission = &state.admission;
+/// The middleware in front of the inference routes (the model server's, and everything the
+/// experiment router forwards).
+pub async fn admit(
+    State(admission): State<Arc<Admission>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let admission = &*admission;
     let Ok(permit) = Arc::clone(&admission.permits).try_acquire_owned() else {
         linger(request.into_body(), admission);
         return ApiError::Service(ServiceError::Overloaded(format!(

@@ -40,6 +40,12 @@ pub enum ApiError {
     /// The answer was not ready in time.
     #[error("{0}")]
     RequestTimeout(String),
+    /// The experiment router's upstream refused or broke the connection.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The experiment router could not reach its upstream in time, or is not ready or draining.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -64,7 +70,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::RequestTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RequestTimeout(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Service(e) => match e {
                 ServiceError::InvalidInput { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 ServiceError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -106,7 +106,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             post(v2::infer_version),
         )
         // Only the routes above: probes, /metrics and metadata are never refused.
-        .route_layer(middleware::from_fn_with_state(state.clone(), admit))
+        .route_layer(middleware::from_fn_with_state(
+            state.admission.clone(),
+            admit,
+        ))
         .route("/v1/models", get(openai::models))
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))

@@ -27,13 +27,13 @@ pub enum ServerError {
 
 /// A stream of SIGTERM and Ctrl-C. If the handlers cannot be installed, `recv` never resolves
 /// and the server runs until killed, which is what it would do without them.
-struct ShutdownSignals {
+pub(crate) struct ShutdownSignals {
     #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
 }
 
 impl ShutdownSignals {
-    fn install() -> Self {
+    pub(crate) fn install() -> Self {
         Self {
             #[cfg(unix)]
             terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -41,7 +41,7 @@ impl ShutdownSignals {
         }
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         let ctrl_c = async {
             if tokio::signal::ctrl_c().await.is_err() {
                 std::future::pending::<()>().await;
@@ -67,7 +67,7 @@ impl ShutdownSignals {
 
 /// Binds `addr` with `send_buffer` as the SO_SNDBUF of every connection it accepts (Linux copies
 /// the listener's buffer sizes to the sockets it accepts).
-async fn listen(addr: &str, send_buffer: u32) -> std::io::Result<TcpListener> {
+pub(crate) async fn listen(addr: &str, send_buffer: u32) -> std::io::Result<TcpListener> {
     let addr = tokio::net::lookup_host(addr)
         .await?
         .next()
@@ -84,7 +84,7 @@ async fn listen(addr: &str, send_buffer: u32) -> std::io::Result<TcpListener> {
 }
 
 /// Time allowed, after in-flight inference has finished, for connections to close.
-const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM/Ctrl-C; then readiness turns false while work is still taken for
 /// `shutdown_delay`; then drains: new work gets 503 while accepted work completes (up to

@@ -1,4 +1,4 @@
-//! A `lexserve-sidecar serve` process on a free port, its logs kept for failure messages, killed when
+//! A `lexserve-sidecar serve` (or `route`) process on a free port, its logs kept for failure messages, killed when
 //! dropped.
 
 use std::io::{BufRead, BufReader};
@@ -32,9 +32,15 @@ impl Sidecar {
     }
 
     pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Self {
+        Self::start_subcommand("serve", args, env)
+    }
+
+    /// Starts `lexserve-sidecar SUBCOMMAND ARGS --listen 127.0.0.1:0` (`serve` or `route`) and
+    /// waits until it listens.
+    pub fn start_subcommand(subcommand: &str, args: &[String], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lexserve-sidecar"));
         command
-            .arg("serve")
+            .arg(subcommand)
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("ORT_DYLIB_PATH")
