@@ -110,6 +110,76 @@ impl OperatorProcess {
         Ok(operator)
     }
 
+    /// Starts the operator the way a Deployment runs it: `run` with the container's environment
+    /// (`env`, field references already resolved) and nothing else, acting as `kubeconfig` (a
+    /// ServiceAccount's, so its RBAC is what the test checks). Only the listen addresses are
+    /// overridden: loopback, free ports for metrics and health, the Deployment's port for the
+    /// metrics API (the network is the test's to play, not the permissions). Waits until it
+    /// answers `/readyz`.
+    pub async fn start_as_deployed(
+        cluster: &LocalCluster,
+        identity: &str,
+        kubeconfig: &std::path::Path,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        let binary = workspace_bin("lexserve-operator")?;
+        let metrics_port = free_port()?;
+        let health_port = free_port()?;
+        // The metrics API keeps the port the Deployment gives it (its Service points there), on
+        // loopback.
+        let metrics_api_port = match env
+            .iter()
+            .find(|(k, _)| k == "LEXSERVE_METRICS_API_ADDR")
+            .map(|(_, v)| v.as_str())
+        {
+            None | Some("") => None,
+            Some(addr) => Some(
+                addr.rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .with_context(|| format!("LEXSERVE_METRICS_API_ADDR {addr:?} has no port"))?,
+            ),
+        };
+        let args = vec![
+            "run".to_string(),
+            "--kubeconfig".to_string(),
+            kubeconfig.display().to_string(),
+            "--metrics-addr".to_string(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--health-addr".to_string(),
+            format!("127.0.0.1:{health_port}"),
+            "--metrics-api-addr".to_string(),
+            metrics_api_port.map_or_else(String::new, |p| format!("127.0.0.1:{p}")),
+            "--log-format".to_string(),
+            "text".to_string(),
+        ];
+        let log = cluster.log_dir().join(format!("operator-{identity}.log"));
+        let process =
+            Process::spawn_with_env(&format!("operator-{identity}"), &binary, &args, env, &log)?;
+        let operator = Self {
+            process,
+            identity: identity.to_string(),
+            metrics_port,
+            health_port,
+            metrics_api_port,
+        };
+        wait::until(
+            "the operator's /readyz",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || async {
+                Ok(match operator.probe("/readyz").await {
+                    Ok((200, _)) => Poll::Ready(()),
+                    Ok((code, text)) => Poll::pending(format!("{code}: {text}")),
+                    Err(e) => Poll::pending(e),
+                })
+            },
+        )
+        .await
+        .with_context(|| format!("operator log:\n{}", operator.log_tail(30)))?;
+        Ok(operator)
+    }
+
     /// Starts the operator without waiting for it to be ready.
     pub fn spawn(cluster: &LocalCluster, options: OperatorOptions) -> Result<Self> {
         let binary = workspace_bin("lexserve-operator")?;

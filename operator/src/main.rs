@@ -214,7 +214,7 @@ fn main() -> ExitCode {
             let code = match runtime.block_on(run(*args)) {
                 Ok(code) => code,
                 Err(e) => {
-                    error!(error = %e, "lexserve-operator failed");
+                    error!(error = format!("{e:#}"), "lexserve-operator failed");
                     ExitCode::FAILURE
                 }
             };

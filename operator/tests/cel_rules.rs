@@ -441,6 +441,32 @@ fn cases() -> Vec<RuleCase> {
                 json!({"assignment": {"by": "random", "key": "x-user-id"}}),
             )],
         },
+        // Experiment: routing.
+        RuleCase {
+            kind: Experiment,
+            message: "spec.routing.gatewayAPI is required when spec.routing.provider is gatewayAPI",
+            accept: vec![
+                spec(json!({"routing": {"provider": "router"}})),
+                spec(json!({"routing": {"provider": "gatewayAPI", "gatewayAPI": {
+                    "parentRefs": [{"name": "public"}]
+                }}})),
+            ],
+            reject: vec![spec(json!({"routing": {"provider": "gatewayAPI"}}))],
+        },
+        RuleCase {
+            kind: Experiment,
+            message: "spec.routing.gatewayAPI must not be set unless spec.routing.provider is gatewayAPI",
+            accept: vec![spec(
+                json!({"routing": {"provider": "gatewayAPI", "gatewayAPI": {
+                    "parentRefs": [{"name": "public", "namespace": "gateways"}]
+                }}}),
+            )],
+            reject: vec![spec(
+                json!({"routing": {"provider": "router", "gatewayAPI": {
+                    "parentRefs": [{"name": "public"}]
+                }}}),
+            )],
+        },
         // Experiment: metrics.
         RuleCase {
             kind: Experiment,

@@ -207,7 +207,14 @@ pub async fn ensure(
                 };
                 tracing::info!(%reason, secret = name, "replacing the metrics API certificate");
                 let fresh = generate(names, now)?;
-                let replacement = secret_with(name, &fresh, secret.metadata.resource_version);
+                let mut replacement =
+                    secret_with(name, &fresh, secret.metadata.resource_version.clone());
+                // A Secret someone else created for us (the Helm chart does, so that uninstalling
+                // the chart removes it) keeps its labels and annotations (Helm's ownership) and
+                // its type (immutable: the chart's is Opaque, with no keys for Helm to own).
+                replacement.metadata.labels = secret.metadata.labels.clone();
+                replacement.metadata.annotations = secret.metadata.annotations.clone();
+                replacement.type_ = secret.type_.clone();
                 api.replace(name, &PostParams::default(), &replacement)
                     .await
                     .map(|_| fresh)
