@@ -152,6 +152,28 @@ async fn refused_message(api: &Api<InferenceService>, object: &InferenceService)
     .expect("refused")
 }
 
+/// Creates `object`, which the admission policy allows, once the policy lets anything in: right
+/// after an install the apiserver may see the policy before its parameters, and the policy then
+/// denies every InferenceService (parameterNotFoundAction Deny: it fails closed).
+async fn create_once_admitted(api: &Api<InferenceService>, object: &InferenceService) {
+    wait::until(
+        "the admission policy admitting an allowed InferenceService",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            Ok(match api.create(&PostParams::default(), object).await {
+                Ok(_) => Poll::Ready(()),
+                Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => {
+                    Poll::pending(status.message)
+                }
+                Err(e) => return Err(e.into()),
+            })
+        },
+    )
+    .await
+    .expect("an allowed InferenceService is admitted");
+}
+
 fn with_image(name: &str, image: &str) -> InferenceService {
     let mut spec = embedder(1);
     spec["runtime"] = json!({"image": image});
@@ -208,9 +230,7 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
     let ns = cluster.namespace("chart-apps").await.expect("namespace");
     let client = cluster.client().expect("client");
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), ns.name());
-    create(&isvcs, &isvc("embed", embedder(1)))
-        .await
-        .expect("create");
+    create_once_admitted(&isvcs, &isvc("embed", embedder(1))).await;
     wait_condition(&isvcs, "embed", ConditionType::Ready, "True", None)
         .await
         .unwrap_or_else(|e| {
@@ -358,9 +378,7 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
     assert!(clusterroles.is_err(), "no ClusterRole for the kinds");
     let operator = start_with_chart_identity(cluster, "lexserve-team", "team-lexserve").await;
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), team.name());
-    create(&isvcs, &isvc("embed", embedder(1)))
-        .await
-        .expect("create");
+    create_once_admitted(&isvcs, &isvc("embed", embedder(1))).await;
     wait_condition(&isvcs, "embed", ConditionType::Ready, "True", None)
         .await
         .unwrap_or_else(|e| {
