@@ -37,6 +37,8 @@ _lexserve_setup() {
   local KEDA_VERSION=v2.21.0
   # Gateway API's CRDs, for `routing.provider: gatewayAPI` (same reasoning).
   local GATEWAY_API_VERSION=v1.6.3
+  # The Prometheus Operator's CRDs, for the chart's PodMonitor, ServiceMonitor and rules.
+  local PROMETHEUS_OPERATOR_VERSION=v0.89.0
 
   local GO="${GO:-}"
   if [ -z "$GO" ]; then
@@ -146,6 +148,28 @@ _lexserve_setup() {
     done_step "copied into $gateway_dir"
   fi
   ln -sfn "$gateway_dir" "$bindir/gateway-api-crds"
+
+  # --- The Prometheus Operator's CRDs ----------------------------------------------------------
+  # PodMonitor, ServiceMonitor and PrometheusRule, to validate what the Helm chart renders for
+  # clusters that run the Prometheus Operator against its own schema; from its Go module.
+  step "Prometheus Operator ${PROMETHEUS_OPERATOR_VERSION} CRDs (Go module github.com/prometheus-operator/prometheus-operator)"
+  local po_dir="$cache/prometheus-operator/${PROMETHEUS_OPERATOR_VERSION}"
+  local po_crds="monitoring.coreos.com_podmonitors.yaml monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml"
+  if [ -f "$po_dir/monitoring.coreos.com_podmonitors.yaml" ]; then
+    done_step "cached in $po_dir"
+  else
+    local po_src
+    po_src="$(GOFLAGS= "$GO" mod download -json "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    mkdir -p "$po_dir.tmp"
+    local po_crd
+    for po_crd in $po_crds; do
+      [ -f "$po_src/example/prometheus-operator-crd/$po_crd" ] || { echo "setup: no $po_crd in $po_src" >&2; return 1; }
+      cp "$po_src/example/prometheus-operator-crd/$po_crd" "$po_dir.tmp/"
+    done
+    rm -rf "$po_dir"; mv "$po_dir.tmp" "$po_dir"
+    done_step "copied into $po_dir"
+  fi
+  ln -sfn "$po_dir" "$bindir/prometheus-operator-crds"
 
   # --- Argo CD's Lua engine, for the health checks in deploy/argocd ----------------------------
   # gopher-lua (what Argo CD runs health.lua with) behind a small runner; keyed by its sources.

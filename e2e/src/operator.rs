@@ -92,13 +92,19 @@ fn free_port() -> Result<u16> {
 impl OperatorProcess {
     /// Starts the operator and waits until it answers `/readyz`.
     pub async fn start(cluster: &LocalCluster, options: OperatorOptions) -> Result<Self> {
-        let operator = Self::spawn(cluster, options)?;
+        Self::spawn(cluster, options)?
+            .ready_within(Duration::from_secs(30))
+            .await
+    }
+
+    /// Waits until `/readyz` answers 200; the log's tail in the error otherwise.
+    async fn ready_within(self, limit: Duration) -> Result<Self> {
         wait::until(
             "the operator's /readyz",
-            Duration::from_secs(30),
+            limit,
             Duration::from_millis(200),
             || async {
-                Ok(match operator.probe("/readyz").await {
+                Ok(match self.probe("/readyz").await {
                     Ok((200, _)) => Poll::Ready(()),
                     Ok((code, text)) => Poll::pending(format!("{code}: {text}")),
                     Err(e) => Poll::pending(e),
@@ -106,8 +112,8 @@ impl OperatorProcess {
             },
         )
         .await
-        .with_context(|| format!("operator log:\n{}", operator.log_tail(30)))?;
-        Ok(operator)
+        .with_context(|| format!("operator log:\n{}", self.log_tail(30)))?;
+        Ok(self)
     }
 
     /// Starts the operator the way a Deployment runs it: `run` with the container's environment
@@ -156,28 +162,15 @@ impl OperatorProcess {
         let log = cluster.log_dir().join(format!("operator-{identity}.log"));
         let process =
             Process::spawn_with_env(&format!("operator-{identity}"), &binary, &args, env, &log)?;
-        let operator = Self {
+        Self {
             process,
             identity: identity.to_string(),
             metrics_port,
             health_port,
             metrics_api_port,
-        };
-        wait::until(
-            "the operator's /readyz",
-            Duration::from_secs(60),
-            Duration::from_millis(200),
-            || async {
-                Ok(match operator.probe("/readyz").await {
-                    Ok((200, _)) => Poll::Ready(()),
-                    Ok((code, text)) => Poll::pending(format!("{code}: {text}")),
-                    Err(e) => Poll::pending(e),
-                })
-            },
-        )
+        }
+        .ready_within(Duration::from_secs(60))
         .await
-        .with_context(|| format!("operator log:\n{}", operator.log_tail(30)))?;
-        Ok(operator)
     }
 
     /// Starts the operator without waiting for it to be ready.

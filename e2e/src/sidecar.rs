@@ -13,11 +13,20 @@ use anyhow::{Context, Result, bail};
 
 use crate::operator::workspace_bin;
 use crate::process::Process;
-use lexserve_testkit::{MINILM, MINILM_INT8_ONNX, locate};
+use lexserve_testkit::{MINILM, MINILM_FP32_ONNX, MINILM_INT8_ONNX, Model, locate};
 
 /// The int8 ONNX MiniLM and its tokenizer, as `file://` URIs for an InferenceService.
 pub fn minilm_int8_uris() -> Result<(String, String)> {
-    let model = locate(MINILM_INT8_ONNX).map_err(anyhow::Error::msg)?;
+    minilm_onnx_uris(MINILM_INT8_ONNX)
+}
+
+/// The fp32 ONNX MiniLM (another model file than the int8 one) and its tokenizer.
+pub fn minilm_fp32_uris() -> Result<(String, String)> {
+    minilm_onnx_uris(MINILM_FP32_ONNX)
+}
+
+fn minilm_onnx_uris(onnx: Model) -> Result<(String, String)> {
+    let model = locate(onnx).map_err(anyhow::Error::msg)?;
     let tokenizer = locate(MINILM)
         .map_err(anyhow::Error::msg)?
         .join("tokenizer.json");

@@ -5,7 +5,8 @@
 //! apiserver reaches the operator and trusts the caBundle the operator set with the chart's
 //! rights); the admission policy refuses a disallowed image, naming it; `helm upgrade` changes
 //! what it says; `helm uninstall` leaves nothing but the CRDs; and the namespace-only mode works
-//! with Roles alone.
+//! with Roles alone. Where the Prometheus Operator's CRDs exist, the chart's monitors are admitted
+//! by their schema; the operator writes no field of a user's spec (GitOps sees no drift).
 //!
 //! A cluster of its own (this test binary's): the chart installs cluster-scoped objects.
 
@@ -184,6 +185,14 @@ fn with_image(name: &str, image: &str) -> InferenceService {
 async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
     let cluster = shared_cluster().await.expect("local cluster");
     let chart = chart();
+    // The Prometheus Operator's CRDs (from its Go module): the chart then renders its monitors,
+    // and the apiserver checks them against the Prometheus Operator's own schema.
+    let monitoring_crds = std::fs::canonicalize(bin_dir().join("prometheus-operator-crds"))
+        .expect("prometheus-operator-crds missing: run e2e/cluster/setup.sh");
+    cluster
+        .apply_crds(&monitoring_crds)
+        .await
+        .expect("the Prometheus Operator's CRDs are Established");
     // The operator runs on this machine: the APIService's Service points here (the test plays the
     // network; the permissions are the chart's).
     let api_port = lexserve_e2e::sidecar::free_port().expect("port");
@@ -203,10 +212,23 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
             &port_value,
             "--set",
             &format!("metricsApi.port={api_port}"),
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+            "--set",
+            "monitoring.serviceMonitor.enabled=true",
         ],
     )
     .await
-    .expect("helm install");
+    .expect("helm install (its monitors admitted by the Prometheus Operator's CRDs)");
+    for monitor in [
+        "podmonitor/lexserve-sidecars",
+        "servicemonitor/lexserve-operator",
+    ] {
+        cluster
+            .kubectl_ok(["get", monitor, "-n", "lexserve-system"])
+            .await
+            .unwrap_or_else(|e| panic!("{monitor} rendered where its CRD exists: {e:#}"));
+    }
     // The CRDs came from the chart's crds/.
     cluster
         .kubectl_ok([
@@ -239,6 +261,29 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
                 operator.log_tail(40)
             )
         });
+
+    // GitOps: the operator never writes a user's spec (Argo CD and Flux would see drift): none of
+    // its field-manager entries touches spec, and the spec is what was applied.
+    let live = isvcs.get("embed").await.expect("get");
+    for entry in live.metadata.managed_fields.iter().flatten() {
+        if entry.manager.as_deref() == Some("lexserve-operator") {
+            let fields = serde_json::to_string(&entry.fields_v1).expect("fields");
+            assert!(
+                !fields.contains("\"f:spec\""),
+                "the operator owns spec fields: {fields}"
+            );
+        }
+    }
+    let live_spec = serde_json::to_value(&live.spec).expect("spec");
+    let applied = embedder(1);
+    for (block, fields) in applied.as_object().expect("spec object") {
+        for (field, value) in fields.as_object().expect("block object") {
+            assert_eq!(
+                &live_spec[block][field], value,
+                "spec.{block}.{field} is what was applied"
+            );
+        }
+    }
 
     // The chart's APIService: reached, and trusted through the caBundle the operator set.
     let apiservice = wait_available(cluster, "v1beta1.external.metrics.k8s.io").await;

@@ -317,7 +317,7 @@ impl Lab {
         use lexserve_e2e::operator::workspace_bin;
         use lexserve_e2e::process::Process;
         use lexserve_e2e::prometheus::{Prometheus, Target};
-        use lexserve_e2e::sidecar::{free_port, minilm_int8_uris, start_for_pod};
+        use lexserve_e2e::sidecar::{free_port, minilm_fp32_uris, minilm_int8_uris, start_for_pod};
 
         let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
         install_crds(cluster).await.expect("CRDs");
@@ -345,16 +345,28 @@ impl Lab {
             .await
             .expect("operator");
 
-        // Two real sidecars, started from the configs the operator wrote.
-        let (model, tokenizer) = minilm_int8_uris().expect("MiniLM");
-        for name in ["a", "b"] {
+        // Two real sidecars serving two models (the control the int8 MiniLM, the treatment its
+        // fp32 export), started from the configs the operator wrote.
+        let variants = [
+            (
+                "a",
+                minilm_int8_uris().expect("int8 MiniLM"),
+                json!({"quantize": "int8", "threads": 1}),
+            ),
+            (
+                "b",
+                minilm_fp32_uris().expect("fp32 MiniLM"),
+                json!({"threads": 1}),
+            ),
+        ];
+        for (name, (model, tokenizer), runtime) in variants {
             create(
                 &scene.api,
                 &isvc(
                     name,
                     json!({
                         "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
-                        "runtime": {"quantize": "int8", "threads": 1},
+                        "runtime": runtime,
                         "scaling": {"provider": "none", "minReplicas": 1},
                     }),
                 ),

@@ -44,6 +44,14 @@ fn run_serve(args: &ServeArgs) -> ExitCode {
         // SAFETY: no other thread exists yet (the async runtime is built below).
         unsafe { std::env::set_var("RAYON_NUM_THREADS", config.threads.to_string()) };
     }
+    run_to_exit("server", serve(config))
+}
+
+/// Runs `task` on a multi-threaded runtime; its error is logged as `what` failing.
+fn run_to_exit<E: std::fmt::Display>(
+    what: &str,
+    task: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,10 +62,10 @@ fn run_serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "server failed");
+            tracing::error!(error = %e, "{what} failed");
             ExitCode::FAILURE
         }
     }
@@ -71,23 +79,7 @@ fn run_route(args: &RouteArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(route(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "router failed");
-            ExitCode::FAILURE
-        }
-    }
+    run_to_exit("router", route(settings))
 }
 
 fn main() -> ExitCode {

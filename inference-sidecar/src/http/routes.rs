@@ -70,7 +70,13 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.encode() {
+    openmetrics(state.metrics.encode())
+}
+
+/// A `/metrics` answer: the encoded registry as OpenMetrics text (the model server's and the
+/// router's).
+pub(crate) fn openmetrics(encoded: Result<String, std::fmt::Error>) -> Response {
+    match encoded {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

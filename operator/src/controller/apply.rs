@@ -204,6 +204,84 @@ pub async fn apply_child(
     Ok(Outcome::Written(applied))
 }
 
+/// What applying one object's children did.
+pub struct AppliedChildren {
+    /// Every child built this pass, as (kind, name): what the orphan sweep keeps.
+    pub built: std::collections::BTreeSet<(ChildKind, String)>,
+    /// The Deployment as the apiserver has it, when it does.
+    pub deployment: Option<k8s_openapi::api::apps::v1::Deployment>,
+    /// Children written.
+    pub written: u64,
+    /// Children the apiserver refused.
+    pub rejected: Vec<Rejection>,
+    /// The CRD of an optional child kind is missing.
+    pub missing_dependency: Option<Error>,
+}
+
+impl AppliedChildren {
+    /// The error the reconcile ends with after status is written, if any.
+    pub fn deferred_error(self) -> Option<Error> {
+        if !self.rejected.is_empty() {
+            return Some(Error::ChildRejected(self.rejected));
+        }
+        self.missing_dependency
+    }
+}
+
+/// A child kind whose CRD a cluster may lack (KEDA's ScaledObject, Gateway API's HTTPRoute), and
+/// what to tell the user when it does.
+pub struct OptionalKind {
+    pub kind: ChildKind,
+    pub missing: &'static str,
+}
+
+/// Applies every child that is missing, changed or drifted. A child the apiserver rejects does
+/// not stop the others, nor does a child of `optional`'s kind whose CRD the cluster lacks (that
+/// becomes `missing_dependency`, with `optional.missing` as the message); any other failure ends
+/// the apply.
+pub async fn apply_children(
+    ctx: &Context,
+    kind: &'static str,
+    namespace: &str,
+    desired: Vec<DesiredChild>,
+    optional: Option<&OptionalKind>,
+) -> Result<AppliedChildren, Error> {
+    let mut applied = AppliedChildren {
+        built: std::collections::BTreeSet::new(),
+        deployment: None,
+        written: 0,
+        rejected: Vec::new(),
+        missing_dependency: None,
+    };
+    for child in desired {
+        let child_kind = child.kind;
+        applied.built.insert((child_kind, child.name.clone()));
+        let outcome = match apply_child(ctx, kind, namespace, child).await {
+            Err(Error::Kube {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 404 && optional.is_some_and(|o| o.kind == child_kind) => {
+                let message = optional.map_or("", |o| o.missing);
+                applied.missing_dependency = Some(Error::MissingDependency(message.to_string()));
+                continue;
+            }
+            other => other?,
+        };
+        match outcome {
+            Outcome::Rejected(rejection) => applied.rejected.push(rejection),
+            outcome => {
+                applied.written += u64::from(matches!(outcome, Outcome::Written(_)));
+                if child_kind == ChildKind::Deployment {
+                    applied.deployment = outcome
+                        .live()
+                        .and_then(|v| serde_json::from_value(v.clone()).ok());
+                }
+            }
+        }
+    }
+    Ok(applied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

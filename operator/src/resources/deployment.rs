@@ -409,11 +409,6 @@ fn serve_container(
         });
     }
 
-    let http_get = |path: &str| HTTPGetAction {
-        path: Some(path.to_string()),
-        port: IntOrString::String(http::PORT_NAME.to_string()),
-        ..Default::default()
-    };
     Container {
         name: "sidecar".to_string(),
         image: Some(image.to_string()),
@@ -445,20 +440,39 @@ fn serve_container(
             failure_threshold: Some(120),
             ..Default::default()
         }),
-        readiness_probe: Some(Probe {
-            http_get: Some(http_get(http::READY_PATH)),
-            period_seconds: Some(5),
-            failure_threshold: Some(2),
-            ..Default::default()
-        }),
-        liveness_probe: Some(Probe {
-            http_get: Some(http_get(http::HEALTH_PATH)),
-            period_seconds: Some(10),
-            timeout_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }),
+        readiness_probe: Some(readiness_probe()),
+        liveness_probe: Some(liveness_probe()),
         security_context: Some(restricted_security_context()),
+        ..Default::default()
+    }
+}
+
+/// An HTTP probe of `path` on the named HTTP port.
+fn http_get(path: &str) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.to_string()),
+        port: IntOrString::String(http::PORT_NAME.to_string()),
+        ..Default::default()
+    }
+}
+
+/// `/ready` every 5 s: out of the endpoints after two misses (a draining sidecar or router).
+pub fn readiness_probe() -> Probe {
+    Probe {
+        http_get: Some(http_get(http::READY_PATH)),
+        period_seconds: Some(5),
+        failure_threshold: Some(2),
+        ..Default::default()
+    }
+}
+
+/// `/health` every 10 s: restarted after three misses (a crashed worker answers 503 there).
+pub fn liveness_probe() -> Probe {
+    Probe {
+        http_get: Some(http_get(http::HEALTH_PATH)),
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(3),
         ..Default::default()
     }
 }

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -30,7 +30,9 @@ use lexserve_contract::router::{
 use crate::api::Experiment;
 use crate::api::inference_service::{ScalingProvider, ScalingSpec};
 use crate::config::OperatorConfig;
-use crate::resources::deployment::{HTTP_PORT, RUN_AS_USER, restricted_security_context};
+use crate::resources::deployment::{
+    HTTP_PORT, RUN_AS_USER, liveness_probe, readiness_probe, restricted_security_context,
+};
 use crate::resources::hash::stable_hash;
 use crate::resources::labels::{FIELD_MANAGER, MANAGED_BY_LABEL, selector_labels};
 use crate::resources::service::SERVICE_PORT;
@@ -221,11 +223,6 @@ pub fn build_router_deployment(
     replicas: Option<i32>,
 ) -> Deployment {
     let name = router_name(&experiment.name_any());
-    let http_get = |path: &str| HTTPGetAction {
-        path: Some(path.to_string()),
-        port: IntOrString::String(http::PORT_NAME.to_string()),
-        ..Default::default()
-    };
     let mut pod_labels = router_selector_labels(&experiment.name_any());
     pod_labels.insert(EXPERIMENT_LABEL.to_string(), experiment.name_any());
     let annotations = BTreeMap::from([
@@ -276,19 +273,8 @@ pub fn build_router_deployment(
             read_only: Some(true),
             ..Default::default()
         }]),
-        readiness_probe: Some(Probe {
-            http_get: Some(http_get(http::READY_PATH)),
-            period_seconds: Some(5),
-            failure_threshold: Some(2),
-            ..Default::default()
-        }),
-        liveness_probe: Some(Probe {
-            http_get: Some(http_get(http::HEALTH_PATH)),
-            period_seconds: Some(10),
-            timeout_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }),
+        readiness_probe: Some(readiness_probe()),
+        liveness_probe: Some(liveness_probe()),
         security_context: Some(restricted_security_context()),
         ..Default::default()
     };

@@ -9,7 +9,7 @@
 //! router's ConfigMap, and the control's Service is the InferenceService controller's, which
 //! reads this experiment's status. An operator restart therefore resumes where it stopped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,8 @@ use crate::api::experiment::{ExperimentPhase, ExperimentStatus, RoutingProvider}
 use crate::api::{Experiment, InferenceService};
 use crate::config::OperatorConfig;
 use crate::controller::Error;
-use crate::controller::apply::{Outcome, apply_child};
-use crate::controller::child::{ChildKind, DesiredChild, Rejection};
+use crate::controller::apply::{OptionalKind, apply_children};
+use crate::controller::child::{ChildKind, DesiredChild};
 use crate::controller::context::Context;
 use crate::controller::error_policy::key;
 use crate::controller::events::publish;
@@ -143,7 +143,10 @@ async fn reconcile_phases(
     let desired = build(experiment, &ctx.config, control, &router);
 
     // Apply and sweep.
-    let applied = apply(ctx, &namespace, desired).await?;
+    let mut applied = apply_children(ctx, KIND, &namespace, desired, Some(&GATEWAY_API)).await?;
+    if let Some(missing) = applied.missing_dependency.take() {
+        return Err(missing);
+    }
     if applied.rejected.is_empty()
         && let Some(uid) = experiment.uid()
     {
@@ -155,7 +158,7 @@ async fn reconcile_phases(
     }
 
     // Observe.
-    let deployment = applied.router.clone().or_else(|| {
+    let deployment = applied.deployment.clone().or_else(|| {
         ctx.children
             .deployment(&namespace, &router_name(&name))
             .map(|d| d.as_ref().clone())
@@ -301,57 +304,11 @@ pub fn build(
     children
 }
 
-struct Applied {
-    built: BTreeSet<(ChildKind, String)>,
-    router: Option<Deployment>,
-    written: u64,
-    rejected: Vec<Rejection>,
-}
-
-async fn apply(
-    ctx: &Context,
-    namespace: &str,
-    desired: Vec<DesiredChild>,
-) -> Result<Applied, Error> {
-    let mut applied = Applied {
-        built: BTreeSet::new(),
-        router: None,
-        written: 0,
-        rejected: Vec::new(),
-    };
-    for child in desired {
-        let kind = child.kind;
-        applied.built.insert((kind, child.name.clone()));
-        let outcome = apply_child(ctx, KIND, namespace, child).await;
-        let outcome = if kind == ChildKind::HttpRoute {
-            outcome.map_err(gateway_api_missing)?
-        } else {
-            outcome?
-        };
-        match outcome {
-            Outcome::Rejected(rejection) => applied.rejected.push(rejection),
-            outcome => {
-                applied.written += u64::from(matches!(outcome, Outcome::Written(_)));
-                if kind == ChildKind::Deployment {
-                    applied.router = outcome
-                        .live()
-                        .and_then(|v| serde_json::from_value(v.clone()).ok());
-                }
-            }
-        }
-    }
-    Ok(applied)
-}
-
 /// Gateway API's CRD missing from the cluster is a configuration problem, said plainly.
-fn gateway_api_missing(e: Error) -> Error {
-    match e {
-        Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404 => Error::MissingDependency(
-            "spec.routing.provider is gatewayAPI, but the cluster has no HTTPRoute CRD (gateway.networking.k8s.io/v1): install Gateway API or use provider router".to_string(),
-        ),
-        other => other,
-    }
-}
+const GATEWAY_API: OptionalKind = OptionalKind {
+    kind: ChildKind::HttpRoute,
+    missing: "spec.routing.provider is gatewayAPI, but the cluster has no HTTPRoute CRD (gateway.networking.k8s.io/v1): install Gateway API or use provider router",
+};
 
 fn replicas(deployment: Option<&Deployment>) -> (i32, i32) {
     let ready = deployment

@@ -31,8 +31,8 @@ use crate::api::conditions::{ConditionType, DesiredCondition, reason, set_condit
 use crate::api::inference_service::{InferenceServiceStatus, ScalingProvider};
 use crate::config::OperatorConfig;
 use crate::controller::Error;
-use crate::controller::apply::{Outcome, apply_child};
-use crate::controller::child::{ChildKind, DesiredChild, Rejection};
+use crate::controller::apply::{AppliedChildren, OptionalKind, apply_children};
+use crate::controller::child::{ChildKind, DesiredChild};
 use crate::controller::context::Context;
 use crate::controller::error_policy::key;
 use crate::controller::events::publish;
@@ -75,7 +75,7 @@ async fn reconcile_phases(isvc: &InferenceService, ctx: &Context) -> Result<Acti
     }
     let inputs = read(isvc, ctx).await?;
     let desired = build(isvc, &ctx.config, &inputs);
-    let applied = apply(ctx, &namespace, desired).await?;
+    let applied = apply_children(ctx, KIND, &namespace, desired, Some(&KEDA)).await?;
     let deleted = if applied.rejected.is_empty() {
         sweep_orphans(isvc, ctx, &namespace, &applied.built).await?
     } else {
@@ -222,77 +222,11 @@ pub fn build(
     children
 }
 
-/// What the apply phase did.
-struct Applied {
-    /// Every child built this pass, as (kind, name): what the sweep keeps.
-    built: BTreeSet<(ChildKind, String)>,
-    /// The Deployment as the apiserver has it, when it does.
-    deployment: Option<Deployment>,
-    written: u64,
-    rejected: Vec<Rejection>,
-    /// KEDA's CRD is missing: reported in status, then the reconcile fails for a retry.
-    missing_dependency: Option<Error>,
-}
-
-impl Applied {
-    /// The error the reconcile ends with after status is written, if any.
-    fn deferred_error(self) -> Option<Error> {
-        if !self.rejected.is_empty() {
-            return Some(Error::ChildRejected(self.rejected));
-        }
-        self.missing_dependency
-    }
-}
-
-/// Applies every child that is missing, changed or drifted. A child the apiserver rejects
-/// does not stop the others; any other failure ends the reconcile.
-async fn apply(
-    ctx: &Context,
-    namespace: &str,
-    desired: Vec<DesiredChild>,
-) -> Result<Applied, Error> {
-    let mut applied = Applied {
-        built: BTreeSet::new(),
-        deployment: None,
-        written: 0,
-        rejected: Vec::new(),
-        missing_dependency: None,
-    };
-    for child in desired {
-        let kind = child.kind;
-        applied.built.insert((kind, child.name.clone()));
-        let outcome = apply_child(ctx, KIND, namespace, child).await;
-        let outcome = if kind == ChildKind::ScaledObject {
-            outcome.map_err(keda_missing)
-        } else {
-            outcome
-        };
-        match outcome {
-            Ok(Outcome::Rejected(rejection)) => applied.rejected.push(rejection),
-            Ok(outcome) => {
-                applied.written += u64::from(matches!(outcome, Outcome::Written(_)));
-                if kind == ChildKind::Deployment {
-                    applied.deployment = outcome
-                        .live()
-                        .and_then(|v| serde_json::from_value(v.clone()).ok());
-                }
-            }
-            Err(e @ Error::MissingDependency(_)) => applied.missing_dependency = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(applied)
-}
-
 /// KEDA's CRD missing from the cluster is a configuration problem, said plainly.
-fn keda_missing(e: Error) -> Error {
-    match e {
-        Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404 => Error::MissingDependency(
-            "spec.scaling.provider is keda, but the cluster has no ScaledObject CRD (keda.sh/v1alpha1): install KEDA or use provider hpa".to_string(),
-        ),
-        other => other,
-    }
-}
+const KEDA: OptionalKind = OptionalKind {
+    kind: ChildKind::ScaledObject,
+    missing: "spec.scaling.provider is keda, but the cluster has no ScaledObject CRD (keda.sh/v1alpha1): install KEDA or use provider hpa",
+};
 
 /// Deletes the children this object owns and no longer builds.
 async fn sweep_orphans(
@@ -331,7 +265,7 @@ fn observe(
     isvc: &InferenceService,
     ctx: &Context,
     namespace: &str,
-    applied: &Applied,
+    applied: &AppliedChildren,
 ) -> Observations {
     let name = isvc.name_any();
     let hpa_wanted = isvc
@@ -354,7 +288,7 @@ impl Observations {
         isvc: &InferenceService,
         ctx: &Context,
         inputs: &'a Inputs,
-        applied: &Applied,
+        applied: &AppliedChildren,
     ) -> Observed<'a> {
         let name = isvc.name_any();
         let namespace = isvc.namespace().unwrap_or_default();
