@@ -136,6 +136,19 @@ kubectl -n lexserve-demo get pods -o wide
 say "status conditions"
 kubectl -n lexserve-demo get lisvc -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{range .status.conditions[*]}{"  "}{.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
 
+say "experiments: what the Experiment controller says of the examples"
+# The examples name InferenceServices this demo does not run: the controller says which, in a
+# condition, instead of deploying a router for them.
+for _ in $(seq 1 30); do
+  observed=$(kubectl -n lexserve-demo get lexp -o jsonpath='{range .items[*]}{.status.observedGeneration}{" "}{end}')
+  [ -n "${observed// /}" ] && break
+  sleep 1
+done
+kubectl -n lexserve-demo get lexp
+kubectl -n lexserve-demo get lexp -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{range .status.conditions[*]}{"  "}{.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
+echo "Real sidecars behind the real router, with Prometheus and simulated users, run end to end in:"
+echo "  cargo test -p lexserve-e2e --test experiment -- --nocapture"
+
 say "the apiserver rejects invalid objects with the CEL rule's message"
 for f in examples/invalid/*.yaml; do
   echo "--- $f"
@@ -157,7 +170,7 @@ done
 kubectl -n lexserve-demo get lisvc minilm-embed -o jsonpath='{range .status.conditions[?(@.type=="ScalingSignalAvailable")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
 echo "With Prometheus and real sidecars, the whole loop runs in: cargo test -p lexserve-e2e --test autoscaling -- --nocapture"
 
-say "coming next: the sidecar serving real models in the demo, experiments and shadows"
+say "coming next: the demo installed through the Helm chart, real models answering in it, shadows"
 if $once; then
   exit 0
 fi
