@@ -14,6 +14,8 @@
 //!   probe paths, metric and label names, the termination-message prefix.
 //! - [`router`]: the experiment router's configuration file (the operator writes it, `route`
 //!   reads it) and its bucket table.
+//! - [`mirror`]: the shadow mirror's configuration (the operator writes it into the production
+//!   sidecar's ConfigMap, `serve` re-reads it) and what each comparison mode means.
 //! - [`digest`]: what a model's `sha256` covers (one file, or a directory's manifest), computed
 //!   by both `fetch` and `serve`.
 //!
@@ -24,6 +26,7 @@
 pub mod digest;
 pub mod duration;
 pub mod fetch_report;
+pub mod mirror;
 pub mod model;
 pub mod names;
 pub mod quantity;

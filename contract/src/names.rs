@@ -229,6 +229,28 @@ pub mod metric {
     /// sent to the control and not counted as assignments (they would skew the sample ratio).
     pub const EXPERIMENT_UNASSIGNED: &str = "lexserve_experiment_unassigned";
 
+    // The shadow mirror, in the production sidecar (see `mirror` for the label values).
+    /// `{shadow,outcome}` counter (registered without `_total`): sampled requests, by what the
+    /// comparison found (`agree`, `disagree`, `candidate_error`, `production_error`).
+    pub const SHADOW_COMPARISONS: &str = "lexserve_shadow_comparisons";
+    /// `{shadow,side}` histogram: how long production and the candidate took to answer the
+    /// same request, recorded for every compared pair (both answered).
+    pub const SHADOW_REQUEST_DURATION_SECONDS: &str = "lexserve_shadow_request_duration_seconds";
+    /// `{shadow,side}` histogram on `mirror::CONFIDENCE_BUCKETS`: the top label's score of each
+    /// side's answer, for compared classification pairs.
+    pub const SHADOW_CONFIDENCE: &str = "lexserve_shadow_confidence";
+    /// `{shadow}` histogram on `mirror::DISTANCE_BUCKETS`: each compared pair's distance in the
+    /// comparison mode's measure.
+    pub const SHADOW_DISTANCE: &str = "lexserve_shadow_distance";
+    /// `{shadow,reason}` counter (registered without `_total`): copies not sent (`queue_full`,
+    /// `too_large`, `shutdown`).
+    pub const SHADOW_DROPPED: &str = "lexserve_shadow_dropped";
+    /// Gauge: the `generation` of the mirror configuration in force (0 before any).
+    pub const MIRROR_CONFIG_GENERATION: &str = "lexserve_mirror_config_generation";
+    /// Counter (registered without `_total`): mirror configuration files that could not be read
+    /// or were invalid (the sidecar kept the configuration it had).
+    pub const MIRROR_CONFIG_ERRORS: &str = "lexserve_mirror_config_errors";
+
     /// The series that make up an InferenceService's load (waiting plus running requests): what
     /// the autoscalers act on.
     pub const LOAD: [&str; 2] = [QUEUE_SIZE, REQUESTS_RUNNING];
@@ -246,4 +268,9 @@ pub mod label {
     pub const EXPERIMENT: &str = "experiment";
     pub const VARIANT: &str = "variant";
     pub const METRIC: &str = "metric";
+    /// Labels of the mirror's series.
+    pub const SHADOW: &str = "shadow";
+    pub const SIDE: &str = "side";
+    pub const OUTCOME: &str = "outcome";
+    pub const REASON: &str = "reason";
 }

@@ -81,6 +81,28 @@ pub mod reason {
     pub const ROUTE_PROGRAMMED: &str = "RouteProgrammed";
     /// The experiment ended; the message says how and what traffic does now.
     pub const EXPERIMENT_FINISHED: &str = "ExperimentFinished";
+
+    // Shadows.
+    /// The production InferenceService does not exist in the shadow's namespace.
+    pub const PRODUCTION_NOT_FOUND: &str = "ProductionNotFound";
+    /// The candidate cannot answer production's requests (another task, other labels).
+    pub const INCOMPATIBLE_CANDIDATE: &str = "IncompatibleCandidate";
+    /// A redaction pattern does not compile: nothing is mirrored until it is fixed.
+    pub const INVALID_REDACTION: &str = "InvalidRedaction";
+    /// The candidate's Deployment is not ready yet: nothing is mirrored.
+    pub const CANDIDATE_NOT_READY: &str = "CandidateNotReady";
+    /// The production sidecars do not run the mirror configuration yet.
+    pub const MIRROR_PENDING: &str = "MirrorPending";
+    /// Production mirrors to the candidate; the analysis runs every interval.
+    pub const MIRRORING: &str = "Mirroring";
+    /// The candidate met every criterion with enough compared pairs.
+    pub const CANDIDATE_PASSED: &str = "CandidatePassed";
+    /// The candidate cannot meet a criterion any more (the message names it, with the numbers).
+    pub const CANDIDATE_FAILED: &str = "CandidateFailed";
+    /// `duration` passed without a pass or a fail.
+    pub const SHADOW_DURATION_REACHED: &str = "ShadowDurationReached";
+    /// The Experiment of `onPass: CreateExperiment` was created.
+    pub const EXPERIMENT_CREATED: &str = "ExperimentCreated";
 }
 
 /// The condition types lexserve sets.

@@ -1,13 +1,16 @@
 //! `ShadowDeployment`: a candidate model that sees a copy of production traffic and is compared
 //! answer by answer, never answering users.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::inference_service::{ModelSpec, ResourcesSpec, RuntimeSpec};
+use super::experiment::Assignment;
+use super::inference_service::{ModelSpec, ResourcesSpec, RuntimeSpec, ScalingSpec};
 use super::schema::DURATION_PATTERN;
+pub use lexserve_contract::mirror::ComparisonMode;
+use lexserve_contract::mirror::defaults as mirror_defaults;
 
 /// A candidate model run on a sampled copy of production traffic. The production sidecars mirror
 /// requests to it on a bounded queue (overflow is dropped, never slowing users), compare the two
@@ -48,6 +51,18 @@ pub struct ShadowDeploymentSpec {
     #[serde(default = "default_mirror_percent")]
     #[schemars(range(min = 0, max = 100))]
     pub mirror_percent: u32,
+    /// How requests are sampled for mirroring: by request (`random`, the default), or by the
+    /// same assignment key an Experiment would use, so that one user's requests are mirrored
+    /// together. A request without the key is not mirrored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Assignment>,
+    /// The bounds that keep mirroring from ever slowing production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
+    /// What is masked in a request before its copy leaves the production pod (mirrored traffic
+    /// may carry personal data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redaction: Option<RedactionSpec>,
     /// How two answers are compared.
     pub comparison: ComparisonSpec,
     /// What the candidate must achieve to pass.
@@ -84,6 +99,71 @@ pub struct CandidateSpec {
     /// CPU, memory and GPUs for the candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesSpec>,
+    /// How the candidate scales. Default: no autoscaler, one replica (`provider: none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingSpec>,
+}
+
+/// The mirror's bounds in each production pod: a full queue drops the copy (counted), never
+/// delaying production's answer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorSpec {
+    /// Copies waiting to be sent, per production pod; when full, new copies are dropped.
+    #[serde(default = "default_mirror_queue")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub queue_size: u32,
+    /// Copies in flight to the candidate at once, per production pod.
+    #[serde(default = "default_mirror_concurrency")]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: u32,
+    /// How long the candidate may take to answer a copy (a Go duration); later is a candidate
+    /// error.
+    #[serde(default = "default_mirror_timeout")]
+    #[schemars(length(max = 32), pattern(DURATION_PATTERN))]
+    pub timeout: String,
+}
+
+impl Default for MirrorSpec {
+    fn default() -> Self {
+        Self {
+            queue_size: default_mirror_queue(),
+            concurrency: default_mirror_concurrency(),
+            timeout: default_mirror_timeout(),
+        }
+    }
+}
+
+fn default_mirror_queue() -> u32 {
+    mirror_defaults::QUEUE
+}
+fn default_mirror_concurrency() -> u32 {
+    mirror_defaults::CONCURRENCY
+}
+fn default_mirror_timeout() -> String {
+    mirror_defaults::TIMEOUT_TEXT.to_string()
+}
+
+/// What is masked before a request is mirrored: the masked text is `[redacted]`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.fields) ? size(self.fields) : 0) + (has(self.patterns) ? size(self.patterns) : 0) > 0")
+        .message("spec.redaction needs at least one of fields or patterns"),
+)]
+pub struct RedactionSpec {
+    /// JSON fields of the request body whose whole value is masked: dot paths (`user.email`),
+    /// where a `*` segment matches every element of an array or member of an object
+    /// (`messages.*.content`).
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub fields: Vec<String>,
+    /// Regular expressions (RE2 syntax); every match in any string of the request body is
+    /// masked. A pattern that does not compile is reported in the `Ready` condition and nothing
+    /// is mirrored.
+    #[serde(default)]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 512)))]
+    pub patterns: Vec<String>,
 }
 
 /// How two answers are compared.
@@ -110,15 +190,6 @@ pub struct ComparisonSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub k: Option<u32>,
-}
-
-/// How two answers are compared.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ComparisonMode {
-    Label,
-    TopK,
-    Cosine,
-    Text,
 }
 
 /// What the candidate must achieve.
@@ -217,6 +288,39 @@ pub struct ShadowDeploymentStatus {
     /// The verdict, once there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<ShadowVerdict>,
+    /// When mirroring began (the candidate ready and the mirror configured): `duration` counts
+    /// from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the analysis last ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_time: Option<Time>,
+    /// The candidate's latency over production's, on the same requests, at each percentile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio: Option<LatencyPercentiles>,
+    /// How far the candidate's confidence distribution moved from production's: the
+    /// population stability index over the top label's score (classification only; under 0.1
+    /// is usually read as no shift, over 0.25 as a large one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence_shift: Option<f64>,
+    /// The mirror configuration in the production sidecars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorStatus>,
+    /// The Experiment created when the candidate passed (`onPass: CreateExperiment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+}
+
+/// Where the mirror configuration stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorStatus {
+    /// The generation of the production ConfigMap's `mirror.yaml` that includes this shadow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_written: Option<u64>,
+    /// The lowest generation the production sidecars report running (from Prometheus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_live: Option<u64>,
 }
 
 /// Where a shadow is.
