@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's demo command: starts the embedded local control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kwok with simulated GPU nodes), installs lexserve's
-# CRDs the way users do (`kubectl apply`), runs lexserve-operator against it, applies the
+# kube-controller-manager, kube-scheduler, kwok with simulated GPU nodes), installs lexserve with
+# its Helm chart the way platform teams do, runs lexserve-operator with the chart's identity
+# (ServiceAccount token, the Deployment's environment) against it, applies the
 # examples and shows what the operator made of them (Deployments on GPU nodes, Services, HPAs,
 # PDBs, status conditions), shows the apiserver rejecting invalid objects with their CEL
 # messages, and stops everything on Ctrl-C.
@@ -60,9 +61,18 @@ kubectl get nodes -L nvidia.com/gpu.product -o wide
 say "GPU capacity of the simulated nodes"
 kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product,TAINTS:.spec.taints[*].key'
 
-say "installing the CRDs with kubectl apply"
-kubectl apply -f crds/
-kubectl wait --for condition=Established --timeout=60s -f crds/ >/dev/null
+say "installing lexserve with its Helm chart (CRDs, RBAC, admission policy, metrics APIService)"
+helm="$LEXSERVE_BIN_DIR/helm"
+"$helm" version --short
+# The operator runs on this machine (the simulated nodes run no containers): the chart's
+# APIService reaches it through an ExternalName Service to 127.0.0.1 on a free port.
+metrics_api_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$helm" upgrade --install lexserve charts/lexserve --namespace lexserve-system --create-namespace \
+  --set metricsApi.service.externalName=127.0.0.1 \
+  --set "metricsApi.service.port=$metrics_api_port" --set "metricsApi.port=$metrics_api_port" \
+  --set logFormat=text \
+  --set-json 'extraEnv=[{"name":"LEXSERVE_SCALING_SIGNAL_INTERVAL_SECONDS","value":"2"},{"name":"LEXSERVE_SCALING_SIGNAL_GRACE_SECONDS","value":"5"}]'
+kubectl wait --for condition=Established --timeout=60s -f charts/lexserve/crds/ >/dev/null
 # Established comes a moment before the new kinds are in the discovery and OpenAPI documents
 # kubectl reads: wait (bounded) until `explain` finds them.
 for _ in $(seq 1 60); do
@@ -70,39 +80,17 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 kubectl explain inferenceservice.spec.scaling
+"$helm" list --namespace lexserve-system
+kubectl -n lexserve-system get deployment,serviceaccount,service,pdb -l app.kubernetes.io/instance=lexserve
+kubectl get clusterrole,clusterrolebinding,validatingadmissionpolicy,apiservice -l app.kubernetes.io/instance=lexserve
 
-say "starting lexserve-operator (log: $LEXSERVE_CACHE/cluster/operator.log)"
-metrics_api_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$operator" run --kubeconfig "$kubeconfig" --log-format text \
-  --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 --lease-namespace default \
-  --metrics-api-addr "127.0.0.1:$metrics_api_port" --metrics-api-service lexserve-operator-metrics-api \
-  --scaling-signal-interval-seconds 2 --scaling-signal-grace-seconds 5 \
+say "starting lexserve-operator with the chart's identity (log: $LEXSERVE_CACHE/cluster/operator.log)"
+# A process on this machine acting as the chart's ServiceAccount with the chart's Deployment's
+# environment: what it may do is what the chart's RBAC grants (lexserve-e2e operator as-deployed).
+"$e2e" operator as-deployed --namespace lexserve-system --deployment lexserve \
   >"$LEXSERVE_CACHE/cluster/operator.log" 2>&1 &
 operator_pid=$!
-
-say "registering the operator's external metrics API (an APIService; here through an ExternalName Service to this machine)"
-kubectl apply -f - <<YAML
-apiVersion: v1
-kind: Service
-metadata: {name: lexserve-operator-metrics-api, namespace: default}
-spec:
-  type: ExternalName
-  externalName: 127.0.0.1
-  ports: [{name: https, port: $metrics_api_port, protocol: TCP}]
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata: {name: v1beta1.external.metrics.k8s.io}
-spec:
-  group: external.metrics.k8s.io
-  version: v1beta1
-  groupPriorityMinimum: 100
-  versionPriority: 100
-  # No caBundle here: the operator generates its certificate (kept in a Secret) for this
-  # Service's names and sets the caBundle itself, so the apiserver verifies it (docs/autoscaling.md).
-  service: {name: lexserve-operator-metrics-api, namespace: default, port: $metrics_api_port}
-YAML
-kubectl wait --for=condition=Available --timeout=60s apiservice/v1beta1.external.metrics.k8s.io
+kubectl wait --for=condition=Available --timeout=90s apiservice/v1beta1.external.metrics.k8s.io
 
 say "applying the examples (and what they expect of a cluster: a PriorityClass, a volume claim)"
 kubectl create namespace lexserve-demo --dry-run=client -o yaml | kubectl apply -f -
@@ -170,7 +158,22 @@ done
 kubectl -n lexserve-demo get lisvc minilm-embed -o jsonpath='{range .status.conditions[?(@.type=="ScalingSignalAvailable")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
 echo "With Prometheus and real sidecars, the whole loop runs in: cargo test -p lexserve-e2e --test autoscaling -- --nocapture"
 
-say "coming next: the demo installed through the Helm chart, real models answering in it, shadows"
+say "the admission policy refuses an image outside the allowed registries, naming it"
+if kubectl -n lexserve-demo apply --dry-run=server -f - <<'YAML' 2>&1
+apiVersion: lexserve.io/v1alpha1
+kind: InferenceService
+metadata:
+  name: unknown-registry
+spec:
+  model: {uri: "file:///models/m.onnx", format: onnx, task: embed}
+  runtime: {image: "registry.example.com/someone/sidecar:1"}
+YAML
+then
+  echo "unexpectedly accepted an image from registry.example.com" >&2
+  exit 1
+fi
+
+say "coming next: real models answering in the demo, shadows"
 if $once; then
   exit 0
 fi

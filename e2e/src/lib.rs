@@ -8,6 +8,7 @@
 pub mod aggregation;
 pub mod audit;
 pub mod bins;
+pub mod chart;
 pub mod cluster;
 pub mod kubelet;
 pub mod kwok;

@@ -29,6 +29,27 @@ enum Top {
     /// Start, stop or inspect the local cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Run lexserve-operator on this machine as the Helm chart deploys it.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Become lexserve-operator, acting with a token of the chart's ServiceAccount and the
+    /// environment of the chart's Deployment (only the listen addresses are loopback ones), as the
+    /// chart's pod would run: what the demo does after `helm install`.
+    AsDeployed(AsDeployedArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct AsDeployedArgs {
+    /// The release's namespace.
+    #[arg(long, default_value = "lexserve-system")]
+    namespace: String,
+    /// The chart's Deployment (the release name, with the chart's default naming).
+    #[arg(long, default_value = "lexserve")]
+    deployment: String,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +116,7 @@ fn main() -> ExitCode {
         Top::Cluster(ClusterCommand::Down) => down(),
         Top::Cluster(ClusterCommand::Status) => status(),
         Top::Cluster(ClusterCommand::Run(args)) => run(args),
+        Top::Operator(OperatorCommand::AsDeployed(args)) => as_deployed(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -337,4 +359,72 @@ fn write_atomic(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// `operator as-deployed`: resolves the chart's Deployment (environment, ServiceAccount) with the
+/// admin kubeconfig, writes a kubeconfig holding a token of that ServiceAccount, then execs the
+/// operator with them, so that what it may do is what the chart grants.
+fn as_deployed(args: &AsDeployedArgs) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    lexserve_e2e::init_crypto();
+    let admin = cluster_dir().join("kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let pod = format!("{}-0", args.deployment);
+    let (env, account) = runtime.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&admin)
+                .with_context(|| format!("reading {} (is the cluster up?)", admin.display()))?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        let env =
+            lexserve_e2e::chart::deployed_env(&client, &args.namespace, &args.deployment, &pod)
+                .await?;
+        let deployment = kube::Api::<Deployment>::namespaced(client, &args.namespace)
+            .get(&args.deployment)
+            .await?;
+        let account = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.service_account_name)
+            .unwrap_or_else(|| "default".to_string());
+        anyhow::Ok((env, account))
+    })?;
+    let token = Command::new(bins::kubectl()?)
+        .args(["--kubeconfig", &admin.display().to_string()])
+        .args(["create", "token", &account, "-n", &args.namespace])
+        .arg("--duration=24h")
+        .output()
+        .context("kubectl create token")?;
+    if !token.status.success() {
+        bail!(
+            "kubectl create token {account}: {}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+    }
+    let kubeconfig = cluster_dir().join(format!("{}-{account}.kubeconfig", args.namespace));
+    let text = lexserve_e2e::chart::token_kubeconfig(
+        &std::fs::read_to_string(&admin)?,
+        &args.namespace,
+        &account,
+        &String::from_utf8_lossy(&token.stdout),
+    )?;
+    std::fs::write(&kubeconfig, text)
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    let operator_args = lexserve_e2e::chart::as_deployed_args(
+        &kubeconfig,
+        lexserve_e2e::sidecar::free_port()?,
+        lexserve_e2e::sidecar::free_port()?,
+        lexserve_e2e::chart::metrics_api_port(&env)?,
+    );
+    eprintln!(
+        "lexserve-operator as system:serviceaccount:{}:{account}, with the environment of Deployment {}/{}",
+        args.namespace, args.namespace, args.deployment
+    );
+    let error = Command::new(lexserve_e2e::operator::workspace_bin("lexserve-operator")?)
+        .args(&operator_args)
+        .envs(env)
+        .exec();
+    Err(error).context("exec lexserve-operator")
 }

@@ -133,32 +133,9 @@ impl OperatorProcess {
         let health_port = free_port()?;
         // The metrics API keeps the port the Deployment gives it (its Service points there), on
         // loopback.
-        let metrics_api_port = match env
-            .iter()
-            .find(|(k, _)| k == "LEXSERVE_METRICS_API_ADDR")
-            .map(|(_, v)| v.as_str())
-        {
-            None | Some("") => None,
-            Some(addr) => Some(
-                addr.rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok())
-                    .with_context(|| format!("LEXSERVE_METRICS_API_ADDR {addr:?} has no port"))?,
-            ),
-        };
-        let args = vec![
-            "run".to_string(),
-            "--kubeconfig".to_string(),
-            kubeconfig.display().to_string(),
-            "--metrics-addr".to_string(),
-            format!("127.0.0.1:{metrics_port}"),
-            "--health-addr".to_string(),
-            format!("127.0.0.1:{health_port}"),
-            "--metrics-api-addr".to_string(),
-            metrics_api_port.map_or_else(String::new, |p| format!("127.0.0.1:{p}")),
-            "--log-format".to_string(),
-            "text".to_string(),
-        ];
+        let metrics_api_port = crate::chart::metrics_api_port(env)?;
+        let args =
+            crate::chart::as_deployed_args(kubeconfig, metrics_port, health_port, metrics_api_port);
         let log = cluster.log_dir().join(format!("operator-{identity}.log"));
         let process =
             Process::spawn_with_env(&format!("operator-{identity}"), &binary, &args, env, &log)?;

@@ -220,6 +220,19 @@ fn every_toggle_renders_what_it_says() {
     // One replica without leader election (and then no PDB that would block every drain).
     let objects = render(&["replicaCount=1", "leaderElection.enabled=false"], &[]);
     assert!(!has_kind(&objects, "PodDisruptionBudget"));
+    // More operator environment (every flag has a variable), after the chart's own.
+    let objects = render(
+        &[
+            "extraEnv[0].name=RUST_LOG",
+            "extraEnv[0].value=lexserve_operator=debug",
+        ],
+        &[],
+    );
+    assert_eq!(
+        env_value(&objects, "RUST_LOG").as_deref(),
+        Some("lexserve_operator=debug")
+    );
+    assert_eq!(env_value(&render(&[], &[]), "RUST_LOG"), None);
 }
 
 #[test]
@@ -266,6 +279,7 @@ fn values_that_break_the_schema_fail_with_its_message() {
         ),
         ("watchNamespace=Team_A", "watchNamespace"),
         ("unknownKey=1", "unknownKey"),
+        ("extraEnv[0].name=NOT-A-NAME", "extraEnv"),
     ] {
         let out = helm(&["template", "lx", &chart, "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);

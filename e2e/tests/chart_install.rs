@@ -15,7 +15,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, PostParams};
 use lexserve_e2e::bins::bin_dir;
 use lexserve_e2e::operator::OperatorProcess;
@@ -41,45 +40,6 @@ async fn helm(cluster: &LocalCluster, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The operator container's environment as the Deployment gives it, field references resolved
-/// the way kubelet would for a pod named `pod`.
-async fn deployed_env(
-    cluster: &LocalCluster,
-    namespace: &str,
-    name: &str,
-    pod: &str,
-) -> Vec<(String, String)> {
-    let deployments: Api<Deployment> =
-        Api::namespaced(cluster.client().expect("client"), namespace);
-    let deployment = deployments.get(name).await.expect("the chart's Deployment");
-    let container = &deployment
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod spec")
-        .containers[0];
-    container
-        .env
-        .iter()
-        .flatten()
-        .map(|var| {
-            let value = match (&var.value, &var.value_from) {
-                (Some(v), _) => v.clone(),
-                (None, Some(from)) => {
-                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                        Some("metadata.name") => pod.to_string(),
-                        Some("metadata.namespace") => namespace.to_string(),
-                        other => panic!("unexpected valueFrom {other:?} in {}", var.name),
-                    }
-                }
-                (None, None) => String::new(),
-            };
-            (var.name.clone(), value)
-        })
-        .collect()
-}
-
 async fn start_with_chart_identity(
     cluster: &LocalCluster,
     namespace: &str,
@@ -89,7 +49,14 @@ async fn start_with_chart_identity(
         .service_account_kubeconfig(namespace, release)
         .await
         .expect("a token of the chart's ServiceAccount");
-    let env = deployed_env(cluster, namespace, release, &format!("{release}-0")).await;
+    let env = lexserve_e2e::chart::deployed_env(
+        &cluster.client().expect("client"),
+        namespace,
+        release,
+        &format!("{release}-0"),
+    )
+    .await
+    .expect("the chart's Deployment and its environment");
     OperatorProcess::start_as_deployed(cluster, release, &kubeconfig, &env)
         .await
         .expect("the operator starts with the chart's identity and becomes ready")

@@ -90,17 +90,9 @@ impl LocalCluster {
             .await?;
         let admin = std::fs::read_to_string(&self.kubeconfig)
             .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
-        let mut config: serde_yaml::Value =
-            serde_yaml::from_str(&admin).context("parsing the admin kubeconfig")?;
-        let user = format!("system:serviceaccount:{namespace}:{name}");
-        config["users"] = serde_yaml::to_value(vec![serde_json::json!({
-            "name": user,
-            "user": {"token": token.trim()},
-        })])?;
-        config["contexts"][0]["context"]["user"] = serde_yaml::Value::from(user);
+        let config = crate::chart::token_kubeconfig(&admin, namespace, name, &token)?;
         let path = self.work_dir.join(format!("{namespace}-{name}.kubeconfig"));
-        std::fs::write(&path, serde_yaml::to_string(&config)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 
