@@ -15,6 +15,7 @@ pub mod kwok;
 pub mod operator;
 pub mod pausable_proxy;
 pub mod pki;
+pub mod pod_harness;
 pub mod process;
 pub mod prometheus;
 pub mod request_counts;

@@ -1,7 +1,7 @@
 //! Queue-depth autoscaling end to end, with nothing faked: the operator's own
 //! `external.metrics.k8s.io` API behind the apiserver's aggregation layer, a real Prometheus
 //! that scrapes them with the documented scrape config (`deploy/prometheus/scrape-config.yaml`;
-//! see [`scrape_job`] for the one substitution), real sidecars serving a real model, and
+//! see `pod_harness::scrape_job` for the one substitution), real sidecars serving a real model, and
 //! kube-controller-manager's HPA scaling the Deployment the operator built.
 //!
 //! kwok's pods run no containers, so this harness starts one real `lexserve-sidecar` per pod,
@@ -10,23 +10,21 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use lexserve_e2e::aggregation::{BackendTrust, register_local_apiservice};
 use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
+use lexserve_e2e::pod_harness::{Pods, run_load, run_pods, scrape_job};
 use lexserve_e2e::prometheus::Prometheus;
-use lexserve_e2e::sidecar::{SidecarProcess, minilm_int8_uris, start_for_pod};
+use lexserve_e2e::sidecar::minilm_int8_uris;
 use lexserve_e2e::wait::{self, Poll};
-use lexserve_e2e::{LocalCluster, repo_root, shared_cluster};
+use lexserve_e2e::{LocalCluster, shared_cluster};
 use lexserve_operator::api::InferenceService;
 use lexserve_operator::api::conditions::{ConditionType, find_condition};
 use serde_json::json;
@@ -121,143 +119,6 @@ impl Timeline {
     }
 }
 
-/// The sidecars standing in for the pods, and the addresses the load generator uses.
-#[derive(Default)]
-struct Pods {
-    sidecars: Mutex<BTreeMap<String, SidecarProcess>>,
-    serving: Mutex<Vec<String>>,
-}
-
-/// Starts a sidecar for every new pod of the service and stops those of deleted pods.
-async fn run_pods(
-    cluster: &LocalCluster,
-    ns: String,
-    targets_file: std::path::PathBuf,
-    pods_state: Arc<Pods>,
-    stop: Arc<AtomicBool>,
-) {
-    let client = cluster.client().expect("client");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let dir = cluster.log_dir().join(format!("autoscaling-{ns}"));
-    std::fs::create_dir_all(&dir).expect("sidecar dir");
-    let selector = format!("lexserve.io/inference-service={NAME}");
-    while !stop.load(Ordering::Relaxed) {
-        let listed = match pods.list(&ListParams::default().labels(&selector)).await {
-            Ok(list) => list.items,
-            Err(e) => {
-                eprintln!("listing pods: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let alive: Vec<String> = listed
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .map(|p| p.name_any())
-            .collect();
-        // Deleted pods: their sidecar stops, and the load generator stops using it.
-        let gone: Vec<String> = pods_state
-            .sidecars
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|name| !alive.contains(name))
-            .cloned()
-            .collect();
-        for name in gone {
-            let sidecar = pods_state.sidecars.lock().unwrap().remove(&name);
-            if let Some(mut sidecar) = sidecar {
-                pods_state
-                    .serving
-                    .lock()
-                    .unwrap()
-                    .retain(|url| *url != sidecar.url());
-                sidecar.stop();
-            }
-        }
-        for name in alive {
-            if pods_state.sidecars.lock().unwrap().contains_key(&name) {
-                continue;
-            }
-            let config_map = lexserve_operator::resources::config_map::config_map_name(NAME);
-            let sidecar = start_for_pod(&config_maps, &config_map, &name, &dir)
-                .await
-                .expect("the pod's sidecar serves");
-            pods_state.serving.lock().unwrap().push(sidecar.url());
-            pods_state.sidecars.lock().unwrap().insert(name, sidecar);
-        }
-        // What pod discovery would report now: the live pods that have a sidecar.
-        let groups: Vec<serde_json::Value> = {
-            let sidecars = pods_state.sidecars.lock().unwrap();
-            listed
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| {
-                    sidecars
-                        .get(&p.name_any())
-                        .map(|s| discovered_target(p, &s.address()))
-                })
-                .flatten()
-                .collect()
-        };
-        let tmp = targets_file.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&groups).expect("JSON"))
-            .expect("targets");
-        std::fs::rename(&tmp, &targets_file).expect("targets file");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// Closed-loop clients over the serving sidecars, round robin, while `on` is set.
-fn run_load(pods: Arc<Pods>, on: Arc<AtomicBool>, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
-    let next = Arc::new(AtomicUsize::new(0));
-    for _ in 0..CLIENTS {
-        let (pods, on, stop, done, next) = (
-            pods.clone(),
-            on.clone(),
-            stop.clone(),
-            done.clone(),
-            next.clone(),
-        );
-        tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client");
-            while !stop.load(Ordering::Relaxed) {
-                if !on.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                let target = {
-                    let serving = pods.serving.lock().unwrap();
-                    (!serving.is_empty()).then(|| {
-                        serving[next.fetch_add(1, Ordering::Relaxed) % serving.len()].clone()
-                    })
-                };
-                let Some(base) = target else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let response = http
-                    .post(format!("{base}/embed"))
-                    .json(&json!({"texts": [TEXT]}))
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status().is_success() => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // A sidecar that is stopping or full: try again, as a client would.
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        });
-    }
-}
-
 /// Parses a Kubernetes quantity as the metrics API writes it ("3", "1500m").
 fn parse_quantity(q: &str) -> f64 {
     match q.strip_suffix('m') {
@@ -329,83 +190,6 @@ async fn observe(client: &kube::Client, ns: &str) -> Observed {
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0),
     }
-}
-
-/// The documented scrape config with one substitution: Debian's Prometheus is built without
-/// Kubernetes service discovery, so the targets come from a file that this harness writes with
-/// the `__meta_kubernetes_*` labels that discovery would attach to each pod (from the real pod
-/// objects), and the sidecar's address in place of the kwok pod's. The documented relabel
-/// rules then run, unchanged, in a real Prometheus.
-fn scrape_job(targets_file: &std::path::Path) -> serde_json::Value {
-    let path = repo_root().join("deploy/prometheus/scrape-config.yaml");
-    let text = std::fs::read_to_string(&path).expect("deploy/prometheus/scrape-config.yaml");
-    let mut job: serde_json::Value = serde_yaml::from_str(&text).expect("scrape config YAML");
-    assert!(
-        job.get("kubernetes_sd_configs").is_some(),
-        "the documented config discovers pods through Kubernetes"
-    );
-    let object = job.as_object_mut().expect("a scrape job");
-    object.remove("kubernetes_sd_configs");
-    object.insert("scrape_interval".into(), json!("1s"));
-    object.insert(
-        "file_sd_configs".into(),
-        json!([{ "files": [targets_file.display().to_string()], "refresh_interval": "1s" }]),
-    );
-    job
-}
-
-/// Prometheus' label-name sanitizing for discovered labels and annotations.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
-/// The target group Kubernetes pod discovery would produce for one container port of `pod`,
-/// with `address` (the sidecar's) as `__address__`.
-fn discovered_target(pod: &Pod, address: &str) -> Vec<serde_json::Value> {
-    let mut groups = Vec::new();
-    let containers = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.clone())
-        .unwrap_or_default();
-    for container in containers {
-        for port in container.ports.unwrap_or_default() {
-            let mut labels = BTreeMap::new();
-            labels.insert(
-                "__meta_kubernetes_namespace".to_string(),
-                pod.namespace().unwrap_or_default(),
-            );
-            labels.insert("__meta_kubernetes_pod_name".to_string(), pod.name_any());
-            labels.insert(
-                "__meta_kubernetes_pod_container_name".to_string(),
-                container.name.clone(),
-            );
-            labels.insert(
-                "__meta_kubernetes_pod_container_port_name".to_string(),
-                port.name.clone().unwrap_or_default(),
-            );
-            labels.insert(
-                "__meta_kubernetes_pod_container_port_number".to_string(),
-                port.container_port.to_string(),
-            );
-            for (k, v) in pod.labels() {
-                labels.insert(
-                    format!("__meta_kubernetes_pod_label_{}", sanitize(k)),
-                    v.clone(),
-                );
-            }
-            for (k, v) in pod.annotations() {
-                labels.insert(
-                    format!("__meta_kubernetes_pod_annotation_{}", sanitize(k)),
-                    v.clone(),
-                );
-            }
-            groups.push(json!({ "targets": [address], "labels": labels }));
-        }
-    }
-    groups
 }
 
 fn condition_of(isvc: &InferenceService, type_: ConditionType) -> Option<(String, String, String)> {
@@ -524,11 +308,20 @@ async fn hpa_scales_real_sidecars_on_their_load_and_holds_when_prometheus_is_gon
     let runner = tokio::spawn(run_pods(
         cluster,
         ns_name.clone(),
+        NAME.to_string(),
+        lexserve_operator::resources::config_map::config_map_name(NAME),
         targets_file.clone(),
         pods.clone(),
         stop.clone(),
     ));
-    run_load(pods.clone(), load_on.clone(), stop.clone(), done.clone());
+    run_load(
+        pods.clone(),
+        CLIENTS,
+        TEXT,
+        load_on.clone(),
+        stop.clone(),
+        done.clone(),
+    );
     let latest = Arc::new(Mutex::new(Sample::default()));
     let sampler = {
         let (timeline, latest, client, ns, stop, load_on, prometheus_up, pods, done) = (

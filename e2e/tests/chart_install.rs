@@ -3,7 +3,9 @@
 //! chart's ServiceAccount, with the chart's environment), so a permission the chart forgot fails
 //! here. An InferenceService becomes Ready; the chart's APIService becomes Available (the
 //! apiserver reaches the operator and trusts the caBundle the operator set with the chart's
-//! rights); the admission policy refuses a disallowed image, naming it; `helm upgrade` changes
+//! rights) and an HPA scales an InferenceService whose real sidecars are under load on the metric
+//! it reads through it (from a real Prometheus); the admission policy refuses a disallowed image,
+//! naming it; `helm upgrade` changes
 //! what it says; `helm uninstall` leaves nothing but the CRDs; and the namespace-only mode works
 //! with Roles alone. Where the Prometheus Operator's CRDs exist, the chart's monitors are admitted
 //! by their schema; the operator writes no field of a user's spec (GitOps sees no drift).
@@ -12,12 +14,19 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DynamicObject, PostParams};
 use lexserve_e2e::bins::bin_dir;
 use lexserve_e2e::operator::OperatorProcess;
+use lexserve_e2e::pod_harness::{Pods, run_load, run_pods, scrape_job};
+use lexserve_e2e::prometheus::Prometheus;
+use lexserve_e2e::sidecar::minilm_int8_uris;
 use lexserve_e2e::wait::{self, Poll};
 use lexserve_e2e::{LocalCluster, repo_root, shared_cluster};
 use lexserve_operator::api::InferenceService;
@@ -160,6 +169,13 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
         .apply_crds(&monitoring_crds)
         .await
         .expect("the Prometheus Operator's CRDs are Established");
+    // A real Prometheus with the documented scrape config (file discovery standing in for
+    // Kubernetes discovery): the chart's operator reads the sidecars' load from it.
+    let targets_file = cluster.log_dir().join("chart-install-targets.json");
+    std::fs::write(&targets_file, "[]").expect("targets file");
+    let prometheus = Prometheus::start_with_jobs(vec![scrape_job(&targets_file)])
+        .await
+        .expect("Prometheus");
     // The operator runs on this machine: the APIService's Service points here (the test plays the
     // network; the permissions are the chart's).
     let api_port = lexserve_e2e::sidecar::free_port().expect("port");
@@ -183,6 +199,8 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
             "monitoring.podMonitor.enabled=true",
             "--set",
             "monitoring.serviceMonitor.enabled=true",
+            "--set",
+            &format!("prometheus.url={}", prometheus.url()),
         ],
     )
     .await
@@ -267,6 +285,89 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
         .kubectl_ok(["get", "--raw", "/apis/external.metrics.k8s.io/v1beta1"])
         .await
         .expect("the external metrics API answers through the apiserver");
+
+    // Autoscaling through the chart's APIService: an InferenceService on `hpa` whose sidecars
+    // really serve (one per pod, from the operator's ConfigMap) under load, scraped by
+    // Prometheus; kube-controller-manager's HPA reads the load through the chart's APIService
+    // (the operator answering with the chart's rights) and adds replicas.
+    let (model, tokenizer) = minilm_int8_uris().expect("the int8 MiniLM");
+    create_once_admitted(
+        &isvcs,
+        &isvc(
+            "scaled",
+            json!({
+                "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
+                "runtime": {"threads": 1, "quantize": "int8", "batching": {"maxBatchRequests": 8, "maxQueueSize": 256}},
+                "resources": {"cpu": "1", "memory": "1Gi"},
+                "scaling": {"provider": "hpa", "minReplicas": 1, "maxReplicas": 3, "targetLoadPerReplica": 4},
+            }),
+        ),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pods = Arc::new(Pods::default());
+    let runner = tokio::spawn(run_pods(
+        cluster,
+        ns.name().to_string(),
+        "scaled".to_string(),
+        "scaled-sidecar".to_string(),
+        targets_file.clone(),
+        pods.clone(),
+        stop.clone(),
+    ));
+    let answered = Arc::new(AtomicU64::new(0));
+    run_load(
+        pods.clone(),
+        12,
+        "Queue-depth autoscaling through the chart's own APIService.",
+        Arc::new(AtomicBool::new(true)),
+        stop.clone(),
+        answered.clone(),
+    );
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns.name());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    let scaled = wait::until(
+        "the HPA adding replicas on the load it reads through the chart's APIService",
+        Duration::from_secs(240),
+        Duration::from_secs(1),
+        || async {
+            let hpa = hpas.get_opt("scaled").await?;
+            let replicas = deployments
+                .get_opt("scaled")
+                .await?
+                .and_then(|d| d.spec)
+                .and_then(|s| s.replicas)
+                .unwrap_or(0);
+            let status = hpa.and_then(|h| h.status);
+            let metric = status
+                .as_ref()
+                .and_then(|s| s.current_metrics.as_ref())
+                .and_then(|m| m.iter().find_map(|m| m.external.as_ref()))
+                .map(|e| (e.metric.name.clone(), e.current.clone()));
+            let desired = status.map_or(0, |s| s.desired_replicas);
+            Ok(if desired >= 2 && replicas >= 2 && metric.is_some() {
+                Poll::Ready((desired, replicas, metric))
+            } else {
+                Poll::pending(format!(
+                    "desired {desired}, Deployment replicas {replicas}, metric {metric:?}, {} answered",
+                    answered.load(Ordering::Relaxed)
+                ))
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail(40)));
+    eprintln!("scaled through the chart's APIService: {scaled:?}");
+    assert_eq!(
+        scaled.2.as_ref().map(|(name, _)| name.as_str()),
+        Some("lexserve_inference_load")
+    );
+    stop.store(true, Ordering::Relaxed);
+    runner.await.expect("pod harness");
+    for (_, mut sidecar) in std::mem::take(&mut *pods.sidecars.lock().unwrap()) {
+        sidecar.stop();
+    }
+    drop(prometheus);
 
     // The admission policy: a disallowed image is refused, naming it; the sidecar image passes.
     let message = refused_message(&isvcs, &with_image("miner", "evil.example.com/miner:1")).await;
