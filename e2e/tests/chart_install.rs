@@ -7,7 +7,7 @@
 //! it reads through it (from a real Prometheus); the admission policy refuses a disallowed image,
 //! naming it; `helm upgrade` changes
 //! what it says; `helm uninstall` leaves nothing but the CRDs; and the namespace-only mode works
-//! with Roles alone. Where the Prometheus Operator's CRDs exist, the chart's monitors are admitted
+//! with Roles alone, autoscaling included. Where the Prometheus Operator's CRDs exist, the chart's monitors are admitted
 //! by their schema; the operator writes no field of a user's spec (GitOps sees no drift).
 //!
 //! A cluster of its own (this test binary's): the chart installs cluster-scoped objects.
@@ -286,88 +286,7 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
         .await
         .expect("the external metrics API answers through the apiserver");
 
-    // Autoscaling through the chart's APIService: an InferenceService on `hpa` whose sidecars
-    // really serve (one per pod, from the operator's ConfigMap) under load, scraped by
-    // Prometheus; kube-controller-manager's HPA reads the load through the chart's APIService
-    // (the operator answering with the chart's rights) and adds replicas.
-    let (model, tokenizer) = minilm_int8_uris().expect("the int8 MiniLM");
-    create_once_admitted(
-        &isvcs,
-        &isvc(
-            "scaled",
-            json!({
-                "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
-                "runtime": {"threads": 1, "quantize": "int8", "batching": {"maxBatchRequests": 8, "maxQueueSize": 256}},
-                "resources": {"cpu": "1", "memory": "1Gi"},
-                "scaling": {"provider": "hpa", "minReplicas": 1, "maxReplicas": 3, "targetLoadPerReplica": 4},
-            }),
-        ),
-    )
-    .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let pods = Arc::new(Pods::default());
-    let runner = tokio::spawn(run_pods(
-        cluster,
-        ns.name().to_string(),
-        "scaled".to_string(),
-        "scaled-sidecar".to_string(),
-        targets_file.clone(),
-        pods.clone(),
-        stop.clone(),
-    ));
-    let answered = Arc::new(AtomicU64::new(0));
-    run_load(
-        pods.clone(),
-        12,
-        "Queue-depth autoscaling through the chart's own APIService.",
-        Arc::new(AtomicBool::new(true)),
-        stop.clone(),
-        answered.clone(),
-    );
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns.name());
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
-    let scaled = wait::until(
-        "the HPA adding replicas on the load it reads through the chart's APIService",
-        Duration::from_secs(240),
-        Duration::from_secs(1),
-        || async {
-            let hpa = hpas.get_opt("scaled").await?;
-            let replicas = deployments
-                .get_opt("scaled")
-                .await?
-                .and_then(|d| d.spec)
-                .and_then(|s| s.replicas)
-                .unwrap_or(0);
-            let status = hpa.and_then(|h| h.status);
-            let metric = status
-                .as_ref()
-                .and_then(|s| s.current_metrics.as_ref())
-                .and_then(|m| m.iter().find_map(|m| m.external.as_ref()))
-                .map(|e| (e.metric.name.clone(), e.current.clone()));
-            let desired = status.map_or(0, |s| s.desired_replicas);
-            Ok(if desired >= 2 && replicas >= 2 && metric.is_some() {
-                Poll::Ready((desired, replicas, metric))
-            } else {
-                Poll::pending(format!(
-                    "desired {desired}, Deployment replicas {replicas}, metric {metric:?}, {} answered",
-                    answered.load(Ordering::Relaxed)
-                ))
-            })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail(40)));
-    eprintln!("scaled through the chart's APIService: {scaled:?}");
-    assert_eq!(
-        scaled.2.as_ref().map(|(name, _)| name.as_str()),
-        Some("lexserve_inference_load")
-    );
-    stop.store(true, Ordering::Relaxed);
-    runner.await.expect("pod harness");
-    for (_, mut sidecar) in std::mem::take(&mut *pods.sidecars.lock().unwrap()) {
-        sidecar.stop();
-    }
-    drop(prometheus);
+    hpa_scales_through_the_apiservice(cluster, ns.name(), &targets_file, &operator).await;
 
     // The admission policy: a disallowed image is refused, naming it; the sidecar image passes.
     let message = refused_message(&isvcs, &with_image("miner", "evil.example.com/miner:1")).await;
@@ -466,8 +385,11 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
         .await
         .expect("the CRDs stay, as Helm does");
 
-    // Namespace-only: Roles in one namespace, and the operator works there with them alone.
+    // Namespace-only: Roles in one namespace, and the operator works there with them alone (and
+    // the few cluster-scoped grants the metrics API needs: delegated authentication and
+    // authorization, its own APIService's caBundle).
     let team = cluster.namespace("chart-team").await.expect("namespace");
+    let team_api_port = lexserve_e2e::sidecar::free_port().expect("port");
     helm(
         cluster,
         &[
@@ -480,7 +402,13 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
             "--set",
             &format!("watchNamespace={}", team.name()),
             "--set",
-            "metricsApi.enabled=false",
+            "metricsApi.service.externalName=127.0.0.1",
+            "--set",
+            &format!("metricsApi.service.port={team_api_port}"),
+            "--set",
+            &format!("metricsApi.port={team_api_port}"),
+            "--set",
+            &format!("prometheus.url={}", prometheus.url()),
         ],
     )
     .await
@@ -500,6 +428,8 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
                 operator.log_tail(40)
             )
         });
+    wait_available(cluster, "v1beta1.external.metrics.k8s.io").await;
+    hpa_scales_through_the_apiservice(cluster, team.name(), &targets_file, &operator).await;
     drop(operator);
     drop(team);
     helm(
@@ -514,4 +444,95 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
     )
     .await
     .expect("helm uninstall");
+}
+
+/// Autoscaling through the chart's APIService: an InferenceService on `hpa` in `ns` whose
+/// sidecars really serve (one per pod, from the operator's ConfigMap) under load, scraped by the
+/// Prometheus that reads `targets_file`; kube-controller-manager's HPA reads the load through the
+/// chart's APIService (the operator answering with the chart's rights) and adds replicas.
+async fn hpa_scales_through_the_apiservice(
+    cluster: &'static LocalCluster,
+    ns: &str,
+    targets_file: &std::path::Path,
+    operator: &OperatorProcess,
+) {
+    let client = cluster.client().expect("client");
+    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), ns);
+    let (model, tokenizer) = minilm_int8_uris().expect("the int8 MiniLM");
+    create_once_admitted(
+        &isvcs,
+        &isvc(
+            "scaled",
+            json!({
+                "model": {"uri": model, "tokenizer": tokenizer, "format": "onnx", "task": "embed"},
+                "runtime": {"threads": 1, "quantize": "int8", "batching": {"maxBatchRequests": 8, "maxQueueSize": 256}},
+                "resources": {"cpu": "1", "memory": "1Gi"},
+                "scaling": {"provider": "hpa", "minReplicas": 1, "maxReplicas": 3, "targetLoadPerReplica": 4},
+            }),
+        ),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pods = Arc::new(Pods::default());
+    let runner = tokio::spawn(run_pods(
+        cluster,
+        ns.to_string(),
+        "scaled".to_string(),
+        "scaled-sidecar".to_string(),
+        targets_file.to_path_buf(),
+        pods.clone(),
+        stop.clone(),
+    ));
+    let answered = Arc::new(AtomicU64::new(0));
+    run_load(
+        pods.clone(),
+        12,
+        "Queue-depth autoscaling through the chart's own APIService.",
+        Arc::new(AtomicBool::new(true)),
+        stop.clone(),
+        answered.clone(),
+    );
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let scaled = wait::until(
+        "the HPA adding replicas on the load it reads through the chart's APIService",
+        Duration::from_secs(240),
+        Duration::from_secs(1),
+        || async {
+            let hpa = hpas.get_opt("scaled").await?;
+            let replicas = deployments
+                .get_opt("scaled")
+                .await?
+                .and_then(|d| d.spec)
+                .and_then(|s| s.replicas)
+                .unwrap_or(0);
+            let status = hpa.and_then(|h| h.status);
+            let metric = status
+                .as_ref()
+                .and_then(|s| s.current_metrics.as_ref())
+                .and_then(|m| m.iter().find_map(|m| m.external.as_ref()))
+                .map(|e| (e.metric.name.clone(), e.current.clone()));
+            let desired = status.map_or(0, |s| s.desired_replicas);
+            Ok(if desired >= 2 && replicas >= 2 && metric.is_some() {
+                Poll::Ready((desired, replicas, metric))
+            } else {
+                Poll::pending(format!(
+                    "desired {desired}, Deployment replicas {replicas}, metric {metric:?}, {} answered",
+                    answered.load(Ordering::Relaxed)
+                ))
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail(40)));
+    eprintln!("scaled through the chart's APIService: {scaled:?}");
+    assert_eq!(
+        scaled.2.as_ref().map(|(name, _)| name.as_str()),
+        Some("lexserve_inference_load")
+    );
+    stop.store(true, Ordering::Relaxed);
+    runner.await.expect("pod harness");
+    for (_, mut sidecar) in std::mem::take(&mut *pods.sidecars.lock().unwrap()) {
+        sidecar.stop();
+    }
 }
