@@ -9,6 +9,7 @@ pub mod aggregation;
 pub mod audit;
 pub mod bins;
 pub mod chart;
+pub mod classifier;
 pub mod cluster;
 pub mod kubelet;
 pub mod kwok;

@@ -248,6 +248,11 @@ impl OperatorProcess {
     }
 
     /// The port of the external metrics API (HTTPS), when started with one.
+    /// The port of its `/metrics` (on 127.0.0.1).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     pub fn metrics_api_port(&self) -> Option<u16> {
         self.metrics_api_port
     }

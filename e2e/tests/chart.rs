@@ -217,6 +217,47 @@ fn every_toggle_renders_what_it_says() {
     );
     assert!(has_kind(&objects, "PodMonitor"));
     assert!(has_kind(&objects, "ServiceMonitor"));
+    assert!(!has_kind(&objects, "PrometheusRule"));
+    // The observability pack, unchanged from files/ (also usable without the chart).
+    let objects = render(
+        &[
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.dashboards.enabled=true",
+        ],
+        &["--api-versions", "monitoring.coreos.com/v1"],
+    );
+    let rules: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart().join("files/alerts/lexserve.rules.yaml")).expect("rules"),
+    )
+    .expect("rules YAML");
+    assert_eq!(
+        find(&objects, "PrometheusRule", "lx-lexserve-alerts")["spec"]["groups"],
+        rules["groups"]
+    );
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/dashboards/lexserve.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let config_map = find(&objects, "ConfigMap", "lx-lexserve-dashboards");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(
+        config_map["data"]["lexserve.json"]
+            .as_str()
+            .expect("lexserve.json"),
+    )
+    .expect("the shipped dashboard is JSON");
+    assert_eq!(shipped, dashboard);
+    // Without the Prometheus Operator, no PrometheusRule (the ConfigMap needs nothing).
+    let objects = render(
+        &[
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.dashboards.enabled=true",
+        ],
+        &[],
+    );
+    assert!(!has_kind(&objects, "PrometheusRule"));
+    assert!(has_kind(&objects, "ConfigMap"));
     // One replica without leader election (and then no PDB that would block every drain).
     let objects = render(&["replicaCount=1", "leaderElection.enabled=false"], &[]);
     assert!(!has_kind(&objects, "PodDisruptionBudget"));

@@ -200,6 +200,10 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
             "--set",
             "monitoring.serviceMonitor.enabled=true",
             "--set",
+            "monitoring.prometheusRule.enabled=true",
+            "--set",
+            "monitoring.dashboards.enabled=true",
+            "--set",
             &format!("prometheus.url={}", prometheus.url()),
         ],
     )
@@ -208,6 +212,8 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
     for monitor in [
         "podmonitor/lexserve-sidecars",
         "servicemonitor/lexserve-operator",
+        "prometheusrule/lexserve-alerts",
+        "configmap/lexserve-dashboards",
     ] {
         cluster
             .kubectl_ok(["get", monitor, "-n", "lexserve-system"])

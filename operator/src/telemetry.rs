@@ -1,7 +1,12 @@
 //! The operator's own metrics (`/metrics`) and logging setup.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::api::InferenceService;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -23,6 +30,16 @@ pub struct CodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
+}
+
+/// One count of an InferenceService's replicas.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub namespace: String,
+    pub inference_service: String,
+    /// `desired` (what the Deployment asks for: the autoscaler's decision), `current` (that
+    /// exist) or `ready`.
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +78,55 @@ pub struct Metrics {
     pub api_requests: Family<ApiRequestLabels, Counter>,
     /// Children re-applied because a field the operator sets was changed, by child kind.
     pub drift_corrections: Family<KindLabels, Counter>,
+    /// The InferenceService cache the replica counts are read from at each scrape (set once the
+    /// caches are filled; none before).
+    inference_services: Arc<OnceLock<Store<InferenceService>>>,
+}
+
+/// `lexserve_operator_inference_service_replicas{namespace,inference_service,state}`, read from
+/// the InferenceServices' status at each scrape: a deleted InferenceService's series go with it
+/// (no stale gauges), and dashboards get desired and ready replicas without kube-state-metrics.
+#[derive(Debug)]
+struct ReplicaCollector {
+    inference_services: Arc<OnceLock<Store<InferenceService>>>,
+}
+
+impl Collector for ReplicaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let family = Family::<ReplicaLabels, Gauge>::default();
+        for isvc in self
+            .inference_services
+            .get()
+            .map(Store::state)
+            .unwrap_or_default()
+        {
+            let Some(status) = isvc.status.as_ref() else {
+                continue;
+            };
+            for (state, count) in [
+                ("desired", status.desired_replicas),
+                ("current", status.replicas),
+                ("ready", status.ready_replicas),
+            ] {
+                if let Some(count) = count {
+                    family
+                        .get_or_create(&ReplicaLabels {
+                            namespace: isvc.namespace().unwrap_or_default(),
+                            inference_service: isvc.name_any(),
+                            state,
+                        })
+                        .set(i64::from(count));
+                }
+            }
+        }
+        let metric = encoder.encode_descriptor(
+            "inference_service_replicas",
+            "Replicas of each InferenceService's model server: desired (the autoscaler's decision), current and ready",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
 }
 
 impl Default for Metrics {
@@ -122,8 +188,13 @@ impl Default for Metrics {
             "Children re-applied because a field the operator sets had been changed, by child kind",
             drift_corrections.clone(),
         );
+        let inference_services = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(ReplicaCollector {
+            inference_services: inference_services.clone(),
+        }));
         Self {
             registry: Arc::new(registry),
+            inference_services,
             api_requests,
             drift_corrections,
             metrics_api_requests,
@@ -138,6 +209,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Exports the replica counts of the InferenceServices in `store` from now on.
+    pub fn watch_inference_services(&self, store: Store<InferenceService>) {
+        let _ = self.inference_services.set(store);
+    }
+
     /// Counts one reconcile of `kind` that took `elapsed`.
     pub fn reconciled(&self, kind: &str, elapsed: Duration) {
         let labels = KindLabels {

@@ -252,6 +252,9 @@ pub struct InferenceServiceStatus {
     /// `Ready`, `Progressing` and `Degraded`, with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Replicas the Deployment asks for: the autoscaler's decision, or `minReplicas` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
     /// Replicas of the model server that exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,

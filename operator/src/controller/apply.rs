@@ -116,7 +116,9 @@ pub enum Outcome {
     Unchanged(Value),
     /// Written; the object the apiserver returned.
     Written(Value),
-    /// Refused by the apiserver (422).
+    /// Refused by the apiserver: invalid (422), or denied (403: a quota, an admission policy, a
+    /// missing permission). The object's conditions say so, and the reconcile still fails (it
+    /// retries with backoff), so that the refusal is both visible and counted.
     Rejected(Rejection),
 }
 
@@ -183,7 +185,7 @@ pub async fn apply_child(
         .map_err(Error::not_leader("apply"))?
     {
         Ok(applied) => serde_json::to_value(applied).unwrap_or_default(),
-        Err(kube::Error::Api(status)) if status.code == 422 => {
+        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 403 => {
             return Ok(Outcome::Rejected(Rejection {
                 kind: child.kind,
                 name: child.name,

@@ -61,6 +61,7 @@ impl Context {
         let (peers, peer_triggers) = PeerStores::start(&client, namespace, &mut drivers);
         children.wait_until_ready().await?;
         peers.wait_until_ready().await?;
+        metrics.watch_inference_services(peers.inference_services.clone());
         info!(keda, "watch caches filled");
         let context = Self {
             signals: SignalBoard::new(config.scaling_signal_grace),

@@ -69,6 +69,7 @@ pub fn compute_status(isvc: &InferenceService, observed: &Observed<'_>) -> Infer
     let counts = Replicas::of(observed.deployment);
     status.observed_generation = generation;
     status.url = Some(observed.url.clone());
+    status.desired_replicas = Some(counts.desired);
     status.replicas = Some(counts.replicas);
     status.ready_replicas = Some(counts.ready);
     status.last_scale_time = observed
