@@ -1,0 +1,3 @@
+//! The ShadowDeployment controller.
+
+pub mod observe;
