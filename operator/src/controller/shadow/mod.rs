@@ -1,3 +1,1 @@
-//! The ShadowDeployment controller.
-
 pub mod observe;
