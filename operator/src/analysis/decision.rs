@@ -860,7 +860,7 @@ fn describe(c: &Comparison) -> String {
 }
 
 /// A duration for people: "1h5m", "12m", "40s".
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();
     match (s / 3600, (s % 3600) / 60, s % 60) {
         (0, 0, sec) => format!("{sec}s"),

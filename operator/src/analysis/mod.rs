@@ -11,6 +11,7 @@ pub mod means;
 pub mod power;
 pub mod proportions;
 pub mod sequential;
+pub mod shadow;
 pub mod srm;
 pub mod wilson;
 

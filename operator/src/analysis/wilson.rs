@@ -11,9 +11,15 @@ use super::{StatsError, check_alpha};
 /// centre (p̂ + z²/2n)/(1 + z²/n), half-width z/(1 + z²/n)·√(p̂(1−p̂)/n + z²/4n²).
 pub fn wilson_interval(rate: Proportion, alpha: f64) -> Result<(f64, f64), StatsError> {
     check_alpha(alpha)?;
+    wilson_score_interval(rate, norm_ppf(1.0 - alpha / 2.0))
+}
+
+/// The Wilson score interval for a given z: the rates p₀ whose score statistic
+/// |p̂ − p₀|/√(p₀(1−p₀)/n) is at most z. A z other than a normal quantile makes other intervals of
+/// the same form (the shadow's always-valid fail bounds).
+pub fn wilson_score_interval(rate: Proportion, z: f64) -> Result<(f64, f64), StatsError> {
     let p = rate.rate("rate")?;
     let n = rate.trials as f64;
-    let z = norm_ppf(1.0 - alpha / 2.0);
     let z2 = z * z;
     let denom = 1.0 + z2 / n;
     let centre = (p + z2 / (2.0 * n)) / denom;

@@ -27,6 +27,8 @@ pub mod events;
 pub mod experiment;
 pub mod inference_service;
 pub mod orphans;
+pub mod promql;
+pub mod shadow;
 pub mod signal_board;
 
 pub use error::Error;

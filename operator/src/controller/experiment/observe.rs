@@ -45,30 +45,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::ResourceExt;
 use lexserve_contract::names::{label, metric};
-use prometheus_http_query::Error as QueryError;
-use prometheus_http_query::response::Data;
 
 use crate::analysis::decision::{Observation, Sufficient, VariantData};
 use crate::api::experiment::{Experiment, MetricKind, PrometheusMetric, RoutingProvider};
-use crate::metrics_api::signal::error_chain;
+use crate::controller::promql::{Failure, escape, instant};
+pub use crate::controller::promql::{PrometheusClient, connect};
 
-/// The client the operator queries Prometheus with (the load signal uses the same).
-pub type PrometheusClient = prometheus_http_query::Client;
-
-/// How long one query may take before Prometheus counts as unreachable.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// User queries run at most this many at a time (10 variants × 20 metrics × 3 queries at most).
 const PARALLEL_QUERIES: usize = 8;
-
-/// A client for Prometheus at `url` with the timeouts the analysis wants.
-pub fn connect(url: &str) -> anyhow::Result<PrometheusClient> {
-    let http = reqwest::Client::builder()
-        .timeout(QUERY_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .build()?;
-    PrometheusClient::from(http, url)
-        .map_err(|e| anyhow::anyhow!("invalid Prometheus URL {url}: {e}"))
-}
 
 /// Reads the numbers of every variant and metric, cumulative over `since_start` (PromQL
 /// `increase` over the experiment's whole life, so router restarts do not lose counts), with
@@ -88,14 +72,6 @@ pub async fn observe(
         Err(Failure::Unreachable(error)) => Observation::Unreachable { error },
         Err(Failure::Rejected(reason)) => Observation::NoData { reason },
     }
-}
-
-/// Why a query gave no number.
-enum Failure {
-    /// No answer (connection, timeout, a 5xx).
-    Unreachable(String),
-    /// Prometheus answered that the query is wrong.
-    Rejected(String),
 }
 
 async fn read(
@@ -407,11 +383,6 @@ impl RouterSeries<'_> {
     }
 }
 
-/// A PromQL string literal's content.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
 /// The router's outcome series by (variant, metric).
 #[derive(Default)]
 struct Outcomes {
@@ -457,36 +428,18 @@ async fn query(
     text: String,
     window: Option<&Window>,
 ) -> Result<Answer, Failure> {
-    let mut request = prometheus.query(&text);
-    if let Some(window) = window {
-        // `at` takes whole seconds; scrapes are timestamped to the millisecond.
-        request = request.query("time", &window.at);
-    }
-    let response = request.get().await.map_err(|e| match &e {
-        QueryError::Prometheus(p)
-            if p.error_type() == prometheus_http_query::error::PrometheusErrorType::BadData =>
-        {
-            Failure::Rejected(p.message().to_string())
-        }
-        _ => Failure::Unreachable(format!("{text}: {}", error_chain(&e))),
-    })?;
-    let samples = match response.data() {
-        Data::Vector(vector) => vector
-            .iter()
-            .map(|s| {
-                let key = [label::VARIANT, label::METRIC]
-                    .iter()
-                    .filter_map(|l| s.metric().get(*l).cloned())
-                    .collect();
-                (key, s.sample().value())
-            })
-            .collect(),
-        Data::Scalar(sample) => vec![(Vec::new(), sample.value())],
-        Data::Matrix(_) => {
-            return Err(Failure::Rejected(format!(
-                "{text} returns a range vector; it must return one number"
-            )));
-        }
-    };
+    let at = window.map(|w| w.at.as_str());
+    // The key is made of the router's labels, in the order of its `by` clauses.
+    let samples = instant(prometheus, &text, at)
+        .await?
+        .into_iter()
+        .map(|(labels, value)| {
+            let key = [label::VARIANT, label::METRIC]
+                .iter()
+                .filter_map(|l| labels.get(*l).cloned())
+                .collect();
+            (key, value)
+        })
+        .collect();
     Ok(Answer { samples })
 }
