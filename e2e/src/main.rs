@@ -32,6 +32,23 @@ enum Top {
     /// Run lexserve-operator on this machine as the Helm chart deploys it.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Play node, kube-proxy and Prometheus for one namespace: a real sidecar for every
+    /// model-server pod, a loopback address per InferenceService, a Prometheus scraping them
+    /// (until SIGTERM/SIGINT; what runs is written to the state file).
+    Pods(PodsArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct PodsArgs {
+    /// The namespace whose pods to run.
+    #[arg(long)]
+    namespace: String,
+    /// The state file (JSON: prometheus, services).
+    #[arg(long)]
+    state: PathBuf,
+    /// The operator's /metrics address (host:port), for Prometheus to scrape.
+    #[arg(long)]
+    operator_metrics: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -50,6 +67,9 @@ struct AsDeployedArgs {
     /// The chart's Deployment (the release name, with the chart's default naming).
     #[arg(long, default_value = "lexserve")]
     deployment: String,
+    /// The loopback port of the operator's /metrics (default: a free one).
+    #[arg(long)]
+    metrics_port: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +137,7 @@ fn main() -> ExitCode {
         Top::Cluster(ClusterCommand::Status) => status(),
         Top::Cluster(ClusterCommand::Run(args)) => run(args),
         Top::Operator(OperatorCommand::AsDeployed(args)) => as_deployed(&args),
+        Top::Pods(args) => pods(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -414,7 +435,10 @@ fn as_deployed(args: &AsDeployedArgs) -> Result<()> {
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
     let operator_args = lexserve_e2e::chart::as_deployed_args(
         &kubeconfig,
-        lexserve_e2e::sidecar::free_port()?,
+        match args.metrics_port {
+            Some(port) => port,
+            None => lexserve_e2e::sidecar::free_port()?,
+        },
         lexserve_e2e::sidecar::free_port()?,
         lexserve_e2e::chart::metrics_api_port(&env)?,
     );
@@ -427,4 +451,38 @@ fn as_deployed(args: &AsDeployedArgs) -> Result<()> {
         .envs(env)
         .exec();
     Err(error).context("exec lexserve-operator")
+}
+
+/// `pods`: runs [`lexserve_e2e::demo_pods`] with the admin kubeconfig until SIGTERM or SIGINT.
+fn pods(args: PodsArgs) -> Result<()> {
+    lexserve_e2e::init_crypto();
+    let admin = cluster_dir().join("kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&admin)
+                .with_context(|| format!("reading {} (is the cluster up?)", admin.display()))?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        lexserve_e2e::demo_pods::run(
+            client,
+            lexserve_e2e::demo_pods::Options {
+                dir: cluster_dir().join(format!("pods-{}", args.namespace)),
+                namespace: args.namespace,
+                state: args.state,
+                operator_metrics: args.operator_metrics,
+            },
+            shutdown,
+        )
+        .await
+    })
 }
