@@ -21,6 +21,15 @@ PRODUCTION_PORT="${LEXSERVE_BENCH_PRODUCTION_PORT:-18590}"
 CANDIDATE_PORT="${LEXSERVE_BENCH_CANDIDATE_PORT:-18591}"
 REFUSED_PORT="${LEXSERVE_BENCH_REFUSED_PORT:-18592}"
 BIN="${LEXSERVE_BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"
+# LEXSERVE_BENCH_PIN=1: production and the load generator on CPU 0 (alike in every state), the
+# candidate alone on CPU 1
+# (one thread each), as a cluster would put the candidate in its own pods: production's p99 then
+# measures what mirroring costs production, not a second model server sharing its cores.
+PIN="${LEXSERVE_BENCH_PIN:-}"
+on_cpu() { # CPU COMMAND...
+    if [ -n "$PIN" ]; then taskset -c "$@"; else shift; "$@"; fi
+}
+if [ -n "$PIN" ]; then THREADS=1; fi
 
 eval "$("$ROOT/inference-sidecar/scripts/setup-models.sh" | sed 's/^/export /')"
 if [ -z "${LEXSERVE_BENCH_NO_BUILD:-}" ]; then
@@ -80,19 +89,23 @@ YAML
 
 echo "== machine" >&2
 lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core)' >&2 || true
+[ -n "$PIN" ] && echo "pinned: production and the load generator on CPU 0, the candidate on CPU 1; one thread each" >&2
 echo "SIMD: $(grep -o -w -E 'sse4_2|avx|avx2|fma|avx512f|avx512bw|avx512_vnni|avx_vnni|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')" >&2
 
-serve() { # PORT NAME LOG [ARGS...]
-    local port=$1 name=$2 log=$3
-    shift 3
-    "$BIN/lexserve-sidecar" serve --listen "127.0.0.1:$port" \
+serve() { # CPU PORT NAME LOG [ARGS...]
+    local cpu=$1 port=$2 name=$3 log=$4
+    shift 4
+    local pin=()
+    [ -n "$PIN" ] && pin=(taskset -c "$cpu")
+    # taskset execs the server: $! is the server itself, which cleanup stops.
+    "${pin[@]}" "$BIN/lexserve-sidecar" serve --listen "127.0.0.1:$port" \
         --model-uri "file://$MINILM_INT8_ONNX" --tokenizer "file://$MINILM_DIR/tokenizer.json" \
         --quantize int8 --model-name "$name" --threads "$THREADS" --max-batch-requests 32 \
         --max-queue-size 4096 --ort-dylib-path "$ORT_DYLIB_PATH" "$@" 2>"$log" &
     PIDS+=($!)
 }
-serve "$CANDIDATE_PORT" minilm-shadow "$OUT/mirror-candidate.log"
-serve "$PRODUCTION_PORT" minilm "$OUT/mirror-production.log" --config "$CONFIG_DIR/config.yaml" \
+serve 1 "$CANDIDATE_PORT" minilm-shadow "$OUT/mirror-candidate.log"
+serve 0 "$PRODUCTION_PORT" minilm "$OUT/mirror-production.log" --config "$CONFIG_DIR/config.yaml" \
     --resolve "on.bench.svc:8080=127.0.0.1:$CANDIDATE_PORT" \
     --resolve "refused.bench.svc:8080=127.0.0.1:$REFUSED_PORT"
 wait_for "http://127.0.0.1:$CANDIDATE_PORT/ready"
@@ -101,7 +114,7 @@ wait_for "http://127.0.0.1:$PRODUCTION_PORT/ready"
 for c in $CONCURRENCY; do
     for state in off on refused; do
         mirror "$state"
-        "$BIN/examples/loadgen" --url "http://127.0.0.1:$PRODUCTION_PORT/embed" --label "mirror-$state" \
+        on_cpu 0 "$BIN/examples/loadgen" --url "http://127.0.0.1:$PRODUCTION_PORT/embed" --label "mirror-$state" \
             --texts "$TEXTS" --concurrency "$c" --requests "$REQUESTS" \
             --max-seconds "$SECONDS_PER_RUN" | tee -a "$RESULTS"
     done
