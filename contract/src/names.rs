@@ -38,6 +38,9 @@ pub mod flag {
     pub const RESOLVE: &str = "resolve";
     /// `route`: how long connecting to a variant may take before the request gets 503.
     pub const CONNECT_TIMEOUT: &str = "connect-timeout";
+    /// `serve`: the shadow mirror's configuration file (default: `mirror.yaml` beside
+    /// `--config`).
+    pub const MIRROR_CONFIG: &str = "mirror-config";
 
     /// `--name` from a flag's long name.
     pub fn arg(long: &str) -> String {
@@ -73,6 +76,7 @@ pub mod env {
     pub const SEND_BUFFER_BYTES: &str = "LEXSERVE_SEND_BUFFER_BYTES";
     pub const RESOLVE: &str = "LEXSERVE_RESOLVE";
     pub const CONNECT_TIMEOUT: &str = "LEXSERVE_CONNECT_TIMEOUT";
+    pub const MIRROR_CONFIG: &str = "LEXSERVE_MIRROR_CONFIG";
     /// The log filter (tracing's `EnvFilter` syntax) of both binaries.
     pub const LOG: &str = "LEXSERVE_LOG";
     /// The ONNX Runtime shared library (ort's own variable).

@@ -117,6 +117,15 @@ pub struct ServeArgs {
     /// Where PersistentVolumeClaims are mounted: pvc://claim/path is read from <root>/claim/path.
     #[arg(long = flag::PVC_ROOT, env = env::PVC_ROOT, default_value = path::PVC_ROOT)]
     pub pvc_root: PathBuf,
+    /// The shadow mirror's configuration (the operator's ConfigMap key `mirror.yaml`), re-read
+    /// when its content changes; absent: nothing is mirrored (default: `mirror.yaml` in the
+    /// directory of `--config`; without either, no mirror).
+    #[arg(long = flag::MIRROR_CONFIG, env = env::MIRROR_CONFIG)]
+    pub mirror_config: Option<PathBuf>,
+    /// `HOST:PORT=ADDR` (repeatable, or comma-separated): connect to ADDR when a mirror
+    /// candidate's URL names HOST:PORT, like curl's --resolve (a sidecar run outside the cluster).
+    #[arg(long = flag::RESOLVE, env = env::RESOLVE, value_delimiter = ',')]
+    pub resolve: Vec<String>,
     /// Most texts in one request; more get 413.
     #[arg(long, env = "LEXSERVE_MAX_TEXTS_PER_REQUEST", default_value_t = 128)]
     pub max_texts_per_request: u64,

@@ -202,6 +202,9 @@ pub struct ServeConfig {
     /// After SIGTERM, how long to keep serving (readiness already false) before draining.
     pub shutdown_delay: Duration,
     pub http: HttpLimits,
+    /// The shadow mirror's configuration file (polled; absent file: nothing mirrored), and where
+    /// its candidates' URLs connect. None: no mirror at all.
+    pub mirror: Option<crate::mirror::config::MirrorSettings>,
 }
 
 /// A deadline: a Go duration above zero (a zero deadline would refuse everything).
@@ -446,6 +449,11 @@ impl ServeConfig {
                 .map_err(|e| invalid("--drain-timeout", e.to_string()))?,
             shutdown_delay,
             http: HttpLimits::resolve(&args.http)?,
+            mirror: crate::mirror::config::MirrorSettings::resolve(
+                args.config.as_deref(),
+                args.mirror_config.as_deref(),
+                &args.resolve,
+            )?,
         })
     }
 }

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
     pub preemptions: Counter,
     pub kv_cache_block_errors: Counter,
+    /// The shadow mirror's series (in the same registry: one `/metrics`).
+    pub mirror: crate::mirror::metrics::MirrorMetrics,
 }
 
 impl Default for Metrics {
@@ -181,8 +183,10 @@ impl Metrics {
             "KV cache blocks freed twice or leaked (a bookkeeping bug; debug builds stop instead)",
             kv_cache_block_errors.clone(),
         );
+        let mirror = crate::mirror::metrics::MirrorMetrics::register(&mut registry);
         Self {
             registry,
+            mirror,
             queue_size,
             requests_running,
             requests_total,

@@ -20,7 +20,7 @@ use crate::metrics::RouteLabels;
 
 /// Routes whose latency is the service's latency (health checks and scrapes would only dilute it).
 /// For streams, the time to the response's headers (the stream's own timing is in the token metrics).
-const INFERENCE_ROUTES: [&str; 9] = [
+pub(crate) const INFERENCE_ROUTES: [&str; 9] = [
     "/embed",
     "/predict",
     "/v1/embeddings",
@@ -111,6 +111,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(v2::infer_version),
         )
+        // Inside admission: only admitted requests are mirrored, after production answered.
+        .route_layer(middleware::from_fn_with_state(
+            state.mirror.clone(),
+            crate::mirror::capture::capture,
+        ))
         // Only the routes above: probes, /metrics and metadata are never refused.
         .route_layer(middleware::from_fn_with_state(
             state.admission.clone(),

@@ -13,6 +13,7 @@ use super::state::AppState;
 use crate::config::{Backend, ServeConfig};
 use crate::encoder::service::ModelService;
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -106,6 +107,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     let drain_timeout = config.drain_timeout;
     let shutdown_delay = config.shutdown_delay;
     let limits = config.http;
+    let mirror = Mirror::start(
+        config.mirror.clone(),
+        config.model_name.clone(),
+        metrics.mirror.clone(),
+    )
+    .map_err(|e| ServerError::Serve(std::io::Error::other(e)))?;
     let service = ModelService::start(config, Arc::clone(&metrics));
     let state = AppState {
         service: Arc::clone(&service),
@@ -115,6 +122,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         admission: Arc::new(Admission::new(limits, max_body_bytes)),
+        mirror: Arc::clone(&mirror),
     };
     let app = router(state, max_body_bytes);
     tracing::info!(addr = %addr, "listening");
@@ -139,6 +147,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
         }
         _ = signals.recv() => {}
     }
+    // Copies are a best effort that must never hold up the exit: what is queued is dropped now.
+    mirror.shutdown();
     // Readiness turns false now, but the endpoint's removal reaches kube-proxy, ingresses and
     // meshes only after a while: until then clients are still sent here, so keep answering them.
     // A second signal (an impatient operator, Ctrl-C twice) skips the rest of the delay.

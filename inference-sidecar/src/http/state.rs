@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::admission::Admission;
 use crate::encoder::service::ModelService;
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,4 +16,6 @@ pub struct AppState {
     pub started_unix: u64,
     /// Permits and deadlines of the inference routes.
     pub admission: Arc<Admission>,
+    /// The shadow mirror (does nothing while no target is configured).
+    pub mirror: Arc<Mirror>,
 }

@@ -177,32 +177,52 @@ fn upstream(
             variant.name, variant.url
         ))
     };
-    let url = reqwest::Url::parse(&variant.url).map_err(|e| bad(&e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad("must be http:// or https://"));
-    }
-    if url.path() != "/" || url.query().is_some() {
-        return Err(bad("must name a server only (no path or query)"));
-    }
-    let host = url.host_str().ok_or_else(|| bad("names no host"))?;
-    let port = url
-        .port_or_known_default()
-        .ok_or_else(|| bad("names no port"))?;
-    let (base, host_header) = match resolve.lookup(host, port) {
-        Some(addr) => (
-            format!("{}://{addr}", url.scheme()),
-            Some(HeaderValue::from_str(&format!("{host}:{port}")).map_err(|_| bad("bad host"))?),
-        ),
-        None => (variant.url.trim_end_matches('/').to_string(), None),
-    };
+    let server = Server::parse(&variant.url, resolve).map_err(|e| bad(&e))?;
     Ok(Upstream {
         name: variant.name.clone(),
         model: variant.model.clone(),
-        base,
-        host: host_header,
+        base: server.base,
+        host: server.host,
         header: HeaderValue::from_str(&variant.name)
             .map_err(|_| bad("name is not a header value"))?,
     })
+}
+
+/// Where to send requests for a server URL (`http://host:port`, nothing after): the router's
+/// variants and the mirror's candidates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// `scheme://host:port` to connect to, `--resolve` applied; no trailing slash.
+    pub base: String,
+    /// The `Host` header naming the server's own URL when `--resolve` redirected the connection.
+    pub host: Option<HeaderValue>,
+}
+
+impl Server {
+    /// Checks `url` names a server only, and applies `resolve`; the error says what is wrong.
+    pub fn parse(url: &str, resolve: &Resolve) -> Result<Self, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("must be http:// or https://".into());
+        }
+        if parsed.path() != "/" || parsed.query().is_some() {
+            return Err("must name a server only (no path or query)".into());
+        }
+        let host = parsed.host_str().ok_or("names no host")?;
+        let port = parsed.port_or_known_default().ok_or("names no port")?;
+        Ok(match resolve.lookup(host, port) {
+            Some(addr) => Self {
+                base: format!("{}://{addr}", parsed.scheme()),
+                host: Some(
+                    HeaderValue::from_str(&format!("{host}:{port}")).map_err(|_| "bad host")?,
+                ),
+            },
+            None => Self {
+                base: url.trim_end_matches('/').to_string(),
+                host: None,
+            },
+        })
+    }
 }
 
 /// Reads and compiles the configuration file.

@@ -17,7 +17,7 @@ use super::config::RouteSettings;
 use super::metrics::RouterMetrics;
 use super::outcome::{RequestLog, record};
 use super::proxy::{Randomness, forward};
-use super::reload::{Live, Reloader};
+use super::reload::{Live, Reloader, RouterWatch};
 use crate::http::admission::{Admission, admit};
 use crate::http::connection::{ConnectionLimits, serve_connections};
 use crate::http::error::ApiError;
@@ -142,9 +142,11 @@ pub async fn route(settings: RouteSettings) -> Result<(), ServerError> {
     let live = Arc::new(Live::default());
     let mut reloader = Reloader::new(
         settings.config_path.clone(),
-        settings.resolve.clone(),
+        RouterWatch {
+            resolve: settings.resolve.clone(),
+            metrics: Arc::clone(&metrics),
+        },
         Arc::clone(&live),
-        Arc::clone(&metrics),
     );
     reloader.check();
     let reloading = tokio::spawn(reloader.run());
