@@ -24,7 +24,7 @@ pub trait Watch: Send + 'static {
         read: Result<&[u8], &std::io::Error>,
     ) -> Result<Self::Config, Self::Error>;
 
-    /// `config` is about to come into force in place of `previous`.
+    /// `config` has come into force in place of `previous`.
     fn installed(&self, config: &Self::Config, previous: Option<&Self::Config>);
 
     /// A new content was refused; `in_force` stays.
@@ -94,9 +94,11 @@ impl<W: Watch> Reloader<W> {
             .compile(&self.path, read.as_ref().map(Vec::as_slice));
         match result {
             Ok(config) => {
-                let previous = self.live.current();
-                self.watch.installed(&config, previous.as_deref());
-                self.live.install(config);
+                // In force first: what `installed` exports (a generation) is then already true.
+                let previous = self.live.install(config);
+                if let Some(current) = self.live.current() {
+                    self.watch.installed(&current, previous.as_deref());
+                }
             }
             Err(error) => self.watch.rejected(&error, self.live.current().as_deref()),
         }

@@ -244,6 +244,18 @@ targets:
     }
 
     #[test]
+    fn the_file_is_beside_the_config_unless_named() {
+        let config = Path::new("/etc/lexserve/config.yaml");
+        let beside = MirrorSettings::resolve(Some(config), None, &[]).unwrap();
+        assert_eq!(beside.unwrap().path, Path::new("/etc/lexserve/mirror.yaml"));
+        let named = MirrorSettings::resolve(Some(config), Some(Path::new("/m/x.yaml")), &[]);
+        assert_eq!(named.unwrap().unwrap().path, Path::new("/m/x.yaml"));
+        assert!(MirrorSettings::resolve(None, None, &[]).unwrap().is_none());
+        let error = MirrorSettings::resolve(Some(config), None, &["c:80".into()]).unwrap_err();
+        assert!(error.to_string().contains("--resolve"), "{error}");
+    }
+
+    #[test]
     fn absent_or_empty_files_mirror_nothing() {
         let resolve = Resolve::default();
         let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
