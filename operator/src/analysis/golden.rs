@@ -8,6 +8,7 @@ use super::means::{Estimate, Moments, relative_lift, welch_ttest};
 use super::power::{mde_proportion, progress_message, sample_size_means, sample_size_proportions};
 use super::proportions::{Proportion, two_proportion_ztest};
 use super::sequential::{Msprt, confidence_sequence, rho};
+use super::shadow::psi;
 use super::srm::sample_ratio_mismatch;
 use super::wilson::wilson_interval;
 use super::{Alternative, StatsError};
@@ -353,4 +354,21 @@ fn wilson_interval_matches_statsmodels() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn psi_matches_numpy() {
+    let g = golden();
+    let case = &g["psi"];
+    let shares = |key: &str| -> Vec<f64> { case[key].as_array().unwrap().iter().map(f).collect() };
+    let (baseline, candidate) = (shares("baseline"), shares("candidate"));
+    close(psi(&baseline, &candidate).unwrap(), f(&case["psi"]), CLOSED);
+    // The golden file gives shares; the mirror exports counts, on any scale.
+    let counts = |v: &[f64], n: f64| v.iter().map(|x| x * n).collect::<Vec<_>>();
+    close(
+        psi(&counts(&baseline, 2000.0), &counts(&candidate, 370.0)).unwrap(),
+        f(&case["psi"]),
+        CLOSED,
+    );
+    assert_eq!(psi(&baseline, &baseline), Some(0.0));
 }

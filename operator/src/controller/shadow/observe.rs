@@ -21,7 +21,9 @@
 //! to the shadow's start: the same rules as the Experiment's reader (`experiment::observe`
 //! explains counter resets, extrapolation and why the window ends at a scrape). A production pod
 //! that restarts keeps what it counted before its last scrape; a replaced pod is a new series
-//! that `sum` adds.
+//! that `sum` adds. The sidecar registers every series of a target at 0 when the target is
+//! configured (as the router does for an experiment): a series whose first scrape already
+//! counts something loses (most of) that first count to `increase`.
 //!
 //! The percentiles are `histogram_quantile`'s: exact to the width of the bucket they fall in
 //! (linear interpolation inside it). The confidence bins are the differences of the cumulative
