@@ -11,7 +11,8 @@
 //! - a far classifier (the same encoder, its head's classes swapped) fails early;
 //! - a deleted shadow stops the mirror: production's ConfigMap loses the target, the sidecar's
 //!   generation moves on, the candidate receives no more copies;
-//! - a missing production and an incompatible candidate are conditions naming them.
+//! - a missing production, an incompatible candidate and a redaction pattern that does not
+//!   compile are conditions naming them, and nothing is deployed or mirrored for them.
 
 mod common;
 
@@ -811,7 +812,7 @@ async fn a_deleted_shadow_stops_the_mirror() {
 }
 
 #[tokio::test]
-async fn a_missing_production_and_an_incompatible_candidate_are_named() {
+async fn a_missing_production_an_incompatible_candidate_and_a_bad_redaction_are_named() {
     let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
     install_crds(cluster).await.expect("CRDs");
     let scene = scene(cluster, "shadow-invalid").await;
@@ -856,7 +857,24 @@ async fn a_missing_production_and_an_incompatible_candidate_are_named() {
         )
         .await
         .expect("admitted");
+    shadows
+        .create(
+            &PostParams::default(),
+            &shadow(
+                "unmasked",
+                json!({"production": "embedder", "candidate": embed,
+                       "redaction": {"patterns": ["[0-9]{4}", "([a-z]+"]},
+                       "comparison": {"mode": "Cosine"}}),
+            ),
+        )
+        .await
+        .expect("admitted");
     for (name, want, naming) in [
+        (
+            "unmasked",
+            reason::INVALID_REDACTION,
+            "spec.redaction.patterns[1]: \"([a-z]+\" does not compile",
+        ),
         (
             "orphan",
             reason::PRODUCTION_NOT_FOUND,
@@ -895,7 +913,7 @@ async fn a_missing_production_and_an_incompatible_candidate_are_named() {
                 .is_none()
         );
     }
-    // Production's ConfigMap is untouched: no mirror key for an incompatible shadow.
+    // Production's ConfigMap is untouched: no mirror key for a shadow that cannot run.
     let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
     let cm = config_maps
         .get("embedder-sidecar")
