@@ -3,8 +3,11 @@
 # `lexserve-sidecar serve` (int8 MiniLM) with its mirror off (mirror.yaml with no target) and on
 # (every request copied to a healthy candidate: a second sidecar with the same model, compared by
 # cosine), in one run, alternating off/on at each concurrency so that both see the same machine
-# state. Production's p50/p99 are printed side by side, with what the mirror did (compared pairs,
-# drops). Loopback only; every run is bounded in requests and seconds. See bench/mirror.md.
+# state. A third state, `refused`, copies every request to a candidate port nothing listens on: the
+# mirror's own path (capture, queue, send) without a candidate's inference competing for this
+# machine's cores. Production's p50/p99 are printed side by side, with what the mirror did
+# (compared pairs, drops). Loopback only; every run is bounded in requests and seconds. See
+# bench/mirror.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,6 +19,7 @@ TEXTS="${LEXSERVE_BENCH_TEXTS:-short}"
 OUT="${LEXSERVE_BENCH_OUT:-$ROOT/target/bench}"
 PRODUCTION_PORT="${LEXSERVE_BENCH_PRODUCTION_PORT:-18590}"
 CANDIDATE_PORT="${LEXSERVE_BENCH_CANDIDATE_PORT:-18591}"
+REFUSED_PORT="${LEXSERVE_BENCH_REFUSED_PORT:-18592}"
 BIN="${LEXSERVE_BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"
 
 eval "$("$ROOT/inference-sidecar/scripts/setup-models.sh" | sed 's/^/export /')"
@@ -46,15 +50,15 @@ metric() { # NAME (a whole sample name, labels included)
 }
 
 GENERATION=0
-mirror() { # on|off: writes mirror.yaml (swapped in whole) and waits until production runs it
+mirror() { # off|on|refused: writes mirror.yaml (swapped in whole) and waits until production runs it
     GENERATION=$((GENERATION + 1))
     {
         echo "generation: $GENERATION"
-        if [ "$1" = on ]; then
+        if [ "$1" != off ]; then
             cat <<YAML
 targets:
-  - shadow: bench
-    url: "http://candidate.bench.svc:8080"
+  - shadow: bench-$1
+    url: "http://$1.bench.svc:8080"
     model: minilm-shadow
     percent: 100
     sampling: {by: random, seed: 0}
@@ -89,12 +93,13 @@ serve() { # PORT NAME LOG [ARGS...]
 }
 serve "$CANDIDATE_PORT" minilm-shadow "$OUT/mirror-candidate.log"
 serve "$PRODUCTION_PORT" minilm "$OUT/mirror-production.log" --config "$CONFIG_DIR/config.yaml" \
-    --resolve "candidate.bench.svc:8080=127.0.0.1:$CANDIDATE_PORT"
+    --resolve "on.bench.svc:8080=127.0.0.1:$CANDIDATE_PORT" \
+    --resolve "refused.bench.svc:8080=127.0.0.1:$REFUSED_PORT"
 wait_for "http://127.0.0.1:$CANDIDATE_PORT/ready"
 wait_for "http://127.0.0.1:$PRODUCTION_PORT/ready"
 
 for c in $CONCURRENCY; do
-    for state in off on; do
+    for state in off on refused; do
         mirror "$state"
         "$BIN/examples/loadgen" --url "http://127.0.0.1:$PRODUCTION_PORT/embed" --label "mirror-$state" \
             --texts "$TEXTS" --concurrency "$c" --requests "$REQUESTS" \
@@ -103,25 +108,30 @@ for c in $CONCURRENCY; do
 done
 # What the mirror did over the "on" runs (its copies finish after the load: wait for the queue).
 sleep 2
-for outcome in agree disagree candidate_error production_error; do
-    echo "compared $outcome: $(metric "lexserve_shadow_comparisons_total{shadow=\"bench\",outcome=\"$outcome\"}")"
-done
-for reason in queue_full too_large shutdown; do
-    echo "dropped $reason: $(metric "lexserve_shadow_dropped_total{shadow=\"bench\",reason=\"$reason\"}")"
+for shadow in bench-on bench-refused; do
+    for outcome in agree disagree candidate_error production_error; do
+        echo "$shadow compared $outcome: $(metric "lexserve_shadow_comparisons_total{shadow=\"$shadow\",outcome=\"$outcome\"}")"
+    done
+    for reason in queue_full too_large shutdown; do
+        echo "$shadow dropped $reason: $(metric "lexserve_shadow_dropped_total{shadow=\"$shadow\",reason=\"$reason\"}")"
+    done
 done
 
 python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {(r["label"], r["concurrency"]): r for r in rows}
-print(f"{'conc':>4} {'off rps':>9} {'on rps':>9} {'p50 off':>8} {'p50 on':>8} {'p99 off':>8} {'p99 on':>8} {'p99 +ms':>8} {'errors':>6}")
+print(f"{'conc':>4} {'mirror':>8} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50 +ms':>8} {'p99 +ms':>8} {'errors':>6}")
 for c in sorted({r["concurrency"] for r in rows}):
-    off, on = by.get(("mirror-off", c)), by.get(("mirror-on", c))
-    if not off or not on:
+    off = by.get(("mirror-off", c))
+    if not off:
         continue
-    print(f"{c:>4} {off['throughput_rps']:>9.1f} {on['throughput_rps']:>9.1f} "
-          f"{off['p50_ms']:>8.2f} {on['p50_ms']:>8.2f} {off['p99_ms']:>8.2f} {on['p99_ms']:>8.2f} "
-          f"{on['p99_ms'] - off['p99_ms']:>+8.2f} "
-          f"{off['errors'] + off['refused'] + on['errors'] + on['refused']:>6}")
+    for state in ["off", "on", "refused"]:
+        r = by.get((f"mirror-{state}", c))
+        if not r:
+            continue
+        print(f"{c:>4} {state:>8} {r['throughput_rps']:>8.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['p50_ms'] - off['p50_ms']:>+8.2f} {r['p99_ms'] - off['p99_ms']:>+8.2f} "
+              f"{r['errors'] + r['refused']:>6}")
 PY
 echo "raw results: $RESULTS" >&2

@@ -118,6 +118,15 @@ async fn start(args: Vec<String>) -> Sidecar {
 
 /// Production: `args` with its config in `dir` and candidates resolved to `candidate`.
 async fn production(args: Vec<String>, dir: &ConfigDir, candidate: &str) -> Sidecar {
+    production_with_delay(args, dir, candidate, "0s").await
+}
+
+async fn production_with_delay(
+    args: Vec<String>,
+    dir: &ConfigDir,
+    candidate: &str,
+    shutdown_delay: &str,
+) -> Sidecar {
     let mut args = args;
     args.extend([
         "--config".to_string(),
@@ -125,7 +134,7 @@ async fn production(args: Vec<String>, dir: &ConfigDir, candidate: &str) -> Side
         "--resolve".into(),
         resolve_candidate(candidate),
         "--shutdown-delay".into(),
-        "0s".into(),
+        shutdown_delay.into(),
     ]);
     // Why a copy failed is logged at debug: in the failure messages (which print the logs).
     let sidecar = Sidecar::start_with_env(
@@ -549,7 +558,8 @@ async fn a_slow_dead_or_overloaded_candidate_never_changes_productions_answers()
         "--resolve".to_string(),
         format!("stuck.team-a.svc:8080={stuck_addr}"),
     ]);
-    let mut production = production(args, &dir, &slow).await;
+    // A long shutdown delay: /metrics still answers after SIGTERM (a second one skips the rest).
+    let mut production = production_with_delay(args, &dir, &slow, "2m").await;
     assert_eq!(sample(&production, GENERATION).await, Some(0.0));
     let client = client();
     let requests: Vec<(&str, Value)> = SENTENCES[..6]
@@ -607,7 +617,10 @@ async fn a_slow_dead_or_overloaded_candidate_never_changes_productions_answers()
     assert_eq!(compared(&production, "stuck").await, 0.0);
     assert_eq!(compared(&production, "slow").await, n);
 
-    // SIGTERM with a copy stuck in flight and one queued: production exits at once anyway.
+    // SIGTERM with a copy stuck in flight and one queued: the queued one is dropped (counted),
+    // and production exits at once anyway.
+    production.sigterm();
+    wait_metric(&production, &dropped("stuck", "shutdown"), |c| c == 1.0).await;
     production.sigterm();
     assert_eq!(
         production.wait_exit(Duration::from_secs(60)),
