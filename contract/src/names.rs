@@ -33,8 +33,8 @@ pub mod flag {
     pub const REQUEST_TIMEOUT: &str = "request-timeout";
     pub const WRITE_STALL_TIMEOUT: &str = "write-stall-timeout";
     pub const SEND_BUFFER_BYTES: &str = "send-buffer-bytes";
-    /// `route`: `HOST:PORT=ADDR`, connect to ADDR when a variant's URL names HOST:PORT (curl's
-    /// `--resolve`, for a router outside a cluster).
+    /// `route` and `serve`: `HOST:PORT=ADDR`, connect to ADDR when a variant's (or a mirror
+    /// candidate's) URL names HOST:PORT (curl's `--resolve`, for a sidecar outside a cluster).
     pub const RESOLVE: &str = "resolve";
     /// `route`: how long connecting to a variant may take before the request gets 503.
     pub const CONNECT_TIMEOUT: &str = "connect-timeout";
