@@ -175,6 +175,22 @@ kubectl -n lexserve-demo get lexp -o jsonpath='{range .items[*]}{.metadata.name}
 echo "Real sidecars behind the real router, with Prometheus and simulated users, run end to end in:"
 echo "  cargo test -p lexserve-e2e --test experiment -- --nocapture"
 
+say "shadows: what the ShadowDeployment controller says of the example"
+# The example's production runs here (on simulated pods): the candidate is deployed, and
+# production's ConfigMap gets the mirror target; without real sidecars and Prometheus no sidecar
+# reports running it, and the shadow says so.
+for _ in $(seq 1 30); do
+  reason=$(kubectl -n lexserve-demo get lshadow minilm-fp32-shadow -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')
+  [ "$reason" = "MirrorPending" ] && break
+  sleep 1
+done
+kubectl -n lexserve-demo get lshadow
+kubectl -n lexserve-demo get lshadow -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{range .status.conditions[*]}{"  "}{.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
+echo "production's mirror configuration (ConfigMap minilm-embed-sidecar, key mirror.yaml):"
+kubectl -n lexserve-demo get configmap minilm-embed-sidecar -o jsonpath='{.data.mirror\.yaml}'
+echo "Real sidecars mirroring to a real candidate, with Prometheus and a verdict, run end to end in:"
+echo "  cargo test -p lexserve-e2e --test shadow -- --nocapture"
+
 say "the apiserver rejects invalid objects with the CEL rule's message"
 for f in examples/invalid/*.yaml; do
   echo "--- $f"

@@ -65,6 +65,9 @@ pub struct OperatorOptions {
     /// Whom it acts as: a kubeconfig of its own (see
     /// [`LocalCluster::service_account_kubeconfig`]); None, the cluster's admin.
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Seconds between analyses of a running ShadowDeployment; None leaves the operator's
+    /// default.
+    pub shadow_analysis_seconds: Option<u64>,
 }
 
 impl Default for OperatorOptions {
@@ -80,6 +83,7 @@ impl Default for OperatorOptions {
             metrics_api: false,
             scaling_signal: None,
             kubeconfig: None,
+            shadow_analysis_seconds: None,
         }
     }
 }
@@ -188,6 +192,12 @@ impl OperatorProcess {
         }
         if let Some(url) = &options.prometheus_url {
             args.extend(["--prometheus-url".to_string(), url.clone()]);
+        }
+        if let Some(seconds) = options.shadow_analysis_seconds {
+            args.extend([
+                "--shadow-analysis-interval-seconds".to_string(),
+                seconds.to_string(),
+            ]);
         }
         let metrics_api_port = if options.metrics_api {
             Some(free_port()?)

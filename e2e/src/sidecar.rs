@@ -83,9 +83,20 @@ impl SidecarProcess {
     /// Starts `lexserve-sidecar serve --config CONFIG` on a free loopback port, with `threads`
     /// compute threads, logging to `log`. Does not wait for readiness.
     pub fn start(config: &Path, threads: u32, log: &Path) -> Result<Self> {
+        Self::start_on(config, threads, log, free_port()?, &[])
+    }
+
+    /// As [`Self::start`], on loopback port `port`, with `extra` arguments (a pod's env, such as
+    /// `--model-name`, or the harness's `--resolve`).
+    pub fn start_on(
+        config: &Path,
+        threads: u32,
+        log: &Path,
+        port: u16,
+        extra: &[String],
+    ) -> Result<Self> {
         let binary = workspace_bin("lexserve-sidecar")?;
-        let port = free_port()?;
-        let args = vec![
+        let mut args = vec![
             "serve".to_string(),
             "--config".to_string(),
             config.display().to_string(),
@@ -96,6 +107,7 @@ impl SidecarProcess {
             "--ort-dylib-path".to_string(),
             ort_dylib()?.display().to_string(),
         ];
+        args.extend(extra.iter().cloned());
         let name = log.file_stem().map_or_else(
             || "sidecar".to_string(),
             |s| s.to_string_lossy().into_owned(),

@@ -29,8 +29,8 @@ use lexserve_e2e::prometheus::Prometheus;
 use lexserve_e2e::sidecar::minilm_int8_uris;
 use lexserve_e2e::wait::{self, Poll};
 use lexserve_e2e::{LocalCluster, repo_root, shared_cluster};
-use lexserve_operator::api::InferenceService;
 use lexserve_operator::api::conditions::ConditionType;
+use lexserve_operator::api::{InferenceService, ShadowDeployment};
 use serde_json::{Value, json};
 
 async fn helm(cluster: &LocalCluster, args: &[&str]) -> anyhow::Result<String> {
@@ -108,7 +108,10 @@ async fn wait_available(cluster: &LocalCluster, name: &str) -> Value {
 
 /// Creates `object` until the admission policy's verdict settles (the apiserver loads a new
 /// policy and its parameters asynchronously): the error message once refused.
-async fn refused_message(api: &Api<InferenceService>, object: &InferenceService) -> String {
+async fn refused_message<K>(api: &Api<K>, object: &K) -> String
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     wait::until(
         "the admission policy refusing",
         Duration::from_secs(60),
@@ -118,7 +121,7 @@ async fn refused_message(api: &Api<InferenceService>, object: &InferenceService)
                 Err(kube::Error::Api(status)) => Poll::Ready(status.message),
                 Err(e) => return Err(e.into()),
                 Ok(created) => {
-                    let name = created.metadata.name.clone().unwrap_or_default();
+                    let name = kube::ResourceExt::name_any(&created);
                     api.delete(&name, &Default::default()).await?;
                     Poll::pending("admitted (policy not active yet)")
                 }
@@ -300,6 +303,43 @@ async fn the_chart_installs_an_operator_that_works_with_its_own_identity() {
         message.contains("evil.example.com/miner:1") && message.contains("allowedImagePrefixes"),
         "{message}"
     );
+
+    // A ShadowDeployment's candidate runs pods too: the same policy, naming its field.
+    let shadows: Api<ShadowDeployment> = Api::namespaced(client.clone(), ns.name());
+    let mut candidate = embedder(1);
+    candidate["runtime"] = json!({"image": "evil.example.com/miner:1"});
+    let shadow: ShadowDeployment = serde_json::from_value(json!({
+        "apiVersion": "lexserve.io/v1alpha1",
+        "kind": "ShadowDeployment",
+        "metadata": {"name": "miner"},
+        "spec": {"production": "embed", "candidate": candidate, "comparison": {"mode": "Cosine"}},
+    }))
+    .expect("valid ShadowDeployment");
+    let message = refused_message(&shadows, &shadow).await;
+    assert!(
+        message.contains("spec.candidate.runtime.image evil.example.com/miner:1"),
+        "{message}"
+    );
+    // onPass: CreateExperiment makes an InferenceService and an Experiment: the chart's
+    // identity may.
+    for resource in ["inferenceservices.lexserve.io", "experiments.lexserve.io"] {
+        for verb in ["create", "patch"] {
+            let out = cluster
+                .kubectl([
+                    "auth",
+                    "can-i",
+                    verb,
+                    resource,
+                    "-n",
+                    ns.name(),
+                    "--as",
+                    "system:serviceaccount:lexserve-system:lexserve",
+                ])
+                .await
+                .expect("kubectl auth can-i");
+            assert_eq!(out.stdout.trim(), "yes", "{verb} {resource}: {out:?}");
+        }
+    }
 
     // helm upgrade: a changed value takes effect (the registry is now allowed).
     helm(

@@ -85,7 +85,7 @@ fn every_example_the_apiserver_admits_starts_a_sidecar() {
                 let mut isvc: InferenceService =
                     serde_json::from_value(value).unwrap_or_else(|e| panic!("{name}: {e}"));
                 isvc.metadata.namespace = Some("default".into());
-                let config_map = build_config_map(&isvc);
+                let config_map = build_config_map(&isvc, None);
                 let yaml = config_map
                     .data
                     .as_ref()

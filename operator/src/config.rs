@@ -24,6 +24,8 @@ pub struct OperatorConfig {
     pub scaling_signal_interval: Option<Duration>,
     /// How long a signal must stay missing before the status says so.
     pub scaling_signal_grace: Duration,
+    /// How often a running ShadowDeployment's analysis reads Prometheus and judges.
+    pub shadow_analysis_interval: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -36,6 +38,7 @@ impl Default for OperatorConfig {
             concurrency: 16,
             scaling_signal_interval: Some(Duration::from_secs(15)),
             scaling_signal_grace: Duration::from_secs(60),
+            shadow_analysis_interval: Duration::from_secs(30),
         }
     }
 }

@@ -187,6 +187,15 @@ struct RunArgs {
         default_value_t = 60
     )]
     scaling_signal_grace_seconds: u64,
+    /// How often a running ShadowDeployment is analysed (Prometheus read, verdict judged), in
+    /// seconds. Every analysis costs a few queries per shadow; a verdict needs `minSamples`
+    /// pairs anyway, so a shorter interval only shortens the wait after they arrive.
+    #[arg(
+        long,
+        env = "LEXSERVE_SHADOW_ANALYSIS_INTERVAL_SECONDS",
+        default_value_t = 30
+    )]
+    shadow_analysis_interval_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -381,6 +390,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scaling_signal_interval: (args.scaling_signal_interval_seconds > 0)
             .then(|| std::time::Duration::from_secs(args.scaling_signal_interval_seconds)),
         scaling_signal_grace: std::time::Duration::from_secs(args.scaling_signal_grace_seconds),
+        shadow_analysis_interval: std::time::Duration::from_secs(
+            args.shadow_analysis_interval_seconds.max(1),
+        ),
     };
     // The watch caches start only once this replica leads: a follower holds no cache.
     let started = Context::start(
@@ -414,19 +426,29 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.namespace.clone(),
         ctx.clone(),
         triggers,
-        peer_triggers.experiments,
+        lexserve_operator::controller::inference_service::PeerEvents {
+            experiments: peer_triggers.experiments,
+            shadows: peer_triggers.shadows,
+        },
         Some(load_signal),
         stopped(),
     ));
     let experiments = tokio::spawn(lexserve_operator::controller::experiment::run(
         client.clone(),
         args.namespace.clone(),
-        ctx,
+        ctx.clone(),
         peer_triggers.inference_services,
         stopped(),
     ));
+    let shadows = tokio::spawn(lexserve_operator::controller::shadow::run(
+        client.clone(),
+        args.namespace.clone(),
+        ctx,
+        peer_triggers.inference_services_for_shadows,
+        stopped(),
+    ));
     let controller = async move {
-        let _ = tokio::join!(controller, experiments);
+        let _ = tokio::join!(controller, experiments, shadows);
     };
     info!(identity = %identity, namespace = ?args.namespace, "controllers started");
 

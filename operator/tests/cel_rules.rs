@@ -643,6 +643,19 @@ fn cases() -> Vec<RuleCase> {
                 spec(json!({"comparison": {"tolerance": 1.5}})),
             ],
         },
+        // ShadowDeployment: redaction.
+        RuleCase {
+            kind: ShadowDeployment,
+            message: "spec.redaction needs at least one of fields or patterns",
+            accept: vec![
+                spec(json!({"redaction": {"fields": ["user.email"]}})),
+                spec(json!({"redaction": {"patterns": ["[0-9]{3}-[0-9]{4}"]}})),
+            ],
+            reject: vec![
+                spec(json!({"redaction": {}})),
+                spec(json!({"redaction": {"fields": [], "patterns": []}})),
+            ],
+        },
         // ShadowDeployment: criteria.
         RuleCase {
             kind: ShadowDeployment,

@@ -31,7 +31,7 @@ use tracing::warn;
 
 use super::Error;
 use super::child::ChildKind;
-use crate::api::{Experiment, InferenceService};
+use crate::api::{Experiment, InferenceService, ShadowDeployment};
 use crate::resources::labels::{COMPONENT_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::resources::scaled_object::scaled_object_resource;
 
@@ -99,6 +99,36 @@ where
         .boxed()
     });
     (reader, triggers)
+}
+
+/// Forwards every item of `triggers` to two streams (objects are cheap to clone: the
+/// reflector's events), on a task of `drivers`.
+fn split_triggers<K>(drivers: &mut Drivers, triggers: Triggers<K>) -> (Triggers<K>, Triggers<K>)
+where
+    K: Clone + Send + 'static,
+{
+    let (first_tx, first_rx) = mpsc::unbounded_channel::<K>();
+    let (second_tx, second_rx) = mpsc::unbounded_channel::<K>();
+    drivers.0.push(tokio::spawn(async move {
+        let mut triggers = triggers;
+        while let Some(item) = triggers.next().await {
+            if let Ok(object) = item {
+                // A consumer that stopped does not stop the other.
+                let first = first_tx.send(object.clone()).is_ok();
+                let second = second_tx.send(object).is_ok();
+                if !first && !second {
+                    return;
+                }
+            }
+        }
+    }));
+    let stream = |rx: mpsc::UnboundedReceiver<K>| {
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|object| (Ok(object), rx))
+        })
+        .boxed()
+    };
+    (stream(first_rx), stream(second_rx))
 }
 
 /// Managed fields are the bulk of most objects and nothing here reads them.
@@ -498,18 +528,23 @@ pub async fn keda_installed(client: &Client) -> bool {
     }
 }
 
-/// The Experiments and InferenceServices, which each other's controller reads: an
-/// InferenceService's Service follows the Experiment that holds it, and an Experiment checks
-/// and routes to its variants' InferenceServices.
+/// The Experiments, InferenceServices and ShadowDeployments, which each other's controller
+/// reads: an InferenceService's Service follows the Experiment that holds it and its mirror
+/// configuration the shadows that name it; an Experiment checks and routes to its variants'
+/// InferenceServices, a shadow checks its production.
 pub struct PeerStores {
     pub experiments: Store<Experiment>,
     pub inference_services: Store<InferenceService>,
+    pub shadows: Store<ShadowDeployment>,
 }
 
-/// The watch events of [`PeerStores`]: each triggers the other kind's controller.
+/// The watch events of [`PeerStores`]: each triggers the other kinds' controllers. The
+/// InferenceService events go to the Experiment and the ShadowDeployment controllers alike.
 pub struct PeerTriggers {
     pub experiments: Triggers<Experiment>,
     pub inference_services: Triggers<InferenceService>,
+    pub inference_services_for_shadows: Triggers<InferenceService>,
+    pub shadows: Triggers<ShadowDeployment>,
 }
 
 impl PeerStores {
@@ -535,14 +570,28 @@ impl PeerStores {
             strip_managed_fields::<InferenceService>,
             true,
         );
+        let (shadows, shadow_triggers) = spawn_reflector(
+            drivers,
+            scoped::<ShadowDeployment>(client, namespace),
+            watcher::Config::default(),
+            (),
+            strip_managed_fields::<ShadowDeployment>,
+            true,
+        );
+        // One watch, two consumers: each event is forwarded to both controllers.
+        let (isvc_for_experiments, isvc_for_shadows) =
+            split_triggers(drivers, isvc_triggers.expect("triggers requested"));
         (
             Self {
                 experiments,
                 inference_services,
+                shadows,
             },
             PeerTriggers {
                 experiments: experiment_triggers.expect("triggers requested"),
-                inference_services: isvc_triggers.expect("triggers requested"),
+                inference_services: isvc_for_experiments,
+                inference_services_for_shadows: isvc_for_shadows,
+                shadows: shadow_triggers.expect("triggers requested"),
             },
         )
     }
@@ -551,13 +600,14 @@ impl PeerStores {
     pub async fn wait_until_ready(&self) -> Result<(), Error> {
         let ready = async {
             self.experiments.wait_until_ready().await?;
-            self.inference_services.wait_until_ready().await
+            self.inference_services.wait_until_ready().await?;
+            self.shadows.wait_until_ready().await
         };
         match tokio::time::timeout(FILL_TIMEOUT, ready).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Cache(format!("experiment caches: {e}"))),
             Err(_) => Err(Error::Cache(format!(
-                "Experiment and InferenceService caches not filled within {FILL_TIMEOUT:?}"
+                "Experiment, InferenceService and ShadowDeployment caches not filled within {FILL_TIMEOUT:?}"
             ))),
         }
     }
@@ -566,6 +616,13 @@ impl PeerStores {
     pub fn experiments_of(&self, namespace: &str, control: &str) -> Vec<Arc<Experiment>> {
         self.experiments.state_filter(|e| {
             e.metadata.namespace.as_deref() == Some(namespace) && e.spec.control == control
+        })
+    }
+
+    /// The ShadowDeployments in `namespace` whose production is `production`.
+    pub fn shadows_of(&self, namespace: &str, production: &str) -> Vec<Arc<ShadowDeployment>> {
+        self.shadows.state_filter(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace) && s.spec.production == production
         })
     }
 

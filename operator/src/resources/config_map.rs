@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use super::{child_meta, hash::stable_hash};
 use crate::api::InferenceService;
 use crate::api::inference_service::{ModelSpec, RuntimeSpec};
+use lexserve_contract::mirror::{CONFIG_FILE as MIRROR_FILE, MirrorConfig};
 
 /// The key of the config file in the ConfigMap, and its file name in the pod.
 pub use lexserve_contract::names::path::CONFIG_FILE;
@@ -38,10 +39,19 @@ pub fn config_map_name(isvc_name: &str) -> String {
     format!("{isvc_name}-sidecar")
 }
 
-/// Builds the ConfigMap.
-pub fn build_config_map(isvc: &InferenceService) -> ConfigMap {
+/// Builds the ConfigMap. `mirror` is the mirror configuration of the shadows that name this
+/// service (see `controller::shadow::mirror`): a second key, re-read by the sidecar without a
+/// restart and left out of [`config_hash`]; absent when nothing is or was mirrored.
+pub fn build_config_map(isvc: &InferenceService, mirror: Option<&MirrorConfig>) -> ConfigMap {
     let name = isvc.metadata.name.clone().unwrap_or_default();
-    let data = BTreeMap::from([(CONFIG_FILE.to_string(), sidecar_config_yaml(isvc))]);
+    let mut data = BTreeMap::from([(CONFIG_FILE.to_string(), sidecar_config_yaml(isvc))]);
+    if let Some(mirror) = mirror {
+        // Serializing plain data with owned strings cannot fail.
+        data.insert(
+            MIRROR_FILE.to_string(),
+            serde_yaml::to_string(mirror).unwrap_or_default(),
+        );
+    }
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(config_map_name(&name)),

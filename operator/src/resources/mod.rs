@@ -46,7 +46,7 @@ pub fn build_children(
     let scaling = isvc.spec.scaling.as_ref();
     let provider = scaling.map(|s| s.provider).unwrap_or_default();
     Children {
-        config_map: config_map::build_config_map(isvc),
+        config_map: config_map::build_config_map(isvc, None),
         deployment: deployment::build_deployment(isvc, config, rollout),
         service: service::build_service(isvc),
         pdb: pdb::build_pdb(isvc),

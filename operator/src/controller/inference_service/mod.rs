@@ -26,21 +26,30 @@ use tracing::warn;
 use super::Error;
 use super::cache::{ChildTriggers, Triggers};
 use super::context::Context;
-use crate::api::{Experiment, InferenceService};
+use crate::api::{Experiment, InferenceService, ShadowDeployment};
 use crate::metrics_api::signal::LoadSignal;
 use crate::resources::labels::INFERENCE_SERVICE_LABEL;
 use crate::resources::scaled_object::scaled_object_resource;
 use reconcile::KIND;
 pub use reconcile::reconcile;
 
+/// The events of the peer kinds that change what an InferenceService builds.
+pub struct PeerEvents {
+    /// An experiment's state decides what its control's Service selects.
+    pub experiments: Triggers<Experiment>,
+    /// The shadows naming a service make its mirror configuration.
+    pub shadows: Triggers<ShadowDeployment>,
+}
+
 /// Runs the controller until `shutdown` resolves. `triggers` are the events of the context's
-/// child and pod caches, `experiments` those of its Experiment cache (see [`Context::start`]).
+/// child and pod caches, `peers` those of its Experiment and ShadowDeployment caches (see
+/// [`Context::start`]).
 pub async fn run(
     client: Client,
     namespace: Option<String>,
     ctx: Arc<Context>,
     triggers: ChildTriggers,
-    experiments: Triggers<Experiment>,
+    peers: PeerEvents,
     load_signal: Option<LoadSignal>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -87,8 +96,13 @@ pub async fn run(
             Some(ObjectRef::new(name).within(&pod.namespace()?))
         })
         // An experiment's state decides what its control's Service selects.
-        .watches_stream(experiments, |experiment| {
+        .watches_stream(peers.experiments, |experiment| {
             Some(ObjectRef::new(&experiment.spec.control).within(&experiment.namespace()?))
+        })
+        // A shadow that appears, changes (its candidate ready, finished) or goes changes its
+        // production's mirror configuration.
+        .watches_stream(peers.shadows, |shadow| {
+            Some(ObjectRef::new(&shadow.spec.production).within(&shadow.namespace()?))
         });
     if let Some(scaled_objects) = scaled_objects {
         controller = controller.owns_stream_with(scaled_objects, scaled_object_resource());

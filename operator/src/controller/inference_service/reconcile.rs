@@ -26,9 +26,9 @@ use super::events::events;
 use super::gpu_capacity::node_gpus;
 use super::scaling_signal::autoscaled;
 use super::status::{Observed, ScalingSignal, compute_status, is_settled};
-use crate::api::InferenceService;
 use crate::api::conditions::{ConditionType, DesiredCondition, reason, set_condition};
 use crate::api::inference_service::{InferenceServiceStatus, ScalingProvider};
+use crate::api::{InferenceService, ShadowDeployment};
 use crate::config::OperatorConfig;
 use crate::controller::Error;
 use crate::controller::apply::{AppliedChildren, OptionalKind, apply_children};
@@ -39,10 +39,14 @@ use crate::controller::events::publish;
 use crate::controller::experiment::children::{router_name, router_selector_labels};
 use crate::controller::experiment::routing;
 use crate::controller::orphans::{orphans, sweep};
+use crate::controller::shadow::children::{candidate_name, candidate_ready};
+use crate::controller::shadow::mirror::{is_active, mirror_config, running_mirror_config};
 use crate::gpu::{GpuFit, gpu_fit, gpu_resource_name, plan_rollout};
+use crate::resources::config_map::{build_config_map, config_map_name};
 use crate::resources::labels::{FIELD_MANAGER, selector_labels};
 use crate::resources::service::service_url;
 use crate::resources::{Children, build_children, deployment, hpa};
+use lexserve_contract::mirror::MirrorConfig;
 
 pub(super) const KIND: &str = "InferenceService";
 /// How often a service in rollout or trouble is looked at again.
@@ -138,6 +142,9 @@ pub struct Inputs {
     /// (see [`crate::controller::experiment::routing`]): the Service then selects the router's
     /// pods instead of its own, so clients keep their URL.
     pub router_selector: Option<BTreeMap<String, String>>,
+    /// The mirror configuration of the shadows that name this service (see
+    /// [`crate::controller::shadow::mirror`]), written as a second key of its ConfigMap.
+    pub mirror: Option<MirrorConfig>,
 }
 
 pub struct GpuInputs {
@@ -150,10 +157,12 @@ pub struct GpuInputs {
 /// experiment that holds the service's Service, from the experiment and Deployment caches.
 async fn read(isvc: &InferenceService, ctx: &Context) -> Result<Inputs, Error> {
     let router_selector = held_by_router(isvc, ctx);
+    let mirror = mirror(isvc, ctx);
     let Some(gpu) = isvc.spec.resources.as_ref().and_then(|r| r.gpu.as_ref()) else {
         return Ok(Inputs {
             gpu: None,
             router_selector,
+            mirror,
         });
     };
     let stores = ctx.gpu_stores().await?;
@@ -174,7 +183,30 @@ async fn read(isvc: &InferenceService, ctx: &Context) -> Result<Inputs, Error> {
             resource,
         }),
         router_selector,
+        mirror,
     })
+}
+
+/// The mirror configuration of this service's active shadows, from the shadow and Deployment
+/// caches, continuing the generation its ConfigMap holds.
+fn mirror(isvc: &InferenceService, ctx: &Context) -> Option<MirrorConfig> {
+    let namespace = isvc.namespace()?;
+    let shadows = ctx.peers.shadows_of(&namespace, &isvc.name_any());
+    let active: Vec<&ShadowDeployment> = shadows
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|s| {
+            let candidate = ctx
+                .children
+                .deployment(&namespace, &candidate_name(&s.name_any()));
+            is_active(s, isvc, candidate_ready(candidate.as_deref()))
+        })
+        .collect();
+    let running = ctx
+        .children
+        .config_map(&namespace, &config_map_name(&isvc.name_any()))
+        .and_then(|cm| running_mirror_config(&cm));
+    mirror_config(isvc, &active, running.as_ref(), &ctx.config)
 }
 
 /// The router selector of the experiment that holds this service's Service, if one does and
@@ -200,7 +232,7 @@ pub fn build(
 ) -> Vec<DesiredChild> {
     let rollout = plan_rollout(inputs.gpu.as_ref().map(|g| &g.fit));
     let Children {
-        config_map,
+        config_map: _,
         deployment,
         service,
         pdb,
@@ -211,6 +243,8 @@ pub fn build(
     if let (Some(selector), Some(spec)) = (&inputs.router_selector, service.spec.as_mut()) {
         spec.selector = Some(selector.clone());
     }
+    // The mirror's key changes no pod: the config hash covers only the model's config.
+    let config_map = build_config_map(isvc, inputs.mirror.as_ref());
     let mut children = vec![
         DesiredChild::new(ChildKind::ConfigMap, &config_map),
         DesiredChild::new(ChildKind::Service, &service),
@@ -393,6 +427,7 @@ mod tests {
             &Inputs {
                 gpu: None,
                 router_selector: None,
+                mirror: None,
             },
         );
         let kinds: Vec<_> = children.iter().map(|c| (c.kind, c.name.as_str())).collect();
@@ -417,6 +452,7 @@ mod tests {
             &Inputs {
                 gpu: None,
                 router_selector: None,
+                mirror: None,
             },
         );
         let router = BTreeMap::from([(
@@ -429,6 +465,7 @@ mod tests {
             &Inputs {
                 gpu: None,
                 router_selector: Some(router.clone()),
+                mirror: None,
             },
         );
         let selector = |children: &[DesiredChild]| {
@@ -450,6 +487,55 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(others(&own), others(&held));
+    }
+
+    #[test]
+    fn a_mirror_configuration_is_a_second_config_map_key_and_rolls_no_pod() {
+        let inputs = |mirror| Inputs {
+            gpu: None,
+            router_selector: None,
+            mirror,
+        };
+        let plain = build(&isvc(embedder()), &OperatorConfig::default(), &inputs(None));
+        let mirror = MirrorConfig {
+            generation: 4,
+            targets: vec![],
+        };
+        let mirrored = build(
+            &isvc(embedder()),
+            &OperatorConfig::default(),
+            &inputs(Some(mirror.clone())),
+        );
+        let data = |children: &[DesiredChild]| {
+            children
+                .iter()
+                .find(|c| c.kind == ChildKind::ConfigMap)
+                .map(|c| c.object["data"].clone())
+                .expect("ConfigMap")
+        };
+        // A plain service writes what it always wrote: the model's config alone.
+        let keys: Vec<_> = data(&plain)
+            .as_object()
+            .expect("data")
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, vec!["config.yaml".to_string()]);
+        let with_mirror = data(&mirrored);
+        let written: MirrorConfig =
+            serde_yaml::from_str(with_mirror["mirror.yaml"].as_str().expect("mirror.yaml"))
+                .expect("a MirrorConfig");
+        assert_eq!(written, mirror);
+        assert_eq!(with_mirror["config.yaml"], data(&plain)["config.yaml"]);
+        // Not a pod changes: every other child is the same, the Deployment included.
+        let others = |children: &[DesiredChild]| {
+            children
+                .iter()
+                .filter(|c| c.kind != ChildKind::ConfigMap)
+                .map(|c| c.hash.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(others(&plain), others(&mirrored));
     }
 
     #[test]
