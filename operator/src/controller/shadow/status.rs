@@ -168,14 +168,16 @@ pub fn compute_status(shadow: &ShadowDeployment, observed: &Observed) -> ShadowD
     let mut progress = (reason::MIRRORING, mirroring.clone());
     if let Some((observation, judgement)) = observed.analysis {
         status.last_analysis_time = Some(now.clone());
-        status.samples = judgement.samples;
-        status.dropped = judgement.dropped;
-        status.agreement = judgement.agreement.clone();
-        status.latency_ratio = judgement.latency_ratio.clone();
-        status.candidate_error_rate = judgement.candidate_error_rate;
-        status.production_error_rate = judgement.production_error_rate;
-        status.confidence_shift = judgement.confidence_shift;
+        // Without numbers (Prometheus unreachable, no series yet) the judgement carries none:
+        // the status keeps the last ones rather than falling back to zero.
         if let ShadowObservation::Data(counts) = observation {
+            status.samples = judgement.samples;
+            status.dropped = judgement.dropped;
+            status.agreement = judgement.agreement.clone();
+            status.latency_ratio = judgement.latency_ratio.clone();
+            status.candidate_error_rate = judgement.candidate_error_rate;
+            status.production_error_rate = judgement.production_error_rate;
+            status.confidence_shift = judgement.confidence_shift;
             status.production_latency = counts.production_latency.clone();
             status.candidate_latency = counts.candidate_latency.clone();
         }
@@ -355,6 +357,50 @@ mod tests {
             production_error_rate: Some(0.0),
             confidence_shift: None,
         }
+    }
+
+    #[test]
+    fn an_analysis_without_numbers_keeps_the_last_figures() {
+        let running = ShadowDeploymentStatus {
+            phase: Some(ShadowPhase::Running),
+            start_time: Some(at(10)),
+            samples: 800,
+            agreement: Some(Agreement {
+                rate: 0.97,
+                lower: 0.96,
+                upper: 0.98,
+            }),
+            ..Default::default()
+        };
+        let down = ShadowObservation::Unreachable {
+            error: "connection refused".to_string(),
+        };
+        let waiting = ShadowJudgement {
+            samples: 0,
+            dropped: 0,
+            agreement: None,
+            latency_ratio: None,
+            candidate_error_rate: None,
+            production_error_rate: None,
+            ..judgement(None, reason::PROMETHEUS_UNREACHABLE)
+        };
+        let status = compute_status(
+            &shadow(Some(running.clone())),
+            &Observed {
+                analysis: Some((&down, &waiting)),
+                ..observed(1, Some(1), Some(1), 40)
+            },
+        );
+        assert_eq!(status.samples, 800);
+        assert_eq!(status.agreement, running.agreement);
+        assert_eq!(status.last_analysis_time, Some(at(40)));
+        assert_eq!(
+            reason_of(&status, ConditionType::Progressing),
+            (
+                "True".to_string(),
+                reason::PROMETHEUS_UNREACHABLE.to_string()
+            )
+        );
     }
 
     #[test]
