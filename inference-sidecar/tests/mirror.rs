@@ -609,18 +609,26 @@ async fn a_slow_dead_or_overloaded_candidate_never_changes_productions_answers()
     let n = requests.len() as f64;
     wait_metric(&production, &outcome("slow", "candidate_error"), |c| c == n).await;
     wait_metric(&production, &outcome("dead", "candidate_error"), |c| c == n).await;
-    // One copy in flight, one queued: the rest dropped, counted.
-    wait_metric(&production, &dropped("stuck", "queue_full"), |c| {
-        c == n - 2.0
+    // One copy in flight and one queued, the rest dropped, counted. The mirror's thread runs only
+    // when production's do not want the CPU (SCHED_IDLE): on a busy machine it may take its first
+    // copy only after the second was refused, so one more may be dropped.
+    let full = wait_metric(&production, &dropped("stuck", "queue_full"), |c| {
+        c >= n - 2.0
     })
     .await;
+    assert!(full <= n - 1.0, "{full} of {n} copies dropped");
     assert_eq!(compared(&production, "stuck").await, 0.0);
     assert_eq!(compared(&production, "slow").await, n);
 
-    // SIGTERM with a copy stuck in flight and one queued: the queued one is dropped (counted),
-    // and production exits at once anyway.
+    // SIGTERM with a copy stuck in flight and what is queued: the queued ones are dropped
+    // (counted), and production exits at once anyway. Every copy is accounted for: dropped as
+    // queue_full, dropped at shutdown, or the one in flight.
     production.sigterm();
-    wait_metric(&production, &dropped("stuck", "shutdown"), |c| c == 1.0).await;
+    let shutdown = wait_metric(&production, &dropped("stuck", "shutdown"), |c| {
+        full + c >= n - 1.0
+    })
+    .await;
+    assert!(full + shutdown <= n, "{full} + {shutdown} of {n}");
     production.sigterm();
     assert_eq!(
         production.wait_exit(Duration::from_secs(60)),

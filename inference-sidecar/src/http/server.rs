@@ -112,7 +112,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
         config.model_name.clone(),
         metrics.mirror.clone(),
     )
-    .map_err(|e| ServerError::Serve(std::io::Error::other(e)))?;
+    .map_err(ServerError::Serve)?;
     let service = ModelService::start(config, Arc::clone(&metrics));
     let state = AppState {
         service: Arc::clone(&service),

@@ -10,6 +10,7 @@
 //! [`metrics`] exports it all.
 
 pub mod answer;
+pub mod background;
 pub mod capture;
 pub mod compare;
 pub mod config;
@@ -63,7 +64,7 @@ impl Mirror {
         settings: Option<MirrorSettings>,
         served: String,
         metrics: MirrorMetrics,
-    ) -> Result<Arc<Self>, reqwest::Error> {
+    ) -> std::io::Result<Arc<Self>> {
         let live = Arc::new(Live::default());
         let mut reloading = None;
         if let Some(settings) = settings {
@@ -72,13 +73,15 @@ impl Mirror {
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .tcp_nodelay(true)
-                .build()?;
+                .build()
+                .map_err(std::io::Error::other)?;
             let watch = MirrorWatch {
                 resolve: settings.resolve,
                 delivery: Arc::new(Delivery {
                     client,
                     metrics: metrics.clone(),
                     served,
+                    background: background::start()?,
                 }),
                 live: Arc::clone(&live),
             };

@@ -40,7 +40,7 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Starts the queue's dispatcher (on the current runtime).
+    /// Starts the queue's dispatcher on the mirror's own low-priority runtime.
     pub fn start(key: QueueKey, delivery: Arc<Delivery>) -> Arc<Self> {
         let capacity = usize::try_from(key.limits.queue)
             .unwrap_or(usize::MAX)
@@ -50,7 +50,8 @@ impl Queue {
             .max(1);
         let (sender, receiver) = mpsc::channel(capacity);
         let (stop, stopped) = watch::channel(None);
-        tokio::spawn(dispatch(
+        let background = delivery.background.clone();
+        background.spawn(dispatch(
             key.shadow.clone(),
             receiver,
             stopped,

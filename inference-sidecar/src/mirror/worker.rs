@@ -39,6 +39,9 @@ pub struct Delivery {
     pub metrics: MirrorMetrics,
     /// The name production serves (what its clients' requests name).
     pub served: String,
+    /// The mirror's own low-priority runtime ([`super::background`]): every queue's work runs
+    /// there.
+    pub background: tokio::runtime::Handle,
 }
 
 /// Why a pair was not compared.
