@@ -392,13 +392,7 @@ fn as_deployed(args: &AsDeployedArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let pod = format!("{}-0", args.deployment);
     let (env, account) = runtime.block_on(async {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&admin)
-                .with_context(|| format!("reading {} (is the cluster up?)", admin.display()))?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
-        let client = kube::Client::try_from(config)?;
+        let client = admin_client(&admin).await?;
         let env =
             lexserve_e2e::chart::deployed_env(&client, &args.namespace, &args.deployment, &pod)
                 .await?;
@@ -459,13 +453,7 @@ fn pods(args: PodsArgs) -> Result<()> {
     let admin = cluster_dir().join("kubeconfig");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&admin)
-                .with_context(|| format!("reading {} (is the cluster up?)", admin.display()))?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
-        let client = kube::Client::try_from(config)?;
+        let client = admin_client(&admin).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
             tokio::select! {
@@ -485,4 +473,15 @@ fn pods(args: PodsArgs) -> Result<()> {
         )
         .await
     })
+}
+
+/// A client acting with the local cluster's admin kubeconfig at `path`.
+async fn admin_client(path: &Path) -> Result<kube::Client> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading {} (is the cluster up?)", path.display()))?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(kube::Client::try_from(config)?)
 }

@@ -31,9 +31,6 @@ use crate::api::{Experiment, InferenceService};
 use children::EXPERIMENT_LABEL;
 pub use reconcile::{ExperimentContext, reconcile};
 
-/// How long one Prometheus query of the analysis may take.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Runs the controller until `shutdown` resolves. `inference_services` are the events of the
 /// context's InferenceService cache: a variant that appears, changes or goes re-reconciles the
 /// experiments that name it.
@@ -52,17 +49,13 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let prometheus = reqwest::Client::builder()
-        .timeout(QUERY_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .ok()
-        .and_then(|http| {
-            prometheus_http_query::Client::from(http, &ctx.config.prometheus_url).ok()
-        });
-    if prometheus.is_none() {
-        warn!(url = %ctx.config.prometheus_url, "no Prometheus client: experiments will not be analysed");
-    }
+    let prometheus = match super::promql::connect(&ctx.config.prometheus_url) {
+        Ok(client) => Some(client),
+        Err(e) => {
+            warn!(url = %ctx.config.prometheus_url, error = %e, "no Prometheus client: experiments will not be analysed");
+            None
+        }
+    };
     let experiments = ctx.peers.experiments.clone();
     let ectx = Arc::new(ExperimentContext {
         shared: ctx.clone(),
