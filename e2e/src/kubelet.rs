@@ -67,6 +67,34 @@ impl PodHost {
         })
     }
 
+    /// Writes the current content of the pod's ConfigMap volumes (from `config_maps`, by name)
+    /// over their files, as kubelet's periodic sync does: each file replaced whole, by rename, so
+    /// that a reader never sees half of it. Returns whether a file changed.
+    pub fn sync_config_maps(&self, config_maps: &BTreeMap<String, ConfigMap>) -> Result<bool> {
+        let spec = self.pod.spec.as_ref().context("pod without a spec")?;
+        let mut changed = false;
+        for volume in spec.volumes.iter().flatten() {
+            let (Some(source), Some(host)) = (&volume.config_map, self.volumes.get(&volume.name))
+            else {
+                continue;
+            };
+            let Some(config_map) = config_maps.get(&source.name) else {
+                continue;
+            };
+            for (key, value) in config_map.data.iter().flatten() {
+                let path = host.join(key);
+                if std::fs::read(&path).ok().as_deref() == Some(value.as_bytes()) {
+                    continue;
+                }
+                let tmp = host.join(format!(".{key}.tmp"));
+                std::fs::write(&tmp, value)?;
+                std::fs::rename(&tmp, &path)?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
     fn name(&self) -> String {
         self.pod.metadata.name.clone().unwrap_or_default()
     }
@@ -220,9 +248,16 @@ impl PodHost {
     /// port instead of its `--listen` address, with the ONNX Runtime library the image would
     /// carry and one compute thread.
     pub fn start_server(&self) -> Result<SidecarProcess> {
+        self.start_server_with(&[])
+    }
+
+    /// [`Self::start_server`] with `extra` arguments after the pod's own (what this machine adds
+    /// for the cluster's network, e.g. `--resolve` for Service names).
+    pub fn start_server_with(&self, extra: &[String]) -> Result<SidecarProcess> {
         let spec = self.pod.spec.as_ref().context("pod without a spec")?;
         let container = spec.containers.first().context("pod without containers")?;
         let (mut args, mut vars) = self.command_line(container);
+        args.extend(extra.iter().cloned());
         let port = free_port()?;
         let listen = flag::arg(flag::LISTEN);
         match args.iter().position(|a| *a == listen) {

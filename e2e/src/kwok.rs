@@ -28,6 +28,12 @@ pub const GPU_TAINT: (&str, &str, &str) = ("nvidia.com/gpu", "present", "NoSched
 /// "every pod is Running and Ready" stage would overwrite.
 pub const TEST_KUBELET_LABEL: &str = "e2e.lexserve.io/kubelet";
 
+/// The namespace whose pods `lexserve-e2e pods` (the demo's) runs and reports on: kwok leaves
+/// the status of every pod there to it, so that a pod is Ready when its server answers, as
+/// kubelet's readiness probe would have it (the operator's readiness, an experiment's switch
+/// to its router and a shadow's start wait for real servers).
+pub const PODS_NAMESPACE: &str = "lexserve-live";
+
 /// kwok's `--config`: the stages, as kwok's Stage resources.
 pub const STAGES: &str = r#"
 # Nodes: not Ready yet -> Ready, with addresses and capacity (kept when the node has them).
@@ -133,7 +139,8 @@ spec:
       {{ end }}
 ---
 # Pods: scheduled and not Ready -> Running and Ready, every container running. Not pods whose
-# test plays kubelet (TEST_KUBELET_LABEL).
+# test plays kubelet (TEST_KUBELET_LABEL), nor those of the namespace lexserve-e2e pods runs
+# (PODS_NAMESPACE).
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
@@ -148,6 +155,9 @@ spec:
       operator: 'DoesNotExist'
     - key: '.metadata.labels["e2e.lexserve.io/kubelet"]'
       operator: 'DoesNotExist'
+    - key: '.metadata.namespace'
+      operator: 'NotIn'
+      values: ['lexserve-live']
     - key: '.status.phase'
       operator: 'In'
       values: ['Pending']
@@ -304,5 +314,9 @@ mod tests {
     fn the_ready_stage_leaves_test_kubelet_pods_alone() {
         let expression = format!(".metadata.labels[\"{TEST_KUBELET_LABEL}\"]");
         assert!(STAGES.contains(&expression), "{expression}");
+        let namespace = format!(
+            "- key: '.metadata.namespace'\n      operator: 'NotIn'\n      values: ['{PODS_NAMESPACE}']"
+        );
+        assert!(STAGES.contains(&namespace), "{namespace}");
     }
 }

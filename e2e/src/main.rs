@@ -32,17 +32,15 @@ enum Top {
     /// Run lexserve-operator on this machine as the Helm chart deploys it.
     #[command(subcommand)]
     Operator(OperatorCommand),
-    /// Play node, kube-proxy and Prometheus for one namespace: a real sidecar for every
-    /// model-server pod, a loopback address per InferenceService, a Prometheus scraping them
-    /// (until SIGTERM/SIGINT; what runs is written to the state file).
+    /// Play kubelet, kube-proxy, cluster DNS and Prometheus for the demo's namespace
+    /// (lexserve-live, which kwok leaves to it): a real server for every pod the operator makes,
+    /// Ready when it answers, a loopback address per Service, a Prometheus scraping them (until
+    /// SIGTERM/SIGINT; what runs is written to the state file).
     Pods(PodsArgs),
 }
 
 #[derive(Args, Clone, Debug)]
 struct PodsArgs {
-    /// The namespace whose pods to run.
-    #[arg(long)]
-    namespace: String,
     /// The state file (JSON: prometheus, services).
     #[arg(long)]
     state: PathBuf,
@@ -464,8 +462,8 @@ fn pods(args: PodsArgs) -> Result<()> {
         lexserve_e2e::demo_pods::run(
             client,
             lexserve_e2e::demo_pods::Options {
-                dir: cluster_dir().join(format!("pods-{}", args.namespace)),
-                namespace: args.namespace,
+                dir: cluster_dir().join(format!("pods-{}", lexserve_e2e::kwok::PODS_NAMESPACE)),
+                namespace: lexserve_e2e::kwok::PODS_NAMESPACE.to_string(),
                 state: args.state,
                 operator_metrics: args.operator_metrics,
             },

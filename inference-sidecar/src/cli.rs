@@ -123,7 +123,8 @@ pub struct ServeArgs {
     #[arg(long = flag::MIRROR_CONFIG, env = env::MIRROR_CONFIG)]
     pub mirror_config: Option<PathBuf>,
     /// `HOST:PORT=ADDR` (repeatable, or comma-separated): connect to ADDR when a mirror
-    /// candidate's URL names HOST:PORT, like curl's --resolve (a sidecar run outside the cluster).
+    /// candidate's URL names HOST:PORT, like curl's --resolve (a sidecar run outside the cluster);
+    /// HOST `*.DOMAIN` covers every name under DOMAIN (a proxy that routes by `Host`).
     #[arg(long = flag::RESOLVE, env = env::RESOLVE, value_delimiter = ',')]
     pub resolve: Vec<String>,
     /// Most texts in one request; more get 413.
@@ -194,7 +195,8 @@ pub struct RouteArgs {
     #[arg(long = flag::LISTEN, env = env::LISTEN, default_value_t = http::default_listen())]
     pub listen: String,
     /// `HOST:PORT=ADDR` (repeatable, or comma-separated): connect to ADDR when a variant's URL
-    /// names HOST:PORT, like curl's --resolve (a router run outside the cluster).
+    /// names HOST:PORT, like curl's --resolve (a router run outside the cluster); HOST `*.DOMAIN`
+    /// covers every name under DOMAIN (a proxy that routes by `Host`).
     #[arg(long = flag::RESOLVE, env = env::RESOLVE, value_delimiter = ',')]
     pub resolve: Vec<String>,
     /// How long connecting to a variant may take; then 503.

@@ -49,25 +49,63 @@ impl RouteSettings {
 }
 
 /// `--resolve HOST:PORT=ADDR` entries: where to connect when a variant's URL names HOST:PORT.
+/// HOST may be `*.DOMAIN`, which stands for every name under DOMAIN (one proxy in front of a
+/// cluster's Services, routing by the `Host` header); an exact name wins over a wildcard, and a
+/// longer DOMAIN over a shorter one.
 #[derive(Debug, Clone, Default)]
-pub struct Resolve(HashMap<(String, u16), SocketAddr>);
+pub struct Resolve {
+    exact: HashMap<(String, u16), SocketAddr>,
+    /// `(".DOMAIN", port)`, longest DOMAIN first.
+    wildcard: Vec<(String, u16, SocketAddr)>,
+}
 
 impl Resolve {
     pub fn parse(entries: &[String]) -> Result<Self, ConfigError> {
-        let mut map = HashMap::new();
+        let mut resolve = Self::default();
         for entry in entries {
-            let bad = || invalid("--resolve", format!("{entry:?} is not HOST:PORT=ADDR:PORT"));
+            let bad = || {
+                invalid(
+                    "--resolve",
+                    format!("{entry:?} is not HOST:PORT=ADDR:PORT (HOST a name or *.DOMAIN)"),
+                )
+            };
             let (name, addr) = entry.split_once('=').ok_or_else(bad)?;
             let (host, port) = name.rsplit_once(':').ok_or_else(bad)?;
             let port: u16 = port.parse().map_err(|_| bad())?;
             let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
-            map.insert((host.to_ascii_lowercase(), port), addr);
+            let host = host.to_ascii_lowercase();
+            match host.strip_prefix('*') {
+                Some(domain)
+                    if domain.len() > 1
+                        && domain.starts_with('.')
+                        && !domain[1..].contains('*') =>
+                {
+                    resolve.wildcard.push((domain.to_string(), port, addr));
+                }
+                Some(_) => return Err(bad()),
+                None if host.is_empty() || host.contains('*') => return Err(bad()),
+                None => {
+                    resolve.exact.insert((host, port), addr);
+                }
+            }
         }
-        Ok(Self(map))
+        resolve
+            .wildcard
+            .sort_by_key(|(domain, _, _)| std::cmp::Reverse(domain.len()));
+        Ok(resolve)
     }
 
     fn lookup(&self, host: &str, port: u16) -> Option<SocketAddr> {
-        self.0.get(&(host.to_ascii_lowercase(), port)).copied()
+        let host = host.to_ascii_lowercase();
+        if let Some(addr) = self.exact.get(&(host.clone(), port)) {
+            return Some(*addr);
+        }
+        self.wildcard
+            .iter()
+            .find(|(domain, p, _)| {
+                *p == port && host.len() > domain.len() && host.ends_with(domain.as_str())
+            })
+            .map(|(_, _, addr)| *addr)
     }
 }
 
@@ -323,9 +361,38 @@ buckets:
             "a=127.0.0.1:1",
             "a:x=127.0.0.1:1",
             "a:80=localhost:1",
+            "*:80=127.0.0.1:1",
+            "*.:80=127.0.0.1:1",
+            "a.*.svc:80=127.0.0.1:1",
+            "*.*.svc:80=127.0.0.1:1",
+            ":80=127.0.0.1:1",
         ] {
             let error = Resolve::parse(&[bad.to_string()]).unwrap_err().to_string();
             assert!(error.contains("--resolve"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_entry_covers_every_name_under_its_domain_and_an_exact_one_wins() {
+        let resolve = Resolve::parse(&[
+            "*.ns.svc.cluster.local:80=127.0.0.1:1".into(),
+            "*.svc.cluster.local:80=127.0.0.1:2".into(),
+            "b.ns.svc.cluster.local:80=127.0.0.1:3".into(),
+        ])
+        .unwrap();
+        let at = |host: &str, port: u16| resolve.lookup(host, port).map(|a| a.port());
+        assert_eq!(at("a.ns.svc.cluster.local", 80), Some(1));
+        assert_eq!(at("A.NS.svc.cluster.local", 80), Some(1));
+        assert_eq!(at("a.other.svc.cluster.local", 80), Some(2));
+        assert_eq!(at("b.ns.svc.cluster.local", 80), Some(3));
+        // The domain itself is not under it; another port is another entry.
+        assert_eq!(at("ns.svc.cluster.local", 80), Some(2));
+        assert_eq!(at("svc.cluster.local", 80), None);
+        assert_eq!(at("a.ns.svc.cluster.local", 8080), None);
+        assert_eq!(at("a.ns.svc.cluster.localhost", 80), None);
+        // Applied to a variant's URL: the connection goes to the proxy, the Host names the Service.
+        let server = Server::parse("http://a.ns.svc.cluster.local:80", &resolve).unwrap();
+        assert_eq!(server.base, "http://127.0.0.1:1");
+        assert_eq!(server.host.unwrap(), "a.ns.svc.cluster.local:80");
     }
 }
