@@ -16,6 +16,8 @@
 //!   reads it) and its bucket table.
 //! - [`mirror`]: the shadow mirror's configuration (the operator writes it into the production
 //!   sidecar's ConfigMap, `serve` re-reads it) and what each comparison mode means.
+//! - [`drift`]: the distributions a model server exports for drift monitoring, their fixed
+//!   buckets, the reference sample's baseline series, the features and measures.
 //! - [`digest`]: what a model's `sha256` covers (one file, or a directory's manifest), computed
 //!   by both `fetch` and `serve`.
 //!
@@ -24,6 +26,7 @@
 //! object the sidecar accepts.
 
 pub mod digest;
+pub mod drift;
 pub mod duration;
 pub mod fetch_report;
 pub mod mirror;

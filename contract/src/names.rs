@@ -42,6 +42,10 @@ pub mod flag {
     /// `--config`).
     pub const MIRROR_CONFIG: &str = "mirror-config";
 
+    /// `serve`: a reference sample for drift monitoring (one input per line), run at start-up
+    /// and exported as the baseline (see [`crate::drift`]).
+    pub const DRIFT_REFERENCE: &str = "drift-reference";
+
     /// `--name` from a flag's long name.
     pub fn arg(long: &str) -> String {
         format!("--{long}")
@@ -77,6 +81,7 @@ pub mod env {
     pub const RESOLVE: &str = "LEXSERVE_RESOLVE";
     pub const CONNECT_TIMEOUT: &str = "LEXSERVE_CONNECT_TIMEOUT";
     pub const MIRROR_CONFIG: &str = "LEXSERVE_MIRROR_CONFIG";
+    pub const DRIFT_REFERENCE: &str = "LEXSERVE_DRIFT_REFERENCE";
     /// The log filter (tracing's `EnvFilter` syntax) of both binaries.
     pub const LOG: &str = "LEXSERVE_LOG";
     /// The ONNX Runtime shared library (ort's own variable).
@@ -210,6 +215,27 @@ pub mod metric {
     /// Refused KV block releases and leaked blocks: a scheduler bug, counted in release builds.
     pub const KV_CACHE_BLOCK_ERRORS: &str = "lexserve_kv_cache_block_errors";
 
+    // Drift monitoring (see `crate::drift` for the buckets and the features they feed).
+    /// Counter (registered without `_total`): input tokens the tokenizer mapped to its unknown
+    /// token; against the sum of `lexserve_input_tokens`, the unknown-token rate.
+    pub const UNKNOWN_TOKENS: &str = "lexserve_unknown_tokens";
+    /// Histogram on `drift::EMBEDDING_NORM_BUCKETS`: the pooled embedding's L2 norm before
+    /// normalization.
+    pub const EMBEDDING_NORM: &str = "lexserve_embedding_norm";
+    /// Histogram on `drift::CENTROID_COSINE_BUCKETS`: cosine to the reference sample's centroid
+    /// (only with a reference sample).
+    pub const EMBEDDING_CENTROID_COSINE: &str = "lexserve_embedding_centroid_cosine";
+    /// Histogram on `drift::GENERATION_TOKEN_BUCKETS`: prompt tokens per generation request.
+    pub const PROMPT_TOKENS: &str = "lexserve_prompt_tokens";
+    /// Histogram on `drift::GENERATION_TOKEN_BUCKETS`: tokens generated per finished sequence.
+    pub const OUTPUT_TOKENS: &str = "lexserve_output_tokens";
+    /// Gauge `{feature,bin}`: the reference sample's count in each bin of each feature (see
+    /// `crate::drift`), exported by `serve` when started with `--drift-reference`.
+    pub const DRIFT_BASELINE: &str = "lexserve_drift_baseline";
+    /// The operator's gauge `{namespace,inference_service,feature,measure}`: the last drift
+    /// score of a feature against its baseline.
+    pub const OPERATOR_DRIFT_SCORE: &str = "lexserve_operator_drift_score";
+
     // The experiment router. Outcome values must be finite and at least 0, so that all four
     // series only grow and a decrease means a restart (what PromQL's `increase` assumes).
     /// `{experiment,variant}` counter (registered without `_total`): requests assigned.
@@ -277,4 +303,8 @@ pub mod label {
     pub const SIDE: &str = "side";
     pub const OUTCOME: &str = "outcome";
     pub const REASON: &str = "reason";
+    /// Drift monitoring: the feature (`drift::Feature::label`), the bin, the measure.
+    pub const FEATURE: &str = "feature";
+    pub const BIN: &str = "bin";
+    pub const MEASURE: &str = "measure";
 }

@@ -19,7 +19,7 @@ pub use lexserve_contract::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{MODEL_URI_PATTERN, preserve_unknown_object};
+use super::schema::{DURATION_PATTERN, preserve_unknown_object};
 
 /// The GPU resource name used when none is given.
 pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -62,7 +62,7 @@ pub struct InferenceServiceSpec {
     /// Fragments merged into the pod template of the model server's Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateFragment>,
-    /// Model monitoring settings (reserved for input drift detection).
+    /// Model monitoring: drift of the traffic against a baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
 }
@@ -216,30 +216,208 @@ pub struct PodTemplateFragment {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// Model monitoring (reserved: input drift detection lands in a later release).
+/// Model monitoring.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MonitoringSpec {
-    /// Input drift detection against a reference sample.
+    /// Drift detection: whether the traffic still looks like its baseline, reported as the
+    /// `DriftDetected` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftSpec>,
 }
 
-/// Input drift detection settings.
+/// Drift detection: every `interval`, the operator compares the distributions of the last
+/// `window` of traffic (input length, unknown-token rate, predicted classes and confidence,
+/// embedding norm and centroid cosine, prompt and output length: those of the model's task, see
+/// `lexserve-contract`'s `drift` module) with the baseline's, by each of `measures`, and reports
+/// drift when a measure passes its threshold on at least `minSamples` inputs on both sides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("duration(self.window) >= duration('1m') && duration(self.window) <= duration('168h')")
+        .message("spec.monitoring.drift.window must be between 1m and 168h"),
+    validation = Rule::new("duration(self.interval) >= duration('10s') && duration(self.interval) <= duration(self.window)")
+        .message("spec.monitoring.drift.interval must be at least 10s and at most the window"),
+)]
+pub struct DriftSpec {
+    /// What normal traffic looks like: a window of traffic after each rollout, or a reference
+    /// sample of inputs.
+    pub baseline: DriftBaseline,
+    /// The recent traffic compared with the baseline (a Go duration, 1m to 168h).
+    #[serde(default = "default_drift_window")]
+    #[schemars(length(max = 32), pattern(DURATION_PATTERN))]
+    pub window: String,
+    /// How often the operator compares (a Go duration, at least 10s, at most the window).
+    #[serde(default = "default_drift_interval")]
+    #[schemars(length(max = 32), pattern(DURATION_PATTERN))]
+    pub interval: String,
+    /// Fewer inputs than this in the baseline or the window: no verdict (the condition says
+    /// so).
+    #[serde(default = "default_drift_min_samples")]
+    #[schemars(range(min = 10, max = 100_000_000))]
+    pub min_samples: u64,
+    /// The measures computed for every feature (default: all three).
+    #[serde(default = "default_drift_measures")]
+    #[schemars(length(min = 1, max = 3))]
+    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n == m))").message("spec.monitoring.drift.measures must not repeat a measure"))]
+    pub measures: Vec<DriftMeasure>,
+    /// The features watched (default: every feature of the model's task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g == f))").message("spec.monitoring.drift.features must not repeat a feature"))]
+    pub features: Vec<DriftFeature>,
+    /// When a measure counts as drift.
+    #[serde(default)]
+    pub thresholds: DriftThresholds,
+}
+
+/// The baseline: exactly one of `window` and `reference`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct DriftSpec {
-    /// Whether drift is measured.
-    #[serde(default)]
-    pub enabled: bool,
-    /// Where the reference sample lives (same schemes as the model URI).
+#[x_kube(
+    validation = Rule::new("has(self.window) != has(self.reference)")
+        .message("spec.monitoring.drift.baseline needs exactly one of window and reference"),
+)]
+pub struct DriftBaseline {
+    /// Learn the baseline from this much traffic after each rollout of a new model version (a
+    /// Go duration, 1m to 168h); no verdict until it has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), pattern(MODEL_URI_PATTERN))]
-    pub reference: Option<String>,
-    /// The population stability index above which drift is reported.
+    #[schemars(length(max = 32), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("spec.monitoring.drift.baseline.window must be between 1m and 168h"))]
+    pub window: Option<String>,
+    /// A reference sample of inputs, one per line (at most 10000 lines, 1 MiB), in a ConfigMap
+    /// of the InferenceService's namespace: the sidecar runs it through the model at start-up and
+    /// exports its distributions as the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ConfigMapKey>,
+}
+
+/// A key of a ConfigMap in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKey {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the sample.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+pub use lexserve_contract::drift::{Feature as DriftFeature, Measure as DriftMeasure};
+
+/// Thresholds above which a measure reports drift.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftThresholds {
+    /// Population stability index (0.1: a moderate shift, 0.25: a major one).
+    #[serde(default = "default_psi_threshold")]
     #[schemars(range(min = 0.0, max = 10.0))]
-    pub psi_threshold: Option<f64>,
+    pub psi: f64,
+    /// Jensen–Shannon divergence, base 2 (0 to 1).
+    #[serde(default = "default_js_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub jensen_shannon: f64,
+    /// Kolmogorov–Smirnov statistic (the largest gap between the cumulative shares, 0 to 1);
+    /// drift also needs its p-value under `ksPValue`.
+    #[serde(default = "default_ks_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub kolmogorov_smirnov: f64,
+    /// The Kolmogorov–Smirnov p-value under which a statistic above its threshold counts.
+    #[serde(default = "default_ks_p_value")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ks_p_value: f64,
+}
+
+impl Default for DriftThresholds {
+    fn default() -> Self {
+        Self {
+            psi: default_psi_threshold(),
+            jensen_shannon: default_js_threshold(),
+            kolmogorov_smirnov: default_ks_threshold(),
+            ks_p_value: default_ks_p_value(),
+        }
+    }
+}
+
+fn default_drift_window() -> String {
+    "15m".to_string()
+}
+fn default_drift_interval() -> String {
+    "1m".to_string()
+}
+fn default_drift_min_samples() -> u64 {
+    500
+}
+fn default_drift_measures() -> Vec<DriftMeasure> {
+    DriftMeasure::ALL.to_vec()
+}
+fn default_psi_threshold() -> f64 {
+    0.2
+}
+fn default_js_threshold() -> f64 {
+    0.1
+}
+fn default_ks_threshold() -> f64 {
+    0.1
+}
+fn default_ks_p_value() -> f64 {
+    0.01
+}
+
+/// What the last drift check found.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftStatus {
+    /// The model version the baseline belongs to (its digest, or its URI when no digest is
+    /// known): a new version starts a new baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    /// When the baseline window began (a window baseline: the rollout of `modelVersion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_start: Option<Time>,
+    /// The learned baseline (a window baseline, once its window has passed): counts per bin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub baseline: Vec<FeatureBaseline>,
+    /// When the last check ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
+    /// The features the last check measured, with their scores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub features: Vec<FeatureDrift>,
+}
+
+/// A baseline's counts for one feature.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureBaseline {
+    pub feature: DriftFeature,
+    /// Bin name (a histogram's upper edge, a class, `unknown`/`known`) to count.
+    #[schemars(length(max = 64))]
+    pub counts: BTreeMap<String, f64>,
+}
+
+/// One feature's last scores.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureDrift {
+    pub feature: DriftFeature,
+    /// Inputs in the baseline.
+    pub baseline_samples: u64,
+    /// Inputs in the window.
+    pub window_samples: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jensen_shannon: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kolmogorov_smirnov: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ks_p_value: Option<f64>,
+    /// Whether a measure passed its threshold.
+    pub drifted: bool,
 }
 
 /// What the operator observed of an InferenceService.
@@ -270,6 +448,10 @@ pub struct InferenceServiceStatus {
     /// When the autoscaler last changed the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+    /// Drift monitoring: the baseline and the last check's scores (with
+    /// `spec.monitoring.drift`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftStatus>,
 }
 
 /// The model a running InferenceService serves.
