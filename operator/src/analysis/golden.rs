@@ -3,12 +3,12 @@
 //! 1e-6 for numerical ones (special functions, quantiles).
 
 use super::distributions::*;
+use super::drift::{js_divergence, kl_divergence, ks_2samp, psi};
 use super::holm::{holm_adjust, holm_reject};
 use super::means::{Estimate, Moments, relative_lift, welch_ttest};
 use super::power::{mde_proportion, progress_message, sample_size_means, sample_size_proportions};
 use super::proportions::{Proportion, two_proportion_ztest};
 use super::sequential::{Msprt, confidence_sequence, rho};
-use super::shadow::psi;
 use super::srm::sample_ratio_mismatch;
 use super::wilson::wilson_interval;
 use super::{Alternative, StatsError};
@@ -371,4 +371,54 @@ fn psi_matches_numpy() {
         CLOSED,
     );
     assert_eq!(psi(&baseline, &baseline), Some(0.0));
+}
+
+#[test]
+fn js_and_kl_divergence_match_scipy() {
+    let g = golden();
+    let case = &g["psi"];
+    let shares = |key: &str| -> Vec<f64> { case[key].as_array().unwrap().iter().map(f).collect() };
+    let (baseline, candidate) = (shares("baseline"), shares("candidate"));
+    // scipy's jensenshannon(p, q, base=2) is the distance; the divergence is its square.
+    let js = f(&g["js_divergence_base2"]["js_divergence"]);
+    close(js_divergence(&baseline, &candidate).unwrap(), js, CLOSED);
+    close(
+        js_divergence(&baseline, &candidate).unwrap().sqrt(),
+        f(&g["js_divergence_base2"]["js_distance"]),
+        CLOSED,
+    );
+    // Symmetric, and counts on any scale give the same.
+    close(js_divergence(&candidate, &baseline).unwrap(), js, CLOSED);
+    let counts = |v: &[f64], n: f64| v.iter().map(|x| x * n).collect::<Vec<_>>();
+    close(
+        js_divergence(&counts(&baseline, 2000.0), &counts(&candidate, 370.0)).unwrap(),
+        js,
+        CLOSED,
+    );
+    // scipy's entropy(p, q): KL(baseline || candidate), nats.
+    close(
+        kl_divergence(&baseline, &candidate).unwrap(),
+        f(&g["kl_pq_nats"]),
+        CLOSED,
+    );
+    close(
+        kl_divergence(&counts(&baseline, 2000.0), &counts(&candidate, 370.0)).unwrap(),
+        f(&g["kl_pq_nats"]),
+        CLOSED,
+    );
+}
+
+#[test]
+fn ks_2samp_matches_scipy_exact() {
+    let g = golden();
+    let case = &g["ks_2samp"];
+    let sample = |key: &str| -> Vec<f64> { case[key].as_array().unwrap().iter().map(f).collect() };
+    let (x, y) = (sample("x"), sample("y"));
+    let ks = ks_2samp(&x, &y).unwrap();
+    close(ks.statistic, f(&case["D"]), CLOSED);
+    close(ks.p_value, f(&case["p"]), NUMERIC);
+    // The same test the other way round.
+    let back = ks_2samp(&y, &x).unwrap();
+    close(back.statistic, f(&case["D"]), CLOSED);
+    close(back.p_value, f(&case["p"]), NUMERIC);
 }

@@ -6,6 +6,7 @@
 pub mod compare;
 pub mod decision;
 pub mod distributions;
+pub mod drift;
 pub mod holm;
 pub mod means;
 pub mod power;

@@ -47,13 +47,12 @@ use super::wilson::{wilson_interval, wilson_score_interval};
 use crate::api::conditions::reason;
 use crate::api::shadow_deployment::{Agreement, Criteria, LatencyPercentiles, ShadowVerdict};
 
+// The confidence shift is drift's PSI, named here too as the shadow's tests and callers know it.
+pub use super::drift::{PSI_EMPTY_BIN, psi};
+
 /// The level of the agreement interval the status shows and the pass rule uses, and of the
 /// always-valid fail bounds.
 pub const ALPHA: f64 = 0.05;
-
-/// Below this share a bin counts as empty in [`psi`]: the logarithm of an empty bin's share
-/// would be infinite.
-pub const PSI_EMPTY_BIN: f64 = 1e-4;
 
 /// Cumulative counts since the shadow started mirroring, read from Prometheus.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -102,32 +101,6 @@ pub struct ShadowJudgement {
     pub candidate_error_rate: Option<f64>,
     pub production_error_rate: Option<f64>,
     pub confidence_shift: Option<f64>,
-}
-
-/// Population stability index between two binned distributions (counts; normalised inside),
-/// with empty bins smoothed; None when either side has no observations.
-///
-/// PSI = Σ (qᵢ − pᵢ)·ln(qᵢ/pᵢ) over the bins, p the baseline's shares and q the candidate's.
-/// A share below [`PSI_EMPTY_BIN`] counts as [`PSI_EMPTY_BIN`] (every term stays ≥ 0, so the
-/// index does too). Bins beyond the shorter side count as empty on it; counts that are not
-/// finite or negative count as 0.
-pub fn psi(baseline: &[f64], candidate: &[f64]) -> Option<f64> {
-    let shares = |counts: &[f64]| -> Option<Vec<f64>> {
-        let clean: Vec<f64> = counts.iter().map(|&c| count(c)).collect();
-        let total: f64 = clean.iter().sum();
-        (total > 0.0).then(|| clean.iter().map(|c| c / total).collect())
-    };
-    let (p, q) = (shares(baseline)?, shares(candidate)?);
-    let bins = p.len().max(q.len());
-    let share = |s: &[f64], i: usize| s.get(i).copied().unwrap_or(0.0).max(PSI_EMPTY_BIN);
-    Some(
-        (0..bins)
-            .map(|i| {
-                let (p, q) = (share(&p, i), share(&q, i));
-                (q - p) * (q / p).ln()
-            })
-            .sum(),
-    )
 }
 
 /// One analysis. `elapsed` is the time since `status.startTime`, `duration` the spec's. The
@@ -412,11 +385,6 @@ fn latency_ratio(
         p95: ratio(c.p95, p.p95)?,
         p99: ratio(c.p99, p.p99)?,
     })
-}
-
-/// A count read from Prometheus; what cannot be a count (NaN, negative) is 0.
-fn count(x: f64) -> f64 {
-    if x.is_finite() && x > 0.0 { x } else { 0.0 }
 }
 
 #[cfg(test)]
