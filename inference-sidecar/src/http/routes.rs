@@ -32,13 +32,19 @@ pub(crate) const INFERENCE_ROUTES: [&str; 9] = [
     "/v1/chat/completions",
 ];
 
+/// The `Server-Timing` metric an inference answer carries: the server's time from the request's
+/// arrival to the answer's headers, in milliseconds (`app;dur=12.345`), as the latency histogram
+/// counts it. The shadow mirror reads a candidate's, so that its latency ratio compares the two
+/// servers, not the mirror's idle-priority thread.
+pub(crate) const SERVER_TIMING_METRIC: &str = "app";
+
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     state
         .metrics
         .requests_total
@@ -48,10 +54,20 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         })
         .inc();
     if INFERENCE_ROUTES.contains(&route.as_str()) {
+        let elapsed = started.elapsed();
         state
             .metrics
             .request_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!(
+            "{SERVER_TIMING_METRIC};dur={:.3}",
+            elapsed.as_secs_f64() * 1000.0
+        )) {
+            response.headers_mut().insert(
+                axum::http::header::HeaderName::from_static("server-timing"),
+                value,
+            );
+        }
     }
     response
 }

@@ -97,6 +97,9 @@ pub async fn capture(State(mirror): State<Arc<Mirror>>, request: Request, next: 
         body: body.clone(),
     };
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    // Production's time to its answer's headers: what its latency histogram and the candidate's
+    // `Server-Timing` count.
+    let production = started.elapsed();
     let status = response.status();
     if !status.is_success() {
         // Nothing to compare: production itself failed.
@@ -115,7 +118,7 @@ pub async fn capture(State(mirror): State<Arc<Mirror>>, request: Request, next: 
                 targets: chosen,
                 request,
                 status,
-                started,
+                production,
                 chunks: Vec::new(),
                 size: 0,
             }),
@@ -139,7 +142,8 @@ struct Capture {
     targets: Vec<ActiveTarget>,
     request: Pending,
     status: StatusCode,
-    started: Instant,
+    /// Production's time to its answer's headers.
+    production: std::time::Duration,
     chunks: Vec<Bytes>,
     size: usize,
 }
@@ -156,7 +160,7 @@ impl Capture {
 
     /// The answer has ended: one copy per target, queued without waiting.
     fn finish(self) {
-        let production = self.started.elapsed();
+        let production = self.production;
         let metrics = &self.mirror.metrics;
         if self.size > MAX_BODY_BYTES {
             for t in &self.targets {
