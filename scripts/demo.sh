@@ -273,6 +273,8 @@ metadata: {name: sentiment}
 spec:
   model: {uri: "file://$classifier", format: safetensors, task: classify}
   runtime: {threads: 1}
+  monitoring:
+    drift: {baseline: {window: 1m}, window: 1m, interval: 10s, minSamples: 20}
 ---
 apiVersion: lexserve.io/v1alpha1
 kind: InferenceService
@@ -341,22 +343,6 @@ load_pids=""
 kubectl -n lexserve-live get hpa embed
 kubectl -n lexserve-live get lisvc embed
 [ "${desired:-0}" -ge 2 ] || { echo "the HPA did not add replicas" >&2; exit 1; }
-
-say "the dashboard's queries (charts/lexserve/files/dashboards/lexserve.json) on this Prometheus"
-python3 - "$prometheus_url" charts/lexserve/files/dashboards/lexserve.json <<'PY'
-import json, sys, urllib.parse, urllib.request
-url, path = sys.argv[1], sys.argv[2]
-for panel in json.load(open(path))["panels"]:
-    if panel["type"] == "row":
-        print(f"-- {panel['title']}")
-        continue
-    counts = []
-    for target in panel["targets"]:
-        expr = target["expr"].replace("$__rate_interval", "1m").replace("$namespace", "lexserve-live").replace("$inference_service", ".*")
-        with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})) as answer:
-            counts.append(len(json.load(answer)["data"]["result"]))
-    print(f"   {panel['title']:<45} {sum(counts)} series")
-PY
 
 say "a shadow: MiniLM in fp32 sees a copy of embed's traffic and is compared answer by answer, never answering users"
 # Production (embed) serves the int8 model; the candidate is the same MiniLM in fp32. The
@@ -470,6 +456,31 @@ for variant, c in sorted(json.load(open(sys.argv[1])).items()):
 PY
 echo "experiment verdict: $(exp_field '{.status.phase}') -- $(exp_field '{.status.history[-1:].message}')"
 echo "sentiment's Service selects again: $(kubectl -n lexserve-live get service sentiment -o jsonpath='{.spec.selector}')"
+
+say "drift: sentiment watches its traffic against a baseline learned after its rollout"
+# spec.monitoring.drift: the operator compares the last minute of sentiment's traffic (input
+# length, unknown tokens, predicted classes, confidence) with the baseline it learned, every 10s.
+for _ in $(seq 1 120); do
+  [ -n "$(kubectl -n lexserve-live get lisvc sentiment -o jsonpath='{.status.drift.features[0].feature}')" ] && break
+  sleep 0.5
+done
+kubectl -n lexserve-live get lisvc sentiment -o jsonpath='{range .status.conditions[?(@.type=="DriftDetected")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}{range .status.conditions[?(@.type=="DriftMonitoringAvailable")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+
+say "the dashboard's queries (charts/lexserve/files/dashboards/lexserve.json) on this Prometheus"
+python3 - "$prometheus_url" charts/lexserve/files/dashboards/lexserve.json <<'PY'
+import json, sys, urllib.parse, urllib.request
+url, path = sys.argv[1], sys.argv[2]
+for panel in json.load(open(path))["panels"]:
+    if panel["type"] == "row":
+        print(f"-- {panel['title']}")
+        continue
+    counts = []
+    for target in panel["targets"]:
+        expr = target["expr"].replace("$__rate_interval", "1m").replace("$namespace", "lexserve-live").replace("$inference_service", ".*")
+        with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})) as answer:
+            counts.append(len(json.load(answer)["data"]["result"]))
+    print(f"   {panel['title']:<45} {sum(counts)} series")
+PY
 
 if $once; then
   exit 0

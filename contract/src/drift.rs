@@ -61,8 +61,9 @@ pub const REFERENCE_MAX_INPUTS: usize = 10_000;
 /// Largest reference sample file (bytes): what a ConfigMap key can carry.
 pub const REFERENCE_MAX_BYTES: u64 = 1024 * 1024;
 /// Where the operator mounts the ConfigMap holding a reference sample; `--drift-reference` names
-/// the key's file under it.
-pub const REFERENCE_DIR: &str = "/etc/lexserve/drift";
+/// the key's file under it. Not under the config volume's mount (`/etc/lexserve`): a mount
+/// point inside a ConfigMap volume cannot be created.
+pub const REFERENCE_DIR: &str = "/var/lib/lexserve/drift";
 
 /// The `bin` label of `unknown_tokens`.
 pub mod unknown_bin {

@@ -235,6 +235,9 @@ pub mod metric {
     /// The operator's gauge `{namespace,inference_service,feature,measure}`: the last drift
     /// score of a feature against its baseline.
     pub const OPERATOR_DRIFT_SCORE: &str = "lexserve_operator_drift_score";
+    /// The operator's gauge `{namespace,inference_service,feature}`: 1 when the last check found
+    /// the feature drifted, else 0.
+    pub const OPERATOR_DRIFT_DETECTED: &str = "lexserve_operator_drift_detected";
 
     // The experiment router. Outcome values must be finite and at least 0, so that all four
     // series only grow and a decrease means a restart (what PromQL's `increase` assumes).
@@ -264,7 +267,9 @@ pub mod metric {
     /// comparison found (`agree`, `disagree`, `candidate_error`, `production_error`).
     pub const SHADOW_COMPARISONS: &str = "lexserve_shadow_comparisons";
     /// `{shadow,side}` histogram: how long production and the candidate took to answer the
-    /// same request, recorded for every compared pair (both answered).
+    /// same request (each server's time to its answer's headers: production's as it served it,
+    /// the candidate's from its `Server-Timing: app;dur=` header), recorded for every compared
+    /// pair (both answered).
     pub const SHADOW_REQUEST_DURATION_SECONDS: &str = "lexserve_shadow_request_duration_seconds";
     /// `{shadow,side}` histogram on `mirror::CONFIDENCE_BUCKETS`: the top label's score of each
     /// side's answer, for compared classification pairs.

@@ -68,6 +68,9 @@ pub struct OperatorOptions {
     /// Seconds between analyses of a running ShadowDeployment; None leaves the operator's
     /// default.
     pub shadow_analysis_seconds: Option<u64>,
+    /// The port of its `/metrics` (on 127.0.0.1), for a Prometheus started before it; None: a
+    /// free one.
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for OperatorOptions {
@@ -84,6 +87,7 @@ impl Default for OperatorOptions {
             scaling_signal: None,
             kubeconfig: None,
             shadow_analysis_seconds: None,
+            metrics_port: None,
         }
     }
 }
@@ -133,7 +137,10 @@ impl OperatorProcess {
         env: &[(String, String)],
     ) -> Result<Self> {
         let binary = workspace_bin("lexserve-operator")?;
-        let metrics_port = free_port()?;
+        let metrics_port = match options.metrics_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let health_port = free_port()?;
         // The metrics API keeps the port the Deployment gives it (its Service points there), on
         // loopback.
@@ -157,7 +164,10 @@ impl OperatorProcess {
     /// Starts the operator without waiting for it to be ready.
     pub fn spawn(cluster: &LocalCluster, options: OperatorOptions) -> Result<Self> {
         let binary = workspace_bin("lexserve-operator")?;
-        let metrics_port = free_port()?;
+        let metrics_port = match options.metrics_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let health_port = free_port()?;
         let mut args = vec![
             "run".to_string(),

@@ -225,21 +225,8 @@ async fn every_dashboard_and_alert_query_returns_series_on_a_live_system() {
     let dir = cluster.log_dir().join(format!("observability-{ns_name}"));
     std::fs::create_dir_all(&dir).expect("dir");
 
-    // The operator, with a Prometheus it cannot reach: the autoscaled service's signal is missing
-    // (what LexserveScalingSignalMissing reads).
-    let operator = OperatorProcess::start(
-        cluster,
-        OperatorOptions {
-            identity: "observability".to_string(),
-            namespace: Some(ns_name.clone()),
-            prometheus_url: Some("http://127.0.0.1:1".to_string()),
-            scaling_signal: Some((2, 4)),
-            ..OperatorOptions::default()
-        },
-    )
-    .await
-    .expect("operator");
-
+    // Prometheus scrapes the sidecars and the operator, which reads it back (load signal, drift).
+    let operator_metrics_port = lexserve_e2e::sidecar::free_port().expect("port");
     let served = [
         Served {
             name: "embed",
@@ -261,9 +248,22 @@ async fn every_dashboard_and_alert_query_returns_series_on_a_live_system() {
     jobs.push(json!({
         "job_name": "lexserve-operator",
         "scrape_interval": "1s",
-        "static_configs": [{"targets": [format!("127.0.0.1:{}", operator.metrics_port())]}],
+        "static_configs": [{"targets": [format!("127.0.0.1:{operator_metrics_port}")]}],
     }));
     let prometheus = Prometheus::start_with_jobs(jobs).await.expect("Prometheus");
+    let operator = OperatorProcess::start(
+        cluster,
+        OperatorOptions {
+            identity: "observability".to_string(),
+            namespace: Some(ns_name.clone()),
+            prometheus_url: Some(prometheus.url().to_string()),
+            scaling_signal: Some((2, 4)),
+            metrics_port: Some(operator_metrics_port),
+            ..OperatorOptions::default()
+        },
+    )
+    .await
+    .expect("operator");
 
     let (model, tokenizer) = minilm_int8_uris().expect("the int8 MiniLM");
     let classifier =
@@ -281,9 +281,22 @@ async fn every_dashboard_and_alert_query_returns_series_on_a_live_system() {
         ),
         (
             "classify",
+            // Drift monitored: a baseline from its first minute, then a check every 10s (what
+            // the Drift row and LexserveDriftDetected read).
             json!({
                 "model": {"uri": format!("file://{}", classifier.display()), "format": "safetensors", "task": "classify"},
                 "runtime": {"threads": 1},
+                "monitoring": {"drift": {"baseline": {"window": "1m"}, "window": "1m",
+                                         "interval": "10s", "minSamples": 20}},
+            }),
+        ),
+        (
+            // Autoscaled, but no sidecar runs for its pods: Prometheus has no load series for it
+            // (what LexserveScalingSignalMissing reads).
+            "unscraped",
+            json!({
+                "model": {"uri": "file:///models/none.onnx", "format": "onnx", "task": "embed"},
+                "scaling": {"provider": "hpa", "minReplicas": 1, "maxReplicas": 2},
             }),
         ),
         (

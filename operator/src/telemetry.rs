@@ -1,5 +1,6 @@
 //! The operator's own metrics (`/metrics`) and logging setup.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -129,6 +130,91 @@ impl Collector for ReplicaCollector {
     }
 }
 
+/// One drift score of an InferenceService.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftScoreLabels {
+    pub namespace: String,
+    pub inference_service: String,
+    /// `drift::Feature::label` (`input_tokens`, ...).
+    pub feature: &'static str,
+    /// `drift::Measure::label` (`psi`, `js`, `ks`).
+    pub measure: &'static str,
+}
+
+/// Whether one feature of an InferenceService drifted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftFeatureLabels {
+    pub namespace: String,
+    pub inference_service: String,
+    pub feature: &'static str,
+}
+
+/// `lexserve_operator_drift_score{namespace,inference_service,feature,measure}` and
+/// `lexserve_operator_drift_detected{namespace,inference_service,feature}`: the last drift
+/// check's scores and verdicts, read from the InferenceServices' `status.drift` at each scrape (the status is
+/// the record; a service that stops monitoring drift loses its series with it).
+#[derive(Debug)]
+struct DriftScoreCollector {
+    inference_services: Arc<OnceLock<Store<InferenceService>>>,
+}
+
+impl Collector for DriftScoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use lexserve_contract::drift::Measure;
+        let family = Family::<DriftScoreLabels, Gauge<f64, AtomicU64>>::default();
+        let drifted = Family::<DriftFeatureLabels, Gauge>::default();
+        for isvc in self
+            .inference_services
+            .get()
+            .map(Store::state)
+            .unwrap_or_default()
+        {
+            let Some(drift) = isvc.status.as_ref().and_then(|s| s.drift.as_ref()) else {
+                continue;
+            };
+            for feature in &drift.features {
+                drifted
+                    .get_or_create(&DriftFeatureLabels {
+                        namespace: isvc.namespace().unwrap_or_default(),
+                        inference_service: isvc.name_any(),
+                        feature: feature.feature.label(),
+                    })
+                    .set(i64::from(feature.drifted));
+                for (measure, score) in [
+                    (Measure::Psi, feature.psi),
+                    (Measure::JensenShannon, feature.jensen_shannon),
+                    (Measure::KolmogorovSmirnov, feature.kolmogorov_smirnov),
+                ] {
+                    if let Some(score) = score {
+                        family
+                            .get_or_create(&DriftScoreLabels {
+                                namespace: isvc.namespace().unwrap_or_default(),
+                                inference_service: isvc.name_any(),
+                                feature: feature.feature.label(),
+                                measure: measure.label(),
+                            })
+                            .set(score);
+                    }
+                }
+            }
+        }
+        let metric = encoder.encode_descriptor(
+            "drift_score",
+            "The last drift check's score of each feature of an InferenceService against its baseline, by measure (psi, js, ks)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "drift_detected",
+            "1 when the last drift check found the feature drifted past its thresholds (the DriftDetected condition), else 0",
+            None,
+            drifted.metric_type(),
+        )?;
+        drifted.encode(metric)
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("lexserve_operator");
@@ -190,6 +276,9 @@ impl Default for Metrics {
         );
         let inference_services = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(ReplicaCollector {
+            inference_services: inference_services.clone(),
+        }));
+        registry.register_collector(Box::new(DriftScoreCollector {
             inference_services: inference_services.clone(),
         }));
         Self {

@@ -110,6 +110,11 @@ fn spec(value: Value) -> Value {
     json!({ "spec": value })
 }
 
+/// A patch setting `spec.monitoring.drift`.
+fn drift(value: Value) -> Value {
+    spec(json!({ "monitoring": { "drift": value } }))
+}
+
 fn cases() -> Vec<RuleCase> {
     use Kind::*;
     vec![
@@ -351,6 +356,75 @@ fn cases() -> Vec<RuleCase> {
             }}))],
             reject: vec![spec(
                 json!({"scaling": {"provider": "none", "scaleUp": {"stabilizationWindowSeconds": 0}}}),
+            )],
+        },
+        // InferenceService: drift monitoring.
+        RuleCase {
+            kind: InferenceService,
+            message: "spec.monitoring.drift.baseline needs exactly one of window and reference",
+            accept: vec![
+                drift(json!({"baseline": {"window": "1h"}})),
+                drift(json!({"baseline": {"reference": {"name": "sample", "key": "inputs.txt"}}})),
+            ],
+            reject: vec![
+                drift(json!({"baseline": {}})),
+                drift(
+                    json!({"baseline": {"window": "1h", "reference": {"name": "s", "key": "k"}}}),
+                ),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "spec.monitoring.drift.baseline.window must be between 1m and 168h",
+            accept: vec![
+                drift(json!({"baseline": {"window": "1m"}})),
+                drift(json!({"baseline": {"window": "168h"}})),
+            ],
+            reject: vec![
+                drift(json!({"baseline": {"window": "59s"}})),
+                drift(json!({"baseline": {"window": "169h"}})),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "spec.monitoring.drift.window must be between 1m and 168h",
+            accept: vec![drift(
+                json!({"baseline": {"window": "1h"}, "window": "1m", "interval": "30s"}),
+            )],
+            reject: vec![
+                drift(json!({"baseline": {"window": "1h"}, "window": "30s", "interval": "10s"})),
+                drift(json!({"baseline": {"window": "1h"}, "window": "200h"})),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "spec.monitoring.drift.interval must be at least 10s and at most the window",
+            accept: vec![drift(
+                json!({"baseline": {"window": "1h"}, "window": "5m", "interval": "10s"}),
+            )],
+            reject: vec![
+                drift(json!({"baseline": {"window": "1h"}, "window": "5m", "interval": "5s"})),
+                drift(json!({"baseline": {"window": "1h"}, "window": "5m", "interval": "6m"})),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "spec.monitoring.drift.measures must not repeat a measure",
+            accept: vec![drift(
+                json!({"baseline": {"window": "1h"}, "measures": ["PSI", "KolmogorovSmirnov"]}),
+            )],
+            reject: vec![drift(
+                json!({"baseline": {"window": "1h"}, "measures": ["PSI", "PSI"]}),
+            )],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "spec.monitoring.drift.features must not repeat a feature",
+            accept: vec![drift(
+                json!({"baseline": {"window": "1h"}, "features": ["InputTokens", "EmbeddingNorm"]}),
+            )],
+            reject: vec![drift(
+                json!({"baseline": {"window": "1h"}, "features": ["InputTokens", "InputTokens"]}),
             )],
         },
         // Experiment: spec-level rules.

@@ -39,6 +39,20 @@ pub mod reason {
     /// signal checks re-reconcile the service when they change, so no fast requeue is needed.
     pub const SIGNAL_REASONS: [&str; 2] = [PROMETHEUS_UNAVAILABLE, LOAD_SERIES_MISSING];
 
+    // Drift monitoring (`controller::inference_service::drift`).
+    /// A feature's distribution moved past a threshold.
+    pub const FEATURES_DRIFTED: &str = "FeaturesDrifted";
+    /// Every feature measured is within its thresholds.
+    pub const NO_DRIFT: &str = "NoDrift";
+    /// The drift measures were computed.
+    pub const DRIFT_MEASURED: &str = "DriftMeasured";
+    /// A window baseline is still being learned (until its window after the rollout passed).
+    pub const BASELINE_LEARNING: &str = "BaselineLearning";
+    /// The reference sample's baseline series are missing (no sidecar exports them).
+    pub const BASELINE_MISSING: &str = "BaselineMissing";
+    /// No feature of `spec.monitoring.drift.features` applies to the model's task.
+    pub const NO_FEATURES: &str = "NoFeatures";
+
     // An Experiment's analysis (`analysis::decision`).
     /// Prometheus answered, but without the experiment's series (no traffic yet, or not
     /// scraped): the analysis waits.
@@ -117,6 +131,12 @@ pub enum ConditionType {
     Degraded,
     /// The autoscaler's load signal can be measured (only with `provider: hpa` or `keda`).
     ScalingSignalAvailable,
+    /// The traffic no longer looks like its baseline (only with `spec.monitoring.drift`):
+    /// True names the features that moved; Unknown while no verdict can be made.
+    DriftDetected,
+    /// Drift can be measured: Prometheus answers, the baseline is known, there are enough
+    /// samples (only with `spec.monitoring.drift`).
+    DriftMonitoringAvailable,
 }
 
 impl ConditionType {
@@ -127,6 +147,8 @@ impl ConditionType {
             ConditionType::Progressing => "Progressing",
             ConditionType::Degraded => "Degraded",
             ConditionType::ScalingSignalAvailable => "ScalingSignalAvailable",
+            ConditionType::DriftDetected => "DriftDetected",
+            ConditionType::DriftMonitoringAvailable => "DriftMonitoringAvailable",
         }
     }
 }

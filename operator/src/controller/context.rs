@@ -37,6 +37,9 @@ pub struct Context {
     pub residuals: Residuals,
     /// Whether this replica may write; every write goes through [`Leadership::write`].
     pub leadership: Leadership,
+    /// The Prometheus client of the InferenceServices' drift checks (None: an invalid URL,
+    /// logged at start; the checks then say Prometheus is unreachable).
+    pub prometheus: Option<crate::controller::promql::PrometheusClient>,
     _drivers: Drivers,
 }
 
@@ -63,6 +66,7 @@ impl Context {
         peers.wait_until_ready().await?;
         metrics.watch_inference_services(peers.inference_services.clone());
         info!(keda, "watch caches filled");
+        let config_url = config.prometheus_url.clone();
         let context = Self {
             signals: SignalBoard::new(config.scaling_signal_grace),
             recorder: Recorder::new(client.clone(), reporter),
@@ -73,6 +77,7 @@ impl Context {
             children,
             peers,
             gpu: OnceCell::new(),
+            prometheus: prometheus_client(&config_url),
             residuals: Residuals::default(),
             leadership,
             _drivers: drivers,
@@ -85,5 +90,15 @@ impl Context {
         self.gpu
             .get_or_try_init(|| GpuStores::start(&self.client))
             .await
+    }
+}
+
+fn prometheus_client(url: &str) -> Option<crate::controller::promql::PrometheusClient> {
+    match crate::controller::promql::connect(url) {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::warn!(url, error = %e, "no Prometheus client: drift will not be measured");
+            None
+        }
     }
 }

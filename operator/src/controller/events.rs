@@ -23,6 +23,14 @@ impl EventSpec {
             note: note.into(),
         }
     }
+
+    pub fn normal(reason: impl Into<String>, note: impl Into<String>) -> Self {
+        Self {
+            warning: false,
+            reason: reason.into(),
+            note: note.into(),
+        }
+    }
 }
 
 /// Publishes `event` about `object`. A failure is logged, never returned: an Event is a

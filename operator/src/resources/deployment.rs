@@ -9,15 +9,16 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    EnvFromSource, EnvVar, HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretEnvSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
+use lexserve_contract::drift;
 use lexserve_contract::names::{command, drain, env, flag, http, path};
 use lexserve_contract::uri::ModelUri;
 
@@ -25,7 +26,7 @@ use super::config_map::{config_hash, config_map_name};
 use super::labels::{CONFIG_HASH_ANNOTATION, selector_labels};
 use super::{autoscaled, child_meta, fixed_replicas, model_pin};
 use crate::api::InferenceService;
-use crate::api::inference_service::{GpuSpec, ModelSpec, PodTemplateFragment};
+use crate::api::inference_service::{ConfigMapKey, GpuSpec, ModelSpec, PodTemplateFragment};
 use crate::config::OperatorConfig;
 use crate::gpu::{RolloutPlan, gpu_resource_name};
 
@@ -88,6 +89,21 @@ pub fn build_deployment(
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     });
+    if let Some(reference) = drift_reference(isvc) {
+        volumes.push(Volume {
+            name: DRIFT_REFERENCE_VOLUME.to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: reference.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: reference.key.clone(),
+                    path: reference.key.clone(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
 
     let (node_selector, tolerations) = placement(isvc);
     let pod_spec = PodSpec {
@@ -409,16 +425,34 @@ fn serve_container(
         });
     }
 
+    let mut args = vec![
+        command::SERVE.to_string(),
+        flag::arg(flag::CONFIG),
+        path::config_file(),
+        flag::arg(flag::LISTEN),
+        http::default_listen(),
+    ];
+    let mut mounts = vec![
+        volume_mount("config", path::CONFIG_DIR, true),
+        volume_mount("models", path::MODELS_DIR, true),
+        volume_mount("tmp", "/tmp", false),
+    ];
+    if let Some(reference) = drift_reference(isvc) {
+        args.extend([
+            flag::arg(flag::DRIFT_REFERENCE),
+            format!("{}/{}", drift::REFERENCE_DIR, reference.key),
+        ]);
+        mounts.push(volume_mount(
+            DRIFT_REFERENCE_VOLUME,
+            drift::REFERENCE_DIR,
+            true,
+        ));
+    }
+
     Container {
         name: "sidecar".to_string(),
         image: Some(image.to_string()),
-        args: Some(vec![
-            command::SERVE.to_string(),
-            flag::arg(flag::CONFIG),
-            path::config_file(),
-            flag::arg(flag::LISTEN),
-            http::default_listen(),
-        ]),
+        args: Some(args),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some(http::PORT_NAME.to_string()),
@@ -427,11 +461,7 @@ fn serve_container(
             ..Default::default()
         }]),
         resources: Some(resources(isvc, gpu)),
-        volume_mounts: Some(vec![
-            volume_mount("config", path::CONFIG_DIR, true),
-            volume_mount("models", path::MODELS_DIR, true),
-            volume_mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(mounts),
         // A large model can take minutes to load and warm up: the startup probe allows up to
         // 10 minutes before liveness takes over, so slow loads are not killed.
         startup_probe: Some(Probe {
@@ -445,6 +475,21 @@ fn serve_container(
         security_context: Some(restricted_security_context()),
         ..Default::default()
     }
+}
+
+/// The volume holding a drift reference sample.
+const DRIFT_REFERENCE_VOLUME: &str = "drift-reference";
+
+/// The ConfigMap key of the drift reference sample, when the baseline is one.
+fn drift_reference(isvc: &InferenceService) -> Option<&ConfigMapKey> {
+    isvc.spec
+        .monitoring
+        .as_ref()?
+        .drift
+        .as_ref()?
+        .baseline
+        .reference
+        .as_ref()
 }
 
 /// An HTTP probe of `path` on the named HTTP port.

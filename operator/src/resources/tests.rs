@@ -761,3 +761,52 @@ fn grace_period_covers_the_shutdown_delay_and_the_drain() {
     ));
     assert_eq!(pod_spec(&longer).termination_grace_period_seconds, Some(65));
 }
+
+#[test]
+fn a_drift_reference_sample_is_mounted_and_named_to_the_sidecar() {
+    let c = children(with(
+        embedder(),
+        json!({"monitoring": {"drift": {"baseline": {"reference": {"name": "samples", "key": "inputs.txt"}}}}}),
+    ));
+    let volume = pod_spec(&c)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "drift-reference")
+        .expect("the reference volume");
+    let source = volume.config_map.as_ref().expect("a ConfigMap volume");
+    assert_eq!(source.name, "samples");
+    let items = source.items.as_ref().expect("one key projected");
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("inputs.txt", "inputs.txt")
+    );
+    let mount = sidecar(&c)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "drift-reference")
+        .expect("mounted in the sidecar");
+    assert_eq!(mount.mount_path, lexserve_contract::drift::REFERENCE_DIR);
+    let args = sidecar(&c).args.clone().unwrap_or_default();
+    let at = args
+        .iter()
+        .position(|a| *a == "--drift-reference")
+        .expect("--drift-reference");
+    assert_eq!(
+        args[at + 1],
+        format!("{}/inputs.txt", lexserve_contract::drift::REFERENCE_DIR)
+    );
+    // A window baseline needs nothing in the pod.
+    let plain = children(with(
+        embedder(),
+        json!({"monitoring": {"drift": {"baseline": {"window": "1h"}}}}),
+    ));
+    assert!(
+        !sidecar(&plain)
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a == "--drift-reference")
+    );
+}

@@ -4,8 +4,9 @@ use crate::api::conditions::{ConditionType, find_condition};
 use crate::api::inference_service::InferenceServiceStatus;
 use crate::controller::events::EventSpec;
 
-/// A Warning when the service becomes Degraded, or stays Degraded for another reason; nothing
-/// when the status did not change, so a steady state publishes nothing.
+/// A Warning when the service becomes Degraded, or stays Degraded for another reason; a Warning
+/// when drift is detected (or the features that moved change) and a Normal Event when it
+/// clears; nothing when the status did not change, so a steady state publishes nothing.
 pub fn events(
     before: Option<&InferenceServiceStatus>,
     after: &InferenceServiceStatus,
@@ -15,12 +16,55 @@ pub fn events(
             .filter(|c| c.status == "True")
             .cloned()
     };
-    match degraded(after) {
-        Some(now) if before.and_then(degraded).map(|c| c.reason) != Some(now.reason.clone()) => {
-            vec![EventSpec::warning(now.reason, now.message)]
-        }
-        _ => Vec::new(),
+    let mut events = Vec::new();
+    if let Some(now) = degraded(after)
+        && before.and_then(degraded).map(|c| c.reason) != Some(now.reason.clone())
+    {
+        events.push(EventSpec::warning(now.reason, now.message));
     }
+    events.extend(drift_event(before, after));
+    events
+}
+
+/// The features that moved, from the drift scores (empty when none did).
+fn moved(status: &InferenceServiceStatus) -> Vec<String> {
+    let detected = find_condition(&status.conditions, ConditionType::DriftDetected)
+        .is_some_and(|c| c.status == "True");
+    if !detected {
+        return Vec::new();
+    }
+    status
+        .drift
+        .iter()
+        .flat_map(|d| &d.features)
+        .filter(|f| f.drifted)
+        .map(|f| f.feature.label().to_string())
+        .collect()
+}
+
+fn drift_event(
+    before: Option<&InferenceServiceStatus>,
+    after: &InferenceServiceStatus,
+) -> Option<EventSpec> {
+    let (was, now) = (before.map(moved).unwrap_or_default(), moved(after));
+    if was == now {
+        return None;
+    }
+    if now.is_empty() {
+        let condition = find_condition(&after.conditions, ConditionType::DriftDetected)?;
+        // Only a verdict of no drift clears it: Unknown (no numbers) says nothing new.
+        return (condition.status == "False").then(|| {
+            EventSpec::normal(
+                "DriftCleared",
+                format!("no drift any more ({})", condition.message),
+            )
+        });
+    }
+    let condition = find_condition(&after.conditions, ConditionType::DriftDetected)?;
+    Some(EventSpec::warning(
+        condition.reason.clone(),
+        condition.message.clone(),
+    ))
 }
 
 #[cfg(test)]

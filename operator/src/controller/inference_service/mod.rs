@@ -1,8 +1,9 @@
 //! The InferenceService controller: the wiring of its watches ([`run`]), its reconcile phases
 //! ([`reconcile`]), its status ([`status`], pure), its Events ([`events`], pure), the GPU
-//! capacity its rollouts depend on ([`gpu_capacity`], pure) and the checks of its load signal
-//! ([`scaling_signal`]).
+//! capacity its rollouts depend on ([`gpu_capacity`], pure), the checks of its load signal
+//! ([`scaling_signal`]) and its drift monitoring ([`drift`]).
 
+pub mod drift;
 pub mod events;
 pub mod gpu_capacity;
 pub mod reconcile;

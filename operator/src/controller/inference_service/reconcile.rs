@@ -22,11 +22,14 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument};
 
+use super::drift;
 use super::events::events;
 use super::gpu_capacity::node_gpus;
 use super::scaling_signal::autoscaled;
 use super::status::{Observed, ScalingSignal, compute_status, is_settled};
-use crate::api::conditions::{ConditionType, DesiredCondition, reason, set_condition};
+use crate::api::conditions::{
+    ConditionType, DesiredCondition, reason, remove_condition, set_condition,
+};
 use crate::api::inference_service::{InferenceServiceStatus, ScalingProvider};
 use crate::api::{InferenceService, ShadowDeployment};
 use crate::config::OperatorConfig;
@@ -89,7 +92,8 @@ async fn reconcile_phases(isvc: &InferenceService, ctx: &Context) -> Result<Acti
     };
     count_writes(ctx, applied.written + deleted);
     let observations = observe(isvc, ctx, &namespace, &applied);
-    let status = compute_status(isvc, &observations.view(isvc, ctx, &inputs, &applied));
+    let mut status = compute_status(isvc, &observations.view(isvc, ctx, &inputs, &applied));
+    let next_drift_check = monitor_drift(isvc, ctx, &mut status).await;
     let events = events(isvc.status.as_ref(), &status);
     write_status(isvc, ctx, &status).await?;
     for event in &events {
@@ -98,7 +102,55 @@ async fn reconcile_phases(isvc: &InferenceService, ctx: &Context) -> Result<Acti
     if let Some(error) = applied.deferred_error() {
         return Err(error);
     }
-    Ok(Action::requeue(requeue_after(&status, &ctx.config)))
+    let requeue = requeue_after(&status, &ctx.config);
+    Ok(Action::requeue(next_drift_check.map_or(requeue, |next| {
+        requeue.min(next.max(Duration::from_secs(1)))
+    })))
+}
+
+/// Runs a drift check into `status` when one is due (`spec.monitoring.drift`); returns when
+/// the next one is. Without drift monitoring, its status and conditions go.
+async fn monitor_drift(
+    isvc: &InferenceService,
+    ctx: &Context,
+    status: &mut InferenceServiceStatus,
+) -> Option<Duration> {
+    let Some(spec) = drift::spec(isvc) else {
+        status.drift = None;
+        remove_condition(&mut status.conditions, ConditionType::DriftDetected);
+        remove_condition(
+            &mut status.conditions,
+            ConditionType::DriftMonitoringAvailable,
+        );
+        return None;
+    };
+    let now = Time(Timestamp::now());
+    let version = drift::model_version(isvc, status);
+    let carried = drift::carried(status.drift.as_ref(), &version, is_settled(status), &now);
+    let wait = drift::next_check_in(spec, Some(&carried), &now);
+    if !wait.is_zero() {
+        status.drift = Some(carried);
+        return Some(wait);
+    }
+    let reading = match &ctx.prometheus {
+        Some(prometheus) => drift::read(prometheus, isvc, spec, &carried, &now).await,
+        None => drift::Reading::Unreachable(format!(
+            "no Prometheus client for {} (see the operator's log)",
+            ctx.config.prometheus_url
+        )),
+    };
+    let (drift_status, conditions) = drift::apply(spec, carried, reading, &now);
+    for condition in conditions {
+        set_condition(
+            &mut status.conditions,
+            condition,
+            isvc.metadata.generation,
+            now.clone(),
+        );
+    }
+    let next = drift::next_check_in(spec, Some(&drift_status), &now);
+    status.drift = Some(drift_status);
+    Some(next)
 }
 
 /// Checks what the CRD's rules cannot. Pure.
