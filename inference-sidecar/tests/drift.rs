@@ -132,10 +132,12 @@ fn baseline(text: &str) -> BTreeMap<String, Vec<(String, u64)>> {
             ));
     }
     for bins in out.values_mut() {
-        bins.sort_by(|(a, _), (b, _)| match (a.parse::<f64>(), b.parse::<f64>()) {
-            (Ok(a), Ok(b)) => a.total_cmp(&b),
-            _ => a.cmp(b),
-        });
+        bins.sort_by(
+            |(a, _), (b, _)| match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(a), Ok(b)) => a.total_cmp(&b),
+                _ => a.cmp(b),
+            },
+        );
     }
     out
 }
