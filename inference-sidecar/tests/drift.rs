@@ -450,6 +450,9 @@ fn bad_reference_files_stop_serve_naming_the_file_and_the_problem() {
             path.display()
         );
     }
+    for path in [too_many, too_big, empty] {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 #[tokio::test]
