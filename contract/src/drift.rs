@@ -24,11 +24,20 @@
 //! window and keeps the counts in the InferenceService's status), or a reference sample: a file
 //! of inputs, one per line, that `serve` runs through the model at start-up (before it reports
 //! ready, outside the live series) and exports as [`names::metric::DRIFT_BASELINE`]
-//! `{feature, bin}` gauges, one per bin of every feature of its task. A histogram's bin is named
-//! by its upper edge as Prometheus writes `le` (`"4"`, `"0.5"`, `"+Inf"`); `predicted_class` by
-//! the class; `unknown_tokens` by `unknown` / `known`. The centroid for `centroid_cosine` is the
-//! mean of the reference sample's (normalized) embeddings; without a reference sample that
-//! histogram is not exported.
+//! `{feature, bin}` gauges, one per bin of every feature of its task that a sample of inputs can
+//! give: for generate that is `prompt_tokens` only (output lengths need generation, which a
+//! start-up sample does not run; their baseline is a window). Each gauge is the sample's count
+//! in that bin alone (not cumulative like a histogram's `_bucket` series).
+//!
+//! A histogram feature's bins are its edges plus `+Inf` (empty for `confidence` and
+//! `centroid_cosine`, whose values cannot pass 1), each named by [`bin_label`]: the upper edge
+//! as the sidecar's exposition writes `le` (`"4.0"`, `"0.5"`, `"+Inf"`), which is also the form
+//! Prometheus 3 normalizes `le` to; compare edges as numbers when reading `le` back from an
+//! older Prometheus. `predicted_class` is named by the class (every class of the model, empty
+//! ones included); `unknown_tokens` by `unknown` / `known` (input tokens, after truncation and
+//! special tokens included, as `lexserve_input_tokens` counts them). The centroid for
+//! `centroid_cosine` is the normalized mean of the reference sample's normalized embeddings;
+//! without a reference sample that histogram is not exported.
 //!
 //! [`names::metric::DRIFT_BASELINE`]: crate::names::metric::DRIFT_BASELINE
 
@@ -125,8 +134,8 @@ impl Feature {
         }
     }
 
-    /// The fixed upper edges of a histogram feature (a `+Inf` bin follows unless the last edge
-    /// is the range's end); `None` for the counted ones (`unknown_tokens`, `predicted_class`).
+    /// The fixed upper edges of a histogram feature (a `+Inf` bin always follows, as in the
+    /// exposition); `None` for the counted ones (`unknown_tokens`, `predicted_class`).
     pub fn buckets(self) -> Option<&'static [f64]> {
         match self {
             Feature::InputTokens => Some(&INPUT_TOKEN_BUCKETS),
@@ -137,6 +146,18 @@ impl Feature {
             Feature::UnknownTokens | Feature::PredictedClass => None,
         }
     }
+}
+
+/// The `le` label of an upper edge (and the `bin` label of a histogram feature's baseline):
+/// the shortest text that reads back as the same `f64`, with `.0` on whole numbers, as
+/// prometheus-client writes it; `+Inf` for the overflow bin.
+pub fn bin_label(edge: f64) -> String {
+    if edge == f64::INFINITY {
+        return "+Inf".to_string();
+    }
+    // `Debug` is the shortest round-trip form with `.0` kept (`Display` drops it); it turns
+    // to exponent notation only outside 1e-5..1e16, far from every edge above.
+    format!("{edge:?}")
 }
 
 /// A measure of the distance between a baseline and a window (the `measure` label of the
@@ -190,5 +211,15 @@ mod tests {
                 assert!(edges.windows(2).all(|w| w[0] < w[1]), "{feature:?}");
             }
         }
+    }
+
+    #[test]
+    fn bin_labels_are_the_exposition_le_text() {
+        assert_eq!(bin_label(4.0), "4.0");
+        assert_eq!(bin_label(4096.0), "4096.0");
+        assert_eq!(bin_label(0.1), "0.1");
+        assert_eq!(bin_label(-0.5), "-0.5");
+        assert_eq!(bin_label(0.0), "0.0");
+        assert_eq!(bin_label(f64::INFINITY), "+Inf");
     }
 }

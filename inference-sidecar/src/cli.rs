@@ -127,6 +127,13 @@ pub struct ServeArgs {
     /// HOST `*.DOMAIN` covers every name under DOMAIN (a proxy that routes by `Host`).
     #[arg(long = flag::RESOLVE, env = env::RESOLVE, value_delimiter = ',')]
     pub resolve: Vec<String>,
+    /// Drift monitoring's reference sample: a UTF-8 file, one input per line (blank lines
+    /// skipped), at most 10000 inputs and 1 MiB. Run through the model at start-up, before
+    /// `/ready` turns 200, and exported as `lexserve_drift_baseline{feature,bin}` (see
+    /// `lexserve_contract::drift`); embed also compares live embeddings with its centroid. A
+    /// file that cannot be read, is empty or breaks a bound stops `serve`.
+    #[arg(long = flag::DRIFT_REFERENCE, env = env::DRIFT_REFERENCE)]
+    pub drift_reference: Option<PathBuf>,
     /// Most texts in one request; more get 413.
     #[arg(long, env = "LEXSERVE_MAX_TEXTS_PER_REQUEST", default_value_t = 128)]
     pub max_texts_per_request: u64,

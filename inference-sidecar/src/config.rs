@@ -35,6 +35,8 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    DriftReference(#[from] crate::drift::reference::ReferenceError),
 }
 
 pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -205,6 +207,9 @@ pub struct ServeConfig {
     /// The shadow mirror's configuration file (polled; absent file: nothing mirrored), and where
     /// its candidates' URLs connect. None: no mirror at all.
     pub mirror: Option<crate::mirror::config::MirrorSettings>,
+    /// The drift reference sample (`--drift-reference`), read and bounded here so that a bad
+    /// file stops `serve` before it starts; run through the model at start-up.
+    pub drift_reference: Option<crate::drift::reference::ReferenceSample>,
 }
 
 /// A deadline: a Go duration above zero (a zero deadline would refuse everything).
@@ -454,6 +459,11 @@ impl ServeConfig {
                 args.mirror_config.as_deref(),
                 &args.resolve,
             )?,
+            drift_reference: args
+                .drift_reference
+                .as_deref()
+                .map(crate::drift::reference::ReferenceSample::read)
+                .transpose()?,
         })
     }
 }

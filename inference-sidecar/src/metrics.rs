@@ -5,6 +5,10 @@
 //! requests (waiting for admission, or in the running batch) — so "waiting + running" is the load a
 //! replica carries whatever the request sizes.
 
+use lexserve_contract::drift::{
+    CENTROID_COSINE_BUCKETS, CONFIDENCE_BUCKETS, EMBEDDING_NORM_BUCKETS, GENERATION_TOKEN_BUCKETS,
+    INPUT_TOKEN_BUCKETS,
+};
 use lexserve_contract::names::metric;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +36,13 @@ pub struct ModelLabels {
     pub version: String,
 }
 
+/// `lexserve_drift_baseline`'s labels (`names::label::FEATURE`, `names::label::BIN`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftBinLabels {
+    pub feature: String,
+    pub bin: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub(crate) fn seconds_histogram() -> Histogram {
@@ -40,7 +51,7 @@ pub(crate) fn seconds_histogram() -> Histogram {
 }
 
 fn confidence_histogram() -> Histogram {
-    Histogram::new([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])
+    Histogram::new(CONFIDENCE_BUCKETS)
 }
 
 pub struct Metrics {
@@ -63,6 +74,15 @@ pub struct Metrics {
     pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
     pub preemptions: Counter,
     pub kv_cache_block_errors: Counter,
+    // Drift monitoring (`lexserve_contract::drift`).
+    pub unknown_tokens: Counter,
+    pub embedding_norm: Histogram,
+    /// Registered only for an embedding model with a reference sample (no centroid otherwise).
+    pub embedding_centroid_cosine: Histogram,
+    pub prompt_tokens: Histogram,
+    pub output_tokens: Histogram,
+    /// Registered only with a reference sample.
+    pub drift_baseline: Family<DriftBinLabels, Gauge>,
     /// The shadow mirror's series (in the same registry: one `/metrics`).
     pub mirror: crate::mirror::metrics::MirrorMetrics,
 }
@@ -75,6 +95,16 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::build(false, false)
+    }
+
+    /// With the series only a reference sample gives: its baseline, and with `centroid` (an
+    /// embedding model) the cosine of live embeddings to the sample's centroid.
+    pub fn with_reference_sample(centroid: bool) -> Self {
+        Self::build(true, centroid)
+    }
+
+    fn build(reference_sample: bool, centroid: bool) -> Self {
         let mut registry = Registry::default();
         let queue_size = Gauge::default();
         let requests_running = Gauge::default();
@@ -84,7 +114,7 @@ impl Metrics {
         let inference_duration = seconds_histogram();
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 12));
-        let input_tokens = Histogram::new(exponential_buckets(4.0, 2.0, 10));
+        let input_tokens = Histogram::new(INPUT_TOKEN_BUCKETS);
         let predictions_total = Family::<ClassLabels, Counter>::default();
         let prediction_confidence: HistogramFamily<ClassLabels> =
             Family::new_with_constructor(confidence_histogram);
@@ -95,6 +125,12 @@ impl Metrics {
         let kv_cache_usage_ratio = Gauge::<f64, AtomicU64>::default();
         let preemptions = Counter::default();
         let kv_cache_block_errors = Counter::default();
+        let unknown_tokens = Counter::default();
+        let embedding_norm = Histogram::new(EMBEDDING_NORM_BUCKETS);
+        let embedding_centroid_cosine = Histogram::new(CENTROID_COSINE_BUCKETS);
+        let prompt_tokens = Histogram::new(GENERATION_TOKEN_BUCKETS);
+        let output_tokens = Histogram::new(GENERATION_TOKEN_BUCKETS);
+        let drift_baseline = Family::<DriftBinLabels, Gauge>::default();
 
         registry.register(
             metric::QUEUE_SIZE,
@@ -183,6 +219,41 @@ impl Metrics {
             "KV cache blocks freed twice or leaked (a bookkeeping bug; debug builds stop instead)",
             kv_cache_block_errors.clone(),
         );
+        // Registered without `_total` in the name: the encoder appends it.
+        registry.register(
+            metric::UNKNOWN_TOKENS,
+            "Input tokens that are the tokenizer's unknown token (embed, classify)",
+            unknown_tokens.clone(),
+        );
+        registry.register(
+            metric::EMBEDDING_NORM,
+            "L2 norm of each pooled embedding before normalization",
+            embedding_norm.clone(),
+        );
+        registry.register(
+            metric::PROMPT_TOKENS,
+            "Prompt tokens per generation request",
+            prompt_tokens.clone(),
+        );
+        registry.register(
+            metric::OUTPUT_TOKENS,
+            "Tokens generated per finished sequence",
+            output_tokens.clone(),
+        );
+        if reference_sample && centroid {
+            registry.register(
+                metric::EMBEDDING_CENTROID_COSINE,
+                "Cosine between each embedding and the reference sample's centroid",
+                embedding_centroid_cosine.clone(),
+            );
+        }
+        if reference_sample {
+            registry.register(
+                metric::DRIFT_BASELINE,
+                "The reference sample's count in each bin of each drift feature",
+                drift_baseline.clone(),
+            );
+        }
         let mirror = crate::mirror::metrics::MirrorMetrics::register(&mut registry);
         Self {
             registry,
@@ -205,6 +276,12 @@ impl Metrics {
             kv_cache_usage_ratio,
             preemptions,
             kv_cache_block_errors,
+            unknown_tokens,
+            embedding_norm,
+            embedding_centroid_cosine,
+            prompt_tokens,
+            output_tokens,
+            drift_baseline,
         }
     }
 
@@ -262,8 +339,28 @@ mod tests {
             "lexserve_kv_cache_usage_ratio ",
             "lexserve_preemptions_total ",
             "lexserve_kv_cache_block_errors_total ",
+            "lexserve_unknown_tokens_total ",
+            "lexserve_embedding_norm_bucket{le=\"20.0\"}",
+            "lexserve_prompt_tokens_bucket{le=\"4096.0\"}",
+            "lexserve_output_tokens_bucket{le=\"8.0\"}",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        // Only a reference sample gives a centroid and a baseline.
+        assert!(!text.contains("lexserve_embedding_centroid_cosine"));
+        assert!(!text.contains("lexserve_drift_baseline"));
+        let text = Metrics::with_reference_sample(false).encode().unwrap();
+        assert!(!text.contains("lexserve_embedding_centroid_cosine"));
+        let metrics = Metrics::with_reference_sample(true);
+        metrics
+            .drift_baseline
+            .get_or_create(&DriftBinLabels {
+                feature: "input_tokens".into(),
+                bin: "+Inf".into(),
+            })
+            .set(3);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("lexserve_embedding_centroid_cosine_bucket{le=\"-0.5\"}"));
+        assert!(text.contains("lexserve_drift_baseline{feature=\"input_tokens\",bin=\"+Inf\"} 3"));
     }
 }

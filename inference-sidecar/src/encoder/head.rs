@@ -87,8 +87,12 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-pub fn l2_normalize(vector: &mut [f32]) {
-    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+pub fn l2_norm(vector: &[f32]) -> f32 {
+    vector.iter().map(|v| v * v).sum::<f32>().sqrt()
+}
+
+/// Divides `vector` by its L2 `norm` (measured by [`l2_norm`]); a zero vector stays zero.
+pub fn l2_normalize(vector: &mut [f32], norm: f32) {
     if norm > 0.0 {
         vector.iter_mut().for_each(|v| *v /= norm);
     }
@@ -120,6 +124,15 @@ pub fn pool(states: &[f32], hidden: usize, batch: &PaddedBatch, pooling: Pooling
         .collect()
 }
 
+/// One batch's answers, with what drift monitoring reads on the way: each text's pooled
+/// embedding's L2 norm before normalization (empty when the model outputs logits). Measured
+/// here because normalization throws it away, and once per text (the division needs it anyway).
+#[derive(Debug)]
+pub struct HeadOutput {
+    pub results: Vec<Inference>,
+    pub norms: Vec<f32>,
+}
+
 /// The task's post-processing, fixed when the model is loaded.
 #[derive(Debug, Clone)]
 pub struct OutputHead {
@@ -135,7 +148,7 @@ impl OutputHead {
         &self,
         output: EncoderOutput,
         batch: &PaddedBatch,
-    ) -> Result<Vec<Inference>, HeadError> {
+    ) -> Result<HeadOutput, HeadError> {
         let rows: Vec<Vec<f32>> = match output {
             EncoderOutput::Logits { classes, data } => {
                 if self.task != ModelTask::Classify {
@@ -155,18 +168,24 @@ impl OutputHead {
                     })
                     .collect();
                 self.check_labels(classes)?;
-                return Ok(probabilities);
+                return Ok(HeadOutput {
+                    results: probabilities,
+                    norms: Vec::new(),
+                });
             }
             EncoderOutput::TokenStates { hidden, data } => pool(&data, hidden, batch, self.pooling),
             EncoderOutput::Pooled { dim, data } => data.chunks(dim).map(<[f32]>::to_vec).collect(),
         };
         let mut rows = rows;
+        let norms: Vec<f32> = rows.iter().map(|r| l2_norm(r)).collect();
         if self.normalize {
-            rows.iter_mut().for_each(|r| l2_normalize(r));
+            rows.iter_mut()
+                .zip(&norms)
+                .for_each(|(r, n)| l2_normalize(r, *n));
         }
-        match self.task {
+        let results = match self.task {
             ModelTask::Embed | ModelTask::Generate => {
-                Ok(rows.into_iter().map(Inference::Embedding).collect())
+                rows.into_iter().map(Inference::Embedding).collect()
             }
             ModelTask::Classify => {
                 let linear = self.linear.as_ref().ok_or_else(|| {
@@ -183,14 +202,14 @@ impl OutputHead {
                     )));
                 }
                 self.check_labels(linear.classes)?;
-                Ok(rows
-                    .iter()
+                rows.iter()
                     .map(|r| Inference::Classification {
                         probabilities: softmax(&linear.logits(r)),
                     })
-                    .collect())
+                    .collect()
             }
-        }
+        };
+        Ok(HeadOutput { results, norms })
     }
 
     fn check_labels(&self, classes: usize) -> Result<(), HeadError> {
@@ -230,6 +249,34 @@ mod tests {
         assert_eq!(pooled, vec![vec![2.0, 3.0], vec![10.0, 20.0]]);
         let cls = pool(&states, 2, &b, Pooling::Cls);
         assert_eq!(cls, vec![vec![1.0, 2.0], vec![10.0, 20.0]]);
+    }
+
+    #[test]
+    fn norms_are_measured_before_normalization() {
+        let head = OutputHead {
+            task: ModelTask::Embed,
+            pooling: Pooling::Mean,
+            normalize: true,
+            linear: None,
+            labels: Vec::new(),
+        };
+        let out = head
+            .apply(
+                EncoderOutput::Pooled {
+                    dim: 2,
+                    data: vec![3.0, 4.0, 0.0, 0.0],
+                },
+                &batch(&[1, 1]),
+            )
+            .unwrap();
+        assert_eq!(out.norms, vec![5.0, 0.0]);
+        assert_eq!(
+            out.results,
+            vec![
+                Inference::Embedding(vec![0.6, 0.8]),
+                Inference::Embedding(vec![0.0, 0.0])
+            ]
+        );
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Pipeline {
         let warm = pipeline.tokenizer.encode("lexserve warm-up")?;
         let batch = PaddedBatch::new([&warm], pipeline.tokenizer.pad_id());
         let results = match run_batch(pipeline.encoder.as_mut(), &pipeline.head, &batch) {
-            Ok(results) => results,
+            Ok(output) => output.results,
             // A logits model without configured labels: name the classes after the output's width.
             Err(_)
                 if pipeline.head.task == ModelTask::Classify && pipeline.head.labels.is_empty() =>
@@ -101,6 +101,7 @@ impl Pipeline {
                 };
                 run_batch(pipeline.encoder.as_mut(), &pipeline.head, &batch)
                     .map_err(PipelineError::WarmUp)?
+                    .results
             }
             Err(e) => return Err(PipelineError::WarmUp(e)),
         };
@@ -123,7 +124,7 @@ impl Pipeline {
             .map(|t| self.tokenizer.encode(t))
             .collect::<Result<Vec<_>, _>>()?;
         let batch = PaddedBatch::new(&tokenized, self.tokenizer.pad_id());
-        Ok(run_batch(self.encoder.as_mut(), &self.head, &batch)?)
+        Ok(run_batch(self.encoder.as_mut(), &self.head, &batch)?.results)
     }
 
     /// Embeddings of `texts`, `batch_size` at a time.

@@ -17,6 +17,8 @@ use super::head::Inference;
 use super::pipeline::Pipeline;
 use super::tokenize::{TextTokenizer, TokenizedText};
 use crate::config::{ModelTask, ServeConfig};
+use crate::drift::centroid::cosine;
+use crate::drift::sample_run::{encoder_baseline, generation_baseline};
 use crate::generation::Generator;
 use crate::generation::engine::Engine;
 use crate::metrics::{Metrics, ModelLabels};
@@ -48,6 +50,9 @@ pub struct LoadedModel {
     pub labels: Vec<String>,
     /// Length of the vectors an embedding model returns.
     pub dimensions: Option<usize>,
+    /// The reference sample's centroid (embed, with `--drift-reference`): live embeddings'
+    /// cosine to it is `lexserve_embedding_centroid_cosine`.
+    pub centroid: Option<Vec<f32>>,
 }
 
 enum Readiness {
@@ -218,7 +223,15 @@ impl ModelService {
     /// shutdown.
     fn load_and_serve(&self, config: &ServeConfig) {
         if config.task == ModelTask::Generate {
-            match catch_load(|| Engine::load(config, Arc::clone(&self.metrics))) {
+            let loaded = catch_load(|| {
+                let (engine, generator) = Engine::load(config, Arc::clone(&self.metrics))?;
+                if let Some(sample) = &config.drift_reference {
+                    generation_baseline(&generator.tokenizer, &sample.inputs)?
+                        .export(&self.metrics.drift_baseline);
+                }
+                Ok((engine, generator))
+            });
+            match loaded {
                 Ok((engine, generator)) => {
                     self.mark_loaded();
                     self.set_readiness(Readiness::Generating(generator));
@@ -233,7 +246,25 @@ impl ModelService {
             }
             return;
         }
-        let loaded = catch_load(|| self.load(config));
+        let loaded = catch_load(|| {
+            let (mut model, mut pipeline) = self.load(config)?;
+            // The baseline is exported before readiness: whoever sees `/ready` succeed finds it.
+            if let Some(sample) = &config.drift_reference {
+                let batch_texts = config
+                    .batching
+                    .max_batch_requests
+                    .min(REFERENCE_BATCH_TEXTS);
+                let run = encoder_baseline(&mut pipeline, &sample.inputs, batch_texts)?;
+                run.baseline.export(&self.metrics.drift_baseline);
+                model.centroid = run.centroid;
+                tracing::info!(
+                    path = %sample.path.display(),
+                    inputs = sample.inputs.len(),
+                    "drift baseline exported from the reference sample"
+                );
+            }
+            Ok((model, pipeline))
+        });
         match loaded {
             Ok((model, mut pipeline)) => {
                 let pad_id = model.tokenizer.pad_id();
@@ -282,6 +313,7 @@ impl ModelService {
             task: config.task,
             labels: pipeline.head.labels.clone(),
             dimensions: pipeline.dimensions,
+            centroid: None,
         };
         Ok((model, pipeline))
     }
@@ -403,6 +435,10 @@ impl ModelService {
         };
         let tokens: Vec<usize> = tokenized.iter().map(TokenizedText::len).collect();
         let truncated: Vec<bool> = tokenized.iter().map(|t| t.truncated).collect();
+        let unknown: usize = tokenized
+            .iter()
+            .map(|t| model.tokenizer.unknown_tokens(t))
+            .sum();
         running.hand_over();
         let receivers = model
             .queue
@@ -411,12 +447,22 @@ impl ModelService {
         for &n in &tokens {
             self.metrics.input_tokens.observe(n as f64);
         }
+        self.metrics.unknown_tokens.inc_by(unknown as u64);
         let mut results = Vec::with_capacity(receivers.len());
         for receiver in receivers {
             let reply = receiver.await.unwrap_or(Err(BatchError::WorkerGone));
             results.push(reply.map_err(|e| ServiceError::Internal(e.to_string()))?);
         }
         running.take_back(results.len());
+        if let Some(centroid) = &model.centroid {
+            for result in &results {
+                if let Inference::Embedding(v) = result {
+                    self.metrics
+                        .embedding_centroid_cosine
+                        .observe(cosine(centroid, v));
+                }
+            }
+        }
         if let Some(labels) = (task == ModelTask::Classify).then_some(&model.labels) {
             for result in &results {
                 if let Inference::Classification { probabilities } = result
@@ -481,6 +527,9 @@ fn refusal(e: SubmitError, field: &str) -> ServiceError {
         SubmitError::Closed => ServiceError::Draining,
     }
 }
+
+/// Most texts per batch when the reference sample runs (fewer when batches are capped lower).
+const REFERENCE_BATCH_TEXTS: usize = 32;
 
 /// Above this many bytes of text, tokenization runs on the blocking pool.
 const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;

@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use thiserror::Error;
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    ModelWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 #[derive(Debug, Error)]
 pub enum TokenizeError {
@@ -41,6 +43,8 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     max_tokens: usize,
     pad_id: u32,
+    /// The id of the model's unknown token (drift monitoring counts them), if it has one.
+    unknown_id: Option<u32>,
 }
 
 impl TextTokenizer {
@@ -66,10 +70,12 @@ impl TextTokenizer {
                 stride: 0,
             }))
             .map_err(|e| load_err(e.to_string()))?;
+        let unknown_id = unknown_token(inner.get_model()).and_then(|t| inner.token_to_id(t));
         Ok(Self {
             inner,
             max_tokens,
             pad_id,
+            unknown_id,
         })
     }
 
@@ -85,6 +91,13 @@ impl TextTokenizer {
         })
     }
 
+    /// How many of `text`'s tokens are the unknown token: a scan of the ids, no allocation.
+    pub fn unknown_tokens(&self, text: &TokenizedText) -> usize {
+        self.unknown_id.map_or(0, |unknown| {
+            text.ids.iter().filter(|id| **id == unknown).count()
+        })
+    }
+
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
@@ -92,5 +105,16 @@ impl TextTokenizer {
     /// The id batches are padded with (masked out, so its value only has to be a valid id).
     pub fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+}
+
+/// The unknown token of the tokenizer's model, as its `tokenizer.json` names it. WordPiece (BERT,
+/// MiniLM) and BPE with an unknown token can emit one; byte-level BPE never needs one, and a
+/// Unigram model's unknown id is not public, so those count none.
+fn unknown_token(model: &ModelWrapper) -> Option<&str> {
+    match model {
+        ModelWrapper::WordPiece(m) => Some(m.unk_token.as_str()),
+        ModelWrapper::BPE(m) => m.unk_token.as_deref(),
+        ModelWrapper::WordLevel(_) | ModelWrapper::Unigram(_) => None,
     }
 }

@@ -298,6 +298,9 @@ impl Engine {
                 queued: true,
             },
         );
+        self.metrics
+            .prompt_tokens
+            .observe(request.prompt_ids.len() as f64);
         self.scheduler.submit(s.id, request.prompt_ids);
     }
 
@@ -461,6 +464,7 @@ impl Engine {
             finish,
         };
         if finish.is_some() {
+            self.metrics.output_tokens.observe(generated as f64);
             // A finished sequence leaves before its client hears the last token: its blocks are
             // back in the pool, and the gauges say so, by the time anyone reacts to the end.
             let events = client.events.clone();

@@ -10,7 +10,7 @@ use super::admission::Admission;
 use super::connection::{ConnectionLimits, serve_connections};
 use super::routes::router;
 use super::state::AppState;
-use crate::config::{Backend, ServeConfig};
+use crate::config::{Backend, ModelTask, ServeConfig};
 use crate::encoder::service::ModelService;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -98,7 +98,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
             source,
         })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(if config.drift_reference.is_some() {
+        Metrics::with_reference_sample(config.task == ModelTask::Embed)
+    } else {
+        Metrics::new()
+    });
     let platform = match config.backend {
         Backend::Onnx => "lexserve_onnx",
         Backend::Candle => "lexserve_candle",

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use super::queue::{NextStep, plan};
 use super::{BatchError, BatchQueue, Job, Shared};
+use crate::config::ModelTask;
 use crate::encoder::backend::{Encoder, PaddedBatch};
-use crate::encoder::head::{Inference, OutputHead};
+use crate::encoder::head::{HeadOutput, OutputHead};
 
 /// Runs one batch through the encoder and the head. Panics inside a backend are caught and turned into
 /// errors for the batch's texts: one bad batch must not take the server down.
@@ -15,7 +16,7 @@ pub fn run_batch(
     encoder: &mut dyn Encoder,
     head: &OutputHead,
     batch: &PaddedBatch,
-) -> Result<Vec<Inference>, BatchError> {
+) -> Result<HeadOutput, BatchError> {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let output = encoder
             .forward(batch)
@@ -24,10 +25,10 @@ pub fn run_batch(
             .map_err(|e| BatchError::Inference(e.to_string()))
     }));
     match outcome {
-        Ok(Ok(results)) if results.len() == batch.batch => Ok(results),
-        Ok(Ok(results)) => Err(BatchError::Inference(format!(
+        Ok(Ok(output)) if output.results.len() == batch.batch => Ok(output),
+        Ok(Ok(output)) => Err(BatchError::Inference(format!(
             "the model returned {} results for {} texts",
-            results.len(),
+            output.results.len(),
             batch.batch
         ))),
         Ok(Err(e)) => Err(e),
@@ -99,8 +100,15 @@ pub fn serve_batches(
         // metrics) must not still find its texts counted as running here.
         metrics.requests_running.dec_by(n as i64);
         match results {
-            Ok(results) => {
-                for (job, result) in jobs.into_iter().zip(results) {
+            Ok(output) => {
+                // Observed before the answers go out, so a caller that has its answer finds it
+                // counted.
+                if head.task == ModelTask::Embed {
+                    for norm in &output.norms {
+                        metrics.embedding_norm.observe(f64::from(*norm));
+                    }
+                }
+                for (job, result) in jobs.into_iter().zip(output.results) {
                     // The requester may have gone away (client disconnected); nothing to do then.
                     let _ = job.item.reply.send(Ok(result));
                 }
