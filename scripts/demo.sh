@@ -464,6 +464,12 @@ for _ in $(seq 1 120); do
   [ -n "$(kubectl -n lexserve-live get lisvc sentiment -o jsonpath='{.status.drift.features[0].feature}')" ] && break
   sleep 0.5
 done
+# The operator exports the scores (lexserve_operator_drift_score) from the status: wait for
+# Prometheus' next scrape of it.
+for _ in $(seq 1 60); do
+  curl -s "$prometheus_url/api/v1/query?query=lexserve_operator_drift_score" | grep -q '"result":\[{' && break
+  sleep 0.5
+done
 kubectl -n lexserve-live get lisvc sentiment -o jsonpath='{range .status.conditions[?(@.type=="DriftDetected")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}{range .status.conditions[?(@.type=="DriftMonitoringAvailable")]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
 
 say "the dashboard's queries (charts/lexserve/files/dashboards/lexserve.json) on this Prometheus"

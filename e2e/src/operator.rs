@@ -137,10 +137,7 @@ impl OperatorProcess {
         env: &[(String, String)],
     ) -> Result<Self> {
         let binary = workspace_bin("lexserve-operator")?;
-        let metrics_port = match options.metrics_port {
-            Some(port) => port,
-            None => free_port()?,
-        };
+        let metrics_port = free_port()?;
         let health_port = free_port()?;
         // The metrics API keeps the port the Deployment gives it (its Service points there), on
         // loopback.

@@ -348,3 +348,196 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
     let _ = load.await;
     sidecar.stop();
 }
+
+/// A reference sample is the baseline: the operator mounts its ConfigMap and passes it to the
+/// sidecar, which exports it before it is ready; checks judge against it from the first one,
+/// with no learning window.
+#[tokio::test]
+async fn a_reference_sample_is_the_baseline_from_the_first_check() {
+    const REFERENCED: &str = "referenced";
+    let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
+    install_crds(cluster).await.expect("CRDs");
+    let scene = scene(cluster, "drift-ref").await;
+    let ns = scene.ns.to_string();
+    let dir = std::env::temp_dir().join(format!("lexserve-e2e-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    let port = free_port().expect("port");
+    let _prometheus = Prometheus::start_with_jobs(vec![json!({
+        "job_name": "sidecar",
+        "scrape_interval": "2s",
+        "static_configs": [{
+            "targets": [format!("127.0.0.1:{port}")],
+            "labels": {"namespace": ns, "inference_service": REFERENCED, "pod": format!("{REFERENCED}-0")},
+        }],
+    })])
+    .await
+    .expect("Prometheus");
+    let _operator = OperatorProcess::start(
+        cluster,
+        OperatorOptions {
+            identity: "drift-ref".to_string(),
+            namespace: Some(ns.clone()),
+            prometheus_url: Some(_prometheus.url().to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("operator");
+
+    // The sample: the reviews, one per line, in a ConfigMap of the namespace.
+    let sample = reviews().join("\n");
+    let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
+    config_maps
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "reviews"},
+                "data": {"sample.txt": sample},
+            }))
+            .expect("ConfigMap"),
+        )
+        .await
+        .expect("the sample's ConfigMap");
+    let model = direction_classifier(&dir, false).expect("classifier");
+    create(
+        &scene.api,
+        &isvc(
+            REFERENCED,
+            json!({
+                "model": {"uri": format!("file://{}", model.display()), "format": "safetensors",
+                          "task": "classify"},
+                "runtime": {"threads": 1},
+                "scaling": {"provider": "none", "minReplicas": 1},
+                "monitoring": {"drift": {
+                    "baseline": {"reference": {"name": "reviews", "key": "sample.txt"}},
+                    "window": "1m",
+                    "interval": "10s",
+                    "minSamples": 100,
+                    "features": ["InputTokens", "PredictedClass"],
+                }},
+            }),
+        ),
+    )
+    .await
+    .expect("InferenceService");
+
+    // What the pod runs: the Deployment's sidecar names the mounted sample; played here with
+    // the same file.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(scene.client.clone(), &ns);
+    let args = wait::until(
+        "the Deployment",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            Ok(match deployments.get_opt(REFERENCED).await? {
+                Some(d) => Poll::Ready(
+                    d.spec
+                        .and_then(|s| s.template.spec)
+                        .map(|p| p.containers[0].args.clone().unwrap_or_default())
+                        .unwrap_or_default(),
+                ),
+                None => Poll::pending("no Deployment"),
+            })
+        },
+    )
+    .await
+    .expect("Deployment");
+    let at = args
+        .iter()
+        .position(|a| a == "--drift-reference")
+        .unwrap_or_else(|| panic!("no --drift-reference in {args:?}"));
+    assert_eq!(
+        args[at + 1],
+        format!("{}/sample.txt", lexserve_contract::drift::REFERENCE_DIR)
+    );
+    let sample_path = dir.join("sample.txt");
+    std::fs::write(&sample_path, reviews().join("\n")).expect("sample");
+    let config = wait::until(
+        "the sidecar's ConfigMap",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            Ok(
+                match config_maps
+                    .get_opt(&format!("{REFERENCED}-sidecar"))
+                    .await?
+                    .and_then(|cm| cm.data)
+                    .and_then(|d| d.get("config.yaml").cloned())
+                {
+                    Some(yaml) => Poll::Ready(yaml),
+                    None => Poll::pending("no config.yaml"),
+                },
+            )
+        },
+    )
+    .await
+    .expect("config");
+    let config_path = dir.join("config.yaml");
+    std::fs::write(&config_path, config).expect("config");
+    let mut sidecar = SidecarProcess::start_on(
+        &config_path,
+        1,
+        &dir.join("sidecar.log"),
+        port,
+        &[
+            "--model-name".to_string(),
+            REFERENCED.to_string(),
+            "--drift-reference".to_string(),
+            sample_path.display().to_string(),
+        ],
+    )
+    .expect("sidecar");
+    sidecar
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .expect("sidecar ready");
+
+    let kind = Arc::new(AtomicU8::new(BASELINE));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = users(sidecar.url(), kind.clone(), stop.clone());
+    let services: Api<InferenceService> = scene.api.clone();
+    let verdict = |want: &'static str| {
+        let services = services.clone();
+        async move {
+            wait::until(
+                &format!("DriftDetected={want}"),
+                Duration::from_secs(150),
+                Duration::from_secs(1),
+                || async {
+                    let s = services.get(REFERENCED).await?.status.unwrap_or_default();
+                    Ok(match condition(&s, ConditionType::DriftDetected) {
+                        Some((state, _, _)) if state == want => Poll::Ready(s),
+                        other => Poll::pending(format!("{other:?}")),
+                    })
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+        }
+    };
+    // Reviews like the sample: judged at once (no learning), and no drift.
+    let quiet = verdict("False").await;
+    let drift = quiet.drift.as_ref().expect("drift status");
+    assert!(
+        drift.baseline.is_empty(),
+        "a reference baseline is not copied into the status"
+    );
+    let input = drift
+        .features
+        .iter()
+        .find(|f| f.feature.label() == "input_tokens")
+        .expect("input_tokens scored");
+    assert_eq!(input.baseline_samples, reviews().len() as u64, "{input:?}");
+    // Long texts on other topics: drift against the sample.
+    kind.store(DRIFTED, Ordering::Relaxed);
+    let moved = verdict("True").await;
+    let (_, _, message) = condition(&moved, ConditionType::DriftDetected).expect("condition");
+    assert!(message.contains("input_tokens"), "{message}");
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.await;
+    sidecar.stop();
+}
