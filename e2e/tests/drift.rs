@@ -92,125 +92,208 @@ fn condition(
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-#[tokio::test]
-async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
-    let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
-    install_crds(cluster).await.expect("CRDs");
-    let scene = scene(cluster, "drift").await;
-    let ns = scene.ns.to_string();
-    let dir = std::env::temp_dir().join(format!("lexserve-e2e-{ns}"));
-    std::fs::create_dir_all(&dir).expect("dir");
+/// One monitored classifier on the local control plane: the operator, reading a Prometheus that
+/// scrapes the sidecar this harness runs for its pod from the ConfigMap the operator wrote (with
+/// `sidecar_args` added, as the pod's own arguments would add them), and users sending reviews
+/// or, once `kind` says so, long texts on other topics.
+struct Lab {
+    scene: common::Scene,
+    services: Api<InferenceService>,
+    name: &'static str,
+    kind: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    load: Option<tokio::task::JoinHandle<()>>,
+    sidecar: SidecarProcess,
+    prometheus: Prometheus,
+    operator: OperatorProcess,
+}
 
-    let port = free_port().expect("port");
-    let mut prometheus = Prometheus::start_with_jobs(vec![json!({
-        "job_name": "sidecar",
-        "scrape_interval": "2s",
-        "static_configs": [{
-            "targets": [format!("127.0.0.1:{port}")],
-            "labels": {"namespace": ns, "inference_service": NAME, "pod": format!("{NAME}-0")},
-        }],
-    })])
-    .await
-    .expect("Prometheus");
-    let operator = OperatorProcess::start(
-        cluster,
-        OperatorOptions {
-            identity: "drift".to_string(),
-            namespace: Some(ns.clone()),
-            prometheus_url: Some(prometheus.url().to_string()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("operator");
+impl Lab {
+    /// `drift` is the InferenceService's `spec.monitoring.drift`; `objects` are created in the
+    /// namespace first (a reference sample's ConfigMap).
+    async fn start(
+        prefix: &str,
+        name: &'static str,
+        drift: serde_json::Value,
+        objects: Vec<ConfigMap>,
+        sidecar_args: Vec<String>,
+    ) -> Lab {
+        let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
+        install_crds(cluster).await.expect("CRDs");
+        let scene = scene(cluster, prefix).await;
+        let ns = scene.ns.to_string();
+        let dir = std::env::temp_dir().join(format!("lexserve-e2e-{ns}"));
+        std::fs::create_dir_all(&dir).expect("dir");
 
-    let model = direction_classifier(&dir, false).expect("classifier");
-    create(
-        &scene.api,
-        &isvc(
-            NAME,
-            json!({
-                "model": {"uri": format!("file://{}", model.display()), "format": "safetensors",
-                          "task": "classify"},
-                "runtime": {"threads": 1},
-                "scaling": {"provider": "none", "minReplicas": 1},
-                "monitoring": {"drift": {
-                    "baseline": {"window": "1m"},
-                    "window": "1m",
-                    "interval": "10s",
-                    "minSamples": 200,
-                    "features": ["InputTokens", "PredictedClass", "Confidence"],
-                }},
-            }),
-        ),
-    )
-    .await
-    .expect("InferenceService");
+        let port = free_port().expect("port");
+        let prometheus = Prometheus::start_with_jobs(vec![json!({
+            "job_name": "sidecar",
+            "scrape_interval": "2s",
+            "static_configs": [{
+                "targets": [format!("127.0.0.1:{port}")],
+                "labels": {"namespace": ns, "inference_service": name, "pod": format!("{name}-0")},
+            }],
+        })])
+        .await
+        .expect("Prometheus");
+        let operator = OperatorProcess::start(
+            cluster,
+            OperatorOptions {
+                identity: prefix.to_string(),
+                namespace: Some(ns.clone()),
+                prometheus_url: Some(prometheus.url().to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("operator");
 
-    // The pod's sidecar, from the ConfigMap the operator wrote.
-    let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
-    let config = wait::until(
-        "the sidecar's ConfigMap",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            Ok(
-                match config_maps.get_opt(&format!("{NAME}-sidecar")).await? {
-                    Some(cm) => match cm.data.and_then(|d| d.get("config.yaml").cloned()) {
+        let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
+        for object in &objects {
+            config_maps
+                .create(&Default::default(), object)
+                .await
+                .expect("a ConfigMap of the test");
+        }
+        let model = direction_classifier(&dir, false).expect("classifier");
+        create(
+            &scene.api,
+            &isvc(
+                name,
+                json!({
+                    "model": {"uri": format!("file://{}", model.display()), "format": "safetensors",
+                              "task": "classify"},
+                    "runtime": {"threads": 1},
+                    "scaling": {"provider": "none", "minReplicas": 1},
+                    "monitoring": {"drift": drift},
+                }),
+            ),
+        )
+        .await
+        .expect("InferenceService");
+
+        // The pod's sidecar, from the ConfigMap the operator wrote.
+        let config = wait::until(
+            "the sidecar's ConfigMap",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || async {
+                Ok(
+                    match config_maps
+                        .get_opt(&format!("{name}-sidecar"))
+                        .await?
+                        .and_then(|cm| cm.data)
+                        .and_then(|d| d.get("config.yaml").cloned())
+                    {
                         Some(yaml) => Poll::Ready(yaml),
                         None => Poll::pending("no config.yaml"),
                     },
-                    None => Poll::pending("no ConfigMap"),
-                },
-            )
-        },
-    )
-    .await
-    .expect("config");
-    let config_path = dir.join("config.yaml");
-    std::fs::write(&config_path, config).expect("config");
-    let mut sidecar = SidecarProcess::start_on(
-        &config_path,
-        1,
-        &dir.join("sidecar.log"),
-        port,
-        &["--model-name".to_string(), NAME.to_string()],
-    )
-    .expect("sidecar");
-    sidecar
-        .wait_ready(Duration::from_secs(120))
+                )
+            },
+        )
         .await
-        .expect("sidecar ready");
-
-    let kind = Arc::new(AtomicU8::new(BASELINE));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = users(sidecar.url(), kind.clone(), stop.clone());
-    let services: Api<InferenceService> = scene.api.clone();
-    let status = || async {
-        services
-            .get(NAME)
+        .expect("config");
+        let config_path = dir.join("config.yaml");
+        std::fs::write(&config_path, config).expect("config");
+        let mut args = vec!["--model-name".to_string(), name.to_string()];
+        args.extend(sidecar_args);
+        let mut sidecar =
+            SidecarProcess::start_on(&config_path, 1, &dir.join("sidecar.log"), port, &args)
+                .expect("sidecar");
+        sidecar
+            .wait_ready(Duration::from_secs(120))
             .await
-            .map(|i| i.status.unwrap_or_default())
-    };
+            .expect("sidecar ready");
+
+        let kind = Arc::new(AtomicU8::new(BASELINE));
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = users(sidecar.url(), kind.clone(), stop.clone());
+        Lab {
+            services: scene.api.clone(),
+            scene,
+            name,
+            kind,
+            stop,
+            load: Some(load),
+            sidecar,
+            prometheus,
+            operator,
+        }
+    }
+
+    async fn status(&self) -> anyhow::Result<InferenceServiceStatus> {
+        Ok(self
+            .services
+            .get(self.name)
+            .await?
+            .status
+            .unwrap_or_default())
+    }
+
+    /// Waits until the status satisfies `done`.
+    async fn until(
+        &self,
+        what: &str,
+        done: impl Fn(&InferenceServiceStatus) -> bool,
+    ) -> InferenceServiceStatus {
+        wait::until(
+            what,
+            Duration::from_secs(180),
+            Duration::from_secs(1),
+            || async {
+                let s = self.status().await?;
+                Ok(if done(&s) {
+                    Poll::Ready(s)
+                } else {
+                    Poll::pending(format!(
+                        "{:?} {:?}",
+                        condition(&s, ConditionType::DriftDetected),
+                        condition(&s, ConditionType::DriftMonitoringAvailable)
+                    ))
+                })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    async fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(load) = self.load.take() {
+            let _ = load.await;
+        }
+        self.sidecar.stop();
+    }
+}
+
+/// Whether `DriftDetected` has status `want`.
+fn detected(want: &'static str) -> impl Fn(&InferenceServiceStatus) -> bool {
+    move |s| condition(s, ConditionType::DriftDetected).is_some_and(|(state, _, _)| state == want)
+}
+
+#[tokio::test]
+async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
+    let mut lab = Lab::start(
+        "drift",
+        NAME,
+        json!({
+            "baseline": {"window": "1m"},
+            "window": "1m",
+            "interval": "10s",
+            "minSamples": 200,
+            "features": ["InputTokens", "PredictedClass", "Confidence"],
+        }),
+        Vec::new(),
+        Vec::new(),
+    )
+    .await;
 
     // 1. The baseline: one minute of reviews after the rollout, kept in the status.
-    let learned = wait::until(
-        "the baseline learned",
-        Duration::from_secs(180),
-        Duration::from_secs(1),
-        || async {
-            let s = status().await?;
-            Ok(match s.drift.as_ref() {
-                Some(d) if !d.baseline.is_empty() => Poll::Ready(s),
-                _ => Poll::pending(format!(
-                    "{:?}",
-                    condition(&s, ConditionType::DriftMonitoringAvailable)
-                )),
-            })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let learned = lab
+        .until("the baseline learned", |s| {
+            s.drift.as_ref().is_some_and(|d| !d.baseline.is_empty())
+        })
+        .await;
     let baseline = &learned.drift.as_ref().expect("drift status").baseline;
     assert_eq!(baseline.len(), 3, "{baseline:?}");
 
@@ -218,7 +301,7 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
     let mut checks = BTreeSet::new();
     let started = Instant::now();
     while checks.len() < 8 && started.elapsed() < Duration::from_secs(180) {
-        let s = status().await.expect("status");
+        let s = lab.status().await.expect("status");
         let detected = condition(&s, ConditionType::DriftDetected);
         if let Some(at) = s.drift.as_ref().and_then(|d| d.last_check_time.clone()) {
             let (state, why, message) = detected.clone().expect("DriftDetected after a check");
@@ -240,26 +323,13 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
         "only {} checks said no drift",
         checks.len()
     );
-    let quiet = status().await.expect("status");
+    let quiet = lab.status().await.expect("status");
     let (_, why, message) = condition(&quiet, ConditionType::DriftDetected).expect("condition");
     assert_eq!(why, reason::NO_DRIFT, "{message}");
 
     // 3. Long texts on other topics: drift, naming the input length and the predicted classes.
-    kind.store(DRIFTED, Ordering::Relaxed);
-    let drifted = wait::until(
-        "drift detected",
-        Duration::from_secs(180),
-        Duration::from_secs(1),
-        || async {
-            let s = status().await?;
-            Ok(match condition(&s, ConditionType::DriftDetected) {
-                Some((state, _, _)) if state == "True" => Poll::Ready(s),
-                other => Poll::pending(format!("{other:?}")),
-            })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    lab.kind.store(DRIFTED, Ordering::Relaxed);
+    let drifted = lab.until("drift detected", detected("True")).await;
     let (_, why, message) = condition(&drifted, ConditionType::DriftDetected).expect("condition");
     assert_eq!(why, reason::FEATURES_DRIFTED);
     for feature in ["input_tokens", "predicted_class"] {
@@ -274,7 +344,7 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
     let (_, available, _) =
         condition(&drifted, ConditionType::DriftMonitoringAvailable).expect("condition");
     assert_eq!(available, reason::DRIFT_MEASURED);
-    let exported = operator.metrics().await.expect("operator metrics");
+    let exported = lab.operator.metrics().await.expect("operator metrics");
     let psi_line = exported
         .lines()
         .find(|l| {
@@ -289,7 +359,7 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
         .and_then(|v| v.parse().ok())
         .expect("a value");
     assert!(psi > 0.2, "{psi_line}");
-    let events: Api<Event> = Api::namespaced(scene.client.clone(), &ns);
+    let events: Api<Event> = Api::namespaced(lab.scene.client.clone(), &lab.scene.ns);
     wait::until(
         "a drift Event",
         Duration::from_secs(30),
@@ -312,27 +382,14 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
     .unwrap_or_else(|e| panic!("{e:#}"));
 
     // 4. Prometheus stopped: no verdict, and a monitoring condition that says why.
-    prometheus.pause();
-    let blind = wait::until(
-        "no verdict without Prometheus",
-        Duration::from_secs(120),
-        Duration::from_secs(1),
-        || async {
-            let s = status().await?;
-            Ok(
-                match condition(&s, ConditionType::DriftMonitoringAvailable) {
-                    Some((state, why, _))
-                        if state == "False" && why == reason::PROMETHEUS_UNREACHABLE =>
-                    {
-                        Poll::Ready(s)
-                    }
-                    other => Poll::pending(format!("{other:?}")),
-                },
-            )
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    lab.prometheus.pause();
+    let blind = lab
+        .until("no verdict without Prometheus", |s| {
+            condition(s, ConditionType::DriftMonitoringAvailable).is_some_and(|(state, why, _)| {
+                state == "False" && why == reason::PROMETHEUS_UNREACHABLE
+            })
+        })
+        .await;
     let (state, why, _) = condition(&blind, ConditionType::DriftDetected).expect("condition");
     assert_eq!(
         (state.as_str(), why.as_str()),
@@ -343,10 +400,7 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
         blind.drift.as_ref().map(|d| d.features.len()),
         drifted.drift.as_ref().map(|d| d.features.len())
     );
-
-    stop.store(true, Ordering::Relaxed);
-    let _ = load.await;
-    sidecar.stop();
+    lab.stop().await;
 }
 
 /// A reference sample is the baseline: the operator mounts its ConfigMap and passes it to the
@@ -355,96 +409,45 @@ async fn drift_is_reported_on_drifted_traffic_only_and_never_without_numbers() {
 #[tokio::test]
 async fn a_reference_sample_is_the_baseline_from_the_first_check() {
     const REFERENCED: &str = "referenced";
-    let cluster = lexserve_e2e::shared_cluster().await.expect("cluster");
-    install_crds(cluster).await.expect("CRDs");
-    let scene = scene(cluster, "drift-ref").await;
-    let ns = scene.ns.to_string();
-    let dir = std::env::temp_dir().join(format!("lexserve-e2e-{ns}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-
-    let port = free_port().expect("port");
-    let _prometheus = Prometheus::start_with_jobs(vec![json!({
-        "job_name": "sidecar",
-        "scrape_interval": "2s",
-        "static_configs": [{
-            "targets": [format!("127.0.0.1:{port}")],
-            "labels": {"namespace": ns, "inference_service": REFERENCED, "pod": format!("{REFERENCED}-0")},
-        }],
-    })])
-    .await
-    .expect("Prometheus");
-    let _operator = OperatorProcess::start(
-        cluster,
-        OperatorOptions {
-            identity: "drift-ref".to_string(),
-            namespace: Some(ns.clone()),
-            prometheus_url: Some(_prometheus.url().to_string()),
-            ..Default::default()
-        },
+    let sample_path = std::env::temp_dir().join(format!(
+        "lexserve-e2e-drift-sample-{}.txt",
+        std::process::id()
+    ));
+    std::fs::write(&sample_path, reviews().join("\n")).expect("sample");
+    let sample: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "reviews"},
+        "data": {"sample.txt": reviews().join("\n")},
+    }))
+    .expect("ConfigMap");
+    // The pod gets the mounted sample's path (checked below); this machine passes the same file.
+    let lab = Lab::start(
+        "drift-ref",
+        REFERENCED,
+        json!({
+            "baseline": {"reference": {"name": "reviews", "key": "sample.txt"}},
+            "window": "1m",
+            "interval": "10s",
+            "minSamples": 100,
+            "features": ["InputTokens", "PredictedClass"],
+        }),
+        vec![sample],
+        vec![
+            "--drift-reference".to_string(),
+            sample_path.display().to_string(),
+        ],
     )
-    .await
-    .expect("operator");
-
-    // The sample: the reviews, one per line, in a ConfigMap of the namespace.
-    let sample = reviews().join("\n");
-    let config_maps: Api<ConfigMap> = Api::namespaced(scene.client.clone(), &ns);
-    config_maps
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "reviews"},
-                "data": {"sample.txt": sample},
-            }))
-            .expect("ConfigMap"),
-        )
-        .await
-        .expect("the sample's ConfigMap");
-    let model = direction_classifier(&dir, false).expect("classifier");
-    create(
-        &scene.api,
-        &isvc(
-            REFERENCED,
-            json!({
-                "model": {"uri": format!("file://{}", model.display()), "format": "safetensors",
-                          "task": "classify"},
-                "runtime": {"threads": 1},
-                "scaling": {"provider": "none", "minReplicas": 1},
-                "monitoring": {"drift": {
-                    "baseline": {"reference": {"name": "reviews", "key": "sample.txt"}},
-                    "window": "1m",
-                    "interval": "10s",
-                    "minSamples": 100,
-                    "features": ["InputTokens", "PredictedClass"],
-                }},
-            }),
-        ),
-    )
-    .await
-    .expect("InferenceService");
-
-    // What the pod runs: the Deployment's sidecar names the mounted sample; played here with
-    // the same file.
+    .await;
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(scene.client.clone(), &ns);
-    let args = wait::until(
-        "the Deployment",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            Ok(match deployments.get_opt(REFERENCED).await? {
-                Some(d) => Poll::Ready(
-                    d.spec
-                        .and_then(|s| s.template.spec)
-                        .map(|p| p.containers[0].args.clone().unwrap_or_default())
-                        .unwrap_or_default(),
-                ),
-                None => Poll::pending("no Deployment"),
-            })
-        },
-    )
-    .await
-    .expect("Deployment");
+        Api::namespaced(lab.scene.client.clone(), &lab.scene.ns);
+    let args = deployments
+        .get(REFERENCED)
+        .await
+        .expect("the Deployment")
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].args.clone().unwrap_or_default())
+        .unwrap_or_default();
     let at = args
         .iter()
         .position(|a| a == "--drift-reference")
@@ -453,73 +456,9 @@ async fn a_reference_sample_is_the_baseline_from_the_first_check() {
         args[at + 1],
         format!("{}/sample.txt", lexserve_contract::drift::REFERENCE_DIR)
     );
-    let sample_path = dir.join("sample.txt");
-    std::fs::write(&sample_path, reviews().join("\n")).expect("sample");
-    let config = wait::until(
-        "the sidecar's ConfigMap",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            Ok(
-                match config_maps
-                    .get_opt(&format!("{REFERENCED}-sidecar"))
-                    .await?
-                    .and_then(|cm| cm.data)
-                    .and_then(|d| d.get("config.yaml").cloned())
-                {
-                    Some(yaml) => Poll::Ready(yaml),
-                    None => Poll::pending("no config.yaml"),
-                },
-            )
-        },
-    )
-    .await
-    .expect("config");
-    let config_path = dir.join("config.yaml");
-    std::fs::write(&config_path, config).expect("config");
-    let mut sidecar = SidecarProcess::start_on(
-        &config_path,
-        1,
-        &dir.join("sidecar.log"),
-        port,
-        &[
-            "--model-name".to_string(),
-            REFERENCED.to_string(),
-            "--drift-reference".to_string(),
-            sample_path.display().to_string(),
-        ],
-    )
-    .expect("sidecar");
-    sidecar
-        .wait_ready(Duration::from_secs(120))
-        .await
-        .expect("sidecar ready");
 
-    let kind = Arc::new(AtomicU8::new(BASELINE));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = users(sidecar.url(), kind.clone(), stop.clone());
-    let services: Api<InferenceService> = scene.api.clone();
-    let verdict = |want: &'static str| {
-        let services = services.clone();
-        async move {
-            wait::until(
-                &format!("DriftDetected={want}"),
-                Duration::from_secs(150),
-                Duration::from_secs(1),
-                || async {
-                    let s = services.get(REFERENCED).await?.status.unwrap_or_default();
-                    Ok(match condition(&s, ConditionType::DriftDetected) {
-                        Some((state, _, _)) if state == want => Poll::Ready(s),
-                        other => Poll::pending(format!("{other:?}")),
-                    })
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"))
-        }
-    };
     // Reviews like the sample: judged at once (no learning), and no drift.
-    let quiet = verdict("False").await;
+    let quiet = lab.until("no drift", detected("False")).await;
     let drift = quiet.drift.as_ref().expect("drift status");
     assert!(
         drift.baseline.is_empty(),
@@ -532,12 +471,10 @@ async fn a_reference_sample_is_the_baseline_from_the_first_check() {
         .expect("input_tokens scored");
     assert_eq!(input.baseline_samples, reviews().len() as u64, "{input:?}");
     // Long texts on other topics: drift against the sample.
-    kind.store(DRIFTED, Ordering::Relaxed);
-    let moved = verdict("True").await;
+    lab.kind.store(DRIFTED, Ordering::Relaxed);
+    let moved = lab.until("drift detected", detected("True")).await;
     let (_, _, message) = condition(&moved, ConditionType::DriftDetected).expect("condition");
     assert!(message.contains("input_tokens"), "{message}");
-
-    stop.store(true, Ordering::Relaxed);
-    let _ = load.await;
-    sidecar.stop();
+    lab.stop().await;
+    let _ = std::fs::remove_file(&sample_path);
 }

@@ -18,6 +18,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, PostParams};
+// A deterministic draw in [0, 1) for user `i`: the same run, the same outcomes.
+use lexserve_e2e::classifier::draw;
 use lexserve_e2e::operator::{OperatorOptions, OperatorProcess};
 use lexserve_e2e::request_counts::counter;
 use lexserve_e2e::wait::{self, Poll};
@@ -210,15 +212,6 @@ async fn the_control_service_moves_to_the_router_survives_a_restart_and_returns_
         .await
         .expect("delete");
     wait_selector(&services, "a", &selector_labels("a")).await;
-}
-
-/// A deterministic draw in [0, 1) for user `i` (splitmix64): the same run, the same outcomes.
-fn draw(i: u64) -> f64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Plays kubelet for the router's ConfigMap volume: copies `router.yaml` into `path` whenever it
