@@ -2,19 +2,11 @@
 //! [`assess`], and a seeded simulation of the every-interval check. The golden values (scipy)
 //! are in `golden.rs`.
 
+use crate::analysis::golden::close;
 use std::collections::BTreeMap;
 
 use super::*;
 use crate::analysis::simulation::SplitMix64;
-
-#[track_caller]
-fn close(actual: f64, expected: f64, rel: f64) {
-    let err = (actual - expected).abs() / expected.abs().max(1e-300);
-    assert!(
-        err <= rel,
-        "got {actual}, expected {expected} (relative error {err:e} > {rel:e})"
-    );
-}
 
 fn map(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()

@@ -26,7 +26,8 @@ fn f(v: &Value) -> f64 {
 }
 
 #[track_caller]
-fn close(actual: f64, expected: f64, rel: f64) {
+/// `actual` within relative error `rel` of `expected` (the analysis tests' comparison).
+pub(crate) fn close(actual: f64, expected: f64, rel: f64) {
     let err = (actual - expected).abs() / expected.abs().max(1e-300);
     assert!(
         err <= rel,

@@ -1,6 +1,7 @@
 //! The shadow verdict's rules, one path at a time, its statistics against the golden values,
 //! and a simulation of the every-interval look.
 
+use crate::analysis::golden::close;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,15 +14,6 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn golden() -> Value {
     serde_json::from_str(include_str!("golden/stats-golden.json")).expect("golden file parses")
-}
-
-#[track_caller]
-fn close(actual: f64, expected: f64, rel: f64) {
-    let err = (actual - expected).abs() / expected.abs().max(1e-300);
-    assert!(
-        err <= rel,
-        "got {actual}, expected {expected} (relative error {err:e} > {rel:e})"
-    );
 }
 
 fn criteria() -> Criteria {

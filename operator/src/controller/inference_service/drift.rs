@@ -146,14 +146,11 @@ fn histogram(feature: Feature) -> Option<&'static str> {
     })
 }
 
-/// A bin name in one spelling whatever the exporter wrote (`4`, `4.0` and `4e0` are one edge):
-/// the edge's shortest decimal, `+Inf` for the last.
+/// A histogram bin's name in the contract's one spelling (`drift::bin_label`, what the
+/// sidecar's baseline gauges use), whatever the exporter wrote for `le` (`4`, `4.0`, `4e0`).
 fn edge_name(le: &str) -> String {
-    match le.parse::<f64>() {
-        Ok(edge) if edge.is_infinite() => "+Inf".to_string(),
-        Ok(edge) => format!("{edge}"),
-        Err(_) => le.to_string(),
-    }
+    le.parse::<f64>()
+        .map_or_else(|_| le.to_string(), lexserve_contract::drift::bin_label)
 }
 
 async fn query(
