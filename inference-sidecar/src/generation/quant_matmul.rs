@@ -290,6 +290,32 @@ macro_rules! dispatch {
     }};
 }
 
+/// The weight-product kernels this process uses, for the start-up log (and so the benchmark's output).
+pub fn kernels_in_use() -> &'static str {
+    let k = Kernels::detect();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if k.vnni {
+            return "avx2+fma+avx-vnni";
+        }
+        if k.avx2 {
+            return "avx2+fma";
+        }
+    }
+    let _ = k;
+    "portable"
+}
+
+/// `LEXSERVE_SIMD=avx2` caps the kernels at AVX2 and FMA, leaving out AVX-VNNI even where the CPU has
+/// it: the benchmark compares with a llama.cpp built for x86-64-v3 (no AVX-VNNI) and shows what the
+/// plainest supported CPU gets, on any machine. Read once: the kernels are chosen per product.
+fn capped_at_avx2() -> bool {
+    static CAPPED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAPPED.get_or_init(|| {
+        std::env::var("LEXSERVE_SIMD").is_ok_and(|v| v.trim().eq_ignore_ascii_case("avx2"))
+    })
+}
+
 impl Kernels {
     fn detect() -> Self {
         Self {
@@ -299,7 +325,8 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             vnni: std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("avxvnni"),
+                && std::arch::is_x86_feature_detected!("avxvnni")
+                && !capped_at_avx2(),
         }
     }
 
