@@ -71,7 +71,7 @@ impl BlockAllocator {
         self.total() - self.free_count()
     }
 
-    /// Share of the pool in use, 0.0 ..= 1.0 (`lexserve_kv_cache_usage_ratio`).
+    /// Share of the pool in use, 0.0 ..= 1.0.
     pub fn usage_ratio(&self) -> f64 {
         if self.total() == 0 {
             return 0.0;

@@ -137,6 +137,23 @@ impl Scheduler {
             .count()
     }
 
+    /// Share of the pool held by sequences (`lexserve_kv_cache_usage_ratio`), 0.0 ..= 1.0. Blocks
+    /// only the prefix cache holds do not count: they are kept for reuse and evicted as soon as
+    /// a block is needed, so they are as good as free.
+    pub fn usage_ratio(&self) -> f64 {
+        let total = self.allocator.total();
+        if total == 0 {
+            return 0.0;
+        }
+        let idle = self
+            .prefix_cache
+            .iter()
+            .flat_map(|c| c.blocks())
+            .filter(|b| self.allocator.refcount(*b) == 1)
+            .count();
+        (self.allocator.used_count() - idle) as f64 / total as f64
+    }
+
     /// Blocks the prefix cache holds (`lexserve_prefix_cache_blocks`).
     pub fn prefix_cache_blocks(&self) -> usize {
         self.prefix_cache.as_ref().map_or(0, PrefixCache::len)
