@@ -426,6 +426,24 @@ async fn n_choices_share_one_prompt() {
             .count();
         assert_eq!(roles, 1, "choice {i}: {chunks:?}");
     }
+    drop(sidecar);
+
+    // n sequences count n times against the queue: with room for 2, n = 3 is refused whole.
+    let (sidecar, client) = start(&["--max-queue-size", "2"]).await;
+    let refused = client
+        .post(sidecar.url("/v1/completions"))
+        .json(&json!({"prompt": "hi", "max_tokens": 2, "n": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"prompt": "hi", "max_tokens": 2, "n": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
