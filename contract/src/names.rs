@@ -212,6 +212,14 @@ pub mod metric {
     pub const GENERATED_TOKENS: &str = "lexserve_generated_tokens";
     pub const KV_CACHE_USAGE_RATIO: &str = "lexserve_kv_cache_usage_ratio";
     pub const PREEMPTIONS: &str = "lexserve_preemptions";
+    /// Counters (registered without `_total`): prompt tokens of admitted requests, and how many of
+    /// them were found in the prefix cache (not computed); their ratio is the hit ratio.
+    pub const PREFIX_CACHE_QUERY_TOKENS: &str = "lexserve_prefix_cache_query_tokens";
+    pub const PREFIX_CACHE_HIT_TOKENS: &str = "lexserve_prefix_cache_hit_tokens";
+    /// Gauge: KV blocks held by more than one sequence (the prefix cache's hold not counted).
+    pub const KV_CACHE_SHARED_BLOCKS: &str = "lexserve_kv_cache_shared_blocks";
+    /// Gauge: KV blocks the prefix cache holds (used by sequences or idle and evictable).
+    pub const PREFIX_CACHE_BLOCKS: &str = "lexserve_prefix_cache_blocks";
     /// Refused KV block releases and leaked blocks: a scheduler bug, counted in release builds.
     pub const KV_CACHE_BLOCK_ERRORS: &str = "lexserve_kv_cache_block_errors";
 

@@ -26,6 +26,8 @@ pub mod defaults {
     pub const BLOCK_SIZE: u32 = 16;
     /// `runtime.generation.maxNewTokens`.
     pub const MAX_NEW_TOKENS: u32 = 256;
+    /// `runtime.generation.prefixCache`.
+    pub const PREFIX_CACHE: bool = true;
     /// `model.normalize`.
     pub const NORMALIZE: bool = true;
 
@@ -200,6 +202,12 @@ pub struct GenerationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_queue_size: Option<u32>,
+    /// Keep the KV blocks of computed prompt prefixes (a shared system prompt, the prompt of a
+    /// request with `n` > 1) and let later requests take them by reference instead of computing
+    /// them again. Cached blocks nobody uses are evicted, least recently used first, as soon as the
+    /// cache needs room, before any running sequence is preempted. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache: Option<bool>,
 }
 
 #[cfg(test)]
@@ -260,6 +268,10 @@ mod tests {
             (
                 description::<RuntimeSpec>("shutdownDelay"),
                 defaults::SHUTDOWN_DELAY_TEXT.to_string(),
+            ),
+            (
+                description::<GenerationSpec>("prefixCache"),
+                defaults::PREFIX_CACHE.to_string(),
             ),
             (
                 description::<ModelSpec>("normalize"),

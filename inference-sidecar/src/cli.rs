@@ -104,6 +104,9 @@ pub struct ServeArgs {
     /// (default 256; raised to maxConcurrentSequences if lower).
     #[arg(long, env = "LEXSERVE_MAX_STEP_TOKENS")]
     pub max_step_tokens: Option<u64>,
+    /// runtime.generation.prefixCache: share computed prompt prefixes (default true).
+    #[arg(long, env = "LEXSERVE_PREFIX_CACHE")]
+    pub prefix_cache: Option<bool>,
 
     /// Name the model is served under (default: from the uri).
     #[arg(long, env = env::MODEL_NAME)]

@@ -134,6 +134,8 @@ pub struct GenerationConfig {
     pub max_step_tokens: usize,
     /// Requests waiting for a place in the running batch; more are refused with 429.
     pub max_queue_size: usize,
+    /// Share computed prompt prefixes through the prefix cache.
+    pub prefix_cache: bool,
 }
 
 /// The HTTP server's own limits: admission and the deadlines that keep a client from holding the
@@ -409,6 +411,10 @@ impl ServeConfig {
                     defaults::MAX_QUEUE_SIZE,
                 ),
             )?,
+            prefix_cache: args
+                .prefix_cache
+                .or(generation.prefix_cache)
+                .unwrap_or(defaults::PREFIX_CACHE),
         };
 
         let model_name = match &args.model_name {
@@ -546,7 +552,7 @@ model:
 runtime:
   threads: 2
   batching: {maxBatchTokens: 4096, maxBatchRequests: 8, maxQueueDelay: "2ms", maxQueueSize: 64}
-  generation: {maxConcurrentSequences: 4, kvCacheMemory: "64Mi", blockSize: 16, maxNewTokens: 32}
+  generation: {maxConcurrentSequences: 4, kvCacheMemory: "64Mi", blockSize: 16, maxNewTokens: 32, prefixCache: false}
   quantize: none
 "#;
 
@@ -571,7 +577,21 @@ runtime:
             }
         );
         assert_eq!(config.generation.kv_cache_memory_bytes, 64 << 20);
+        assert!(!config.generation.prefix_cache);
         assert_eq!(config.model_name, "minilm");
+        // The flag (or LEXSERVE_PREFIX_CACHE) overrides the file; the default is on.
+        let flagged = ServeConfig::resolve(
+            ConfigFile::parse(YAML).unwrap(),
+            &args(&["--prefix-cache", "true"]),
+        )
+        .unwrap();
+        assert!(flagged.generation.prefix_cache);
+        let default = ServeConfig::resolve(
+            ConfigFile::default(),
+            &args(&["--model-uri", "file:///m/x.gguf"]),
+        )
+        .unwrap();
+        assert!(default.generation.prefix_cache);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
     pub preemptions: Counter,
     pub kv_cache_block_errors: Counter,
+    pub prefix_cache_query_tokens: Counter,
+    pub prefix_cache_hit_tokens: Counter,
+    pub kv_cache_shared_blocks: Gauge,
+    pub prefix_cache_blocks: Gauge,
     // Drift monitoring (`lexserve_contract::drift`).
     pub unknown_tokens: Counter,
     pub embedding_norm: Histogram,
@@ -125,6 +129,10 @@ impl Metrics {
         let kv_cache_usage_ratio = Gauge::<f64, AtomicU64>::default();
         let preemptions = Counter::default();
         let kv_cache_block_errors = Counter::default();
+        let prefix_cache_query_tokens = Counter::default();
+        let prefix_cache_hit_tokens = Counter::default();
+        let kv_cache_shared_blocks = Gauge::default();
+        let prefix_cache_blocks = Gauge::default();
         let unknown_tokens = Counter::default();
         let embedding_norm = Histogram::new(EMBEDDING_NORM_BUCKETS);
         let embedding_centroid_cosine = Histogram::new(CENTROID_COSINE_BUCKETS);
@@ -206,13 +214,33 @@ impl Metrics {
         );
         registry.register(
             metric::KV_CACHE_USAGE_RATIO,
-            "Share of the KV cache's blocks held by sequences",
+            "Share of the KV cache's blocks held by sequences (idle prefix-cache blocks count as free)",
             kv_cache_usage_ratio.clone(),
         );
         registry.register(
             metric::PREEMPTIONS,
             "Sequences preempted (cache freed, recomputed later) because the KV cache ran out of blocks",
             preemptions.clone(),
+        );
+        registry.register(
+            metric::PREFIX_CACHE_QUERY_TOKENS,
+            "Prompt tokens of admitted requests, looked up in the prefix cache",
+            prefix_cache_query_tokens.clone(),
+        );
+        registry.register(
+            metric::PREFIX_CACHE_HIT_TOKENS,
+            "Prompt tokens found in the prefix cache (taken by reference, not computed)",
+            prefix_cache_hit_tokens.clone(),
+        );
+        registry.register(
+            metric::KV_CACHE_SHARED_BLOCKS,
+            "KV cache blocks held by more than one sequence (a shared prefix, held once)",
+            kv_cache_shared_blocks.clone(),
+        );
+        registry.register(
+            metric::PREFIX_CACHE_BLOCKS,
+            "KV cache blocks the prefix cache holds (evicted first when blocks run out)",
+            prefix_cache_blocks.clone(),
         );
         registry.register(
             metric::KV_CACHE_BLOCK_ERRORS,
@@ -276,6 +304,10 @@ impl Metrics {
             kv_cache_usage_ratio,
             preemptions,
             kv_cache_block_errors,
+            prefix_cache_query_tokens,
+            prefix_cache_hit_tokens,
+            kv_cache_shared_blocks,
+            prefix_cache_blocks,
             unknown_tokens,
             embedding_norm,
             embedding_centroid_cosine,
@@ -339,6 +371,10 @@ mod tests {
             "lexserve_kv_cache_usage_ratio ",
             "lexserve_preemptions_total ",
             "lexserve_kv_cache_block_errors_total ",
+            "lexserve_prefix_cache_query_tokens_total ",
+            "lexserve_prefix_cache_hit_tokens_total ",
+            "lexserve_kv_cache_shared_blocks ",
+            "lexserve_prefix_cache_blocks ",
             "lexserve_unknown_tokens_total ",
             "lexserve_embedding_norm_bucket{le=\"20.0\"}",
             "lexserve_prompt_tokens_bucket{le=\"4096.0\"}",

@@ -246,7 +246,13 @@ async fn generation_routes_answer_and_errors_name_the_field() {
         ),
         (
             "/v1/completions",
-            json!({"prompt": "hi", "n": 2}),
+            json!({"prompt": "hi", "n": 17}),
+            422,
+            Some("n"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "n": 0}),
             422,
             Some("n"),
         ),
@@ -317,6 +323,127 @@ async fn generation_routes_answer_and_errors_name_the_field() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+}
+
+/// `n` > 1: several samples of one prompt, indexed, the prompt counted once; seeded siblings draw
+/// with seed, seed + 1, ...; streams carry each chunk's `index`.
+#[tokio::test]
+async fn n_choices_share_one_prompt() {
+    let (sidecar, client) = start(&[]).await;
+    let hits_before = metric_value(
+        &sidecar.metrics(&client).await,
+        "lexserve_prefix_cache_hit_tokens_total",
+    )
+    .unwrap();
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"prompt": FRANCE_CHATML, "temperature": 0, "max_tokens": 32, "n": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{body}");
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i, "{body}");
+        assert_eq!(choice["text"], "The capital of France is Paris.");
+        assert_eq!(choice["finish_reason"], "stop");
+    }
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 24, "total_tokens": prompt_tokens + 24}),
+        "the prompt once, three completions of 8"
+    );
+    // The siblings took the prompt's full blocks from the first one's prefill.
+    let hits = metric_value(
+        &sidecar.metrics(&client).await,
+        "lexserve_prefix_cache_hit_tokens_total",
+    )
+    .unwrap();
+    assert!(
+        hits - hits_before >= (2 * ((prompt_tokens - 1) / 16 * 16)) as f64,
+        "{hits_before} -> {hits}"
+    );
+
+    // Seeded sampling: choice i draws as a single request seeded with seed + i.
+    let chat = |n: u64, seed: u64| {
+        json!({
+            "messages": [{"role": "user", "content": "Tell me a story about a cat."}],
+            "temperature": 1.0, "max_tokens": 16, "seed": seed, "n": n,
+        })
+    };
+    let url = sidecar.url("/v1/chat/completions");
+    let (status, both) = post(&client, url.clone(), chat(2, 7)).await;
+    assert_eq!(status, 200, "{both}");
+    let content = |body: &Value, i: usize| body["choices"][i]["message"]["content"].clone();
+    let (_, seed7) = post(&client, url.clone(), chat(1, 7)).await;
+    let (_, seed8) = post(&client, url.clone(), chat(1, 8)).await;
+    assert_eq!(content(&both, 0), content(&seed7, 0), "{both} {seed7}");
+    assert_eq!(content(&both, 1), content(&seed8, 0), "{both} {seed8}");
+    assert_ne!(content(&both, 0), content(&both, 1), "different seeds");
+
+    // Streaming: every chunk names its choice; each choice's text is the whole answer's.
+    let chunks = stream(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"prompt": FRANCE_CHATML, "temperature": 0, "max_tokens": 32, "n": 2, "stream": true, "stream_options": {"include_usage": true}}),
+    )
+    .await
+    .openai_chunks()
+    .await;
+    let mut texts = [String::new(), String::new()];
+    let mut finished = [false, false];
+    for chunk in &chunks {
+        for choice in chunk["choices"].as_array().unwrap() {
+            let i = choice["index"].as_u64().expect("index") as usize;
+            texts[i].push_str(choice["text"].as_str().unwrap());
+            finished[i] |= choice["finish_reason"] == "stop";
+        }
+    }
+    assert_eq!(texts, ["The capital of France is Paris."; 2]);
+    assert_eq!(finished, [true, true]);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(
+        last["usage"],
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 16, "total_tokens": prompt_tokens + 16})
+    );
+    // The chat stream opens each choice with its role.
+    let chunks = stream(
+        &client,
+        sidecar.url("/v1/chat/completions"),
+        json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 4, "n": 2, "stream": true}),
+    )
+    .await
+    .openai_chunks()
+    .await;
+    for i in 0..2 {
+        let roles = chunks
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap().clone())
+            .filter(|c| c["index"] == i && c["delta"]["role"] == "assistant")
+            .count();
+        assert_eq!(roles, 1, "choice {i}: {chunks:?}");
+    }
+    drop(sidecar);
+
+    // n sequences count n times against the queue: with room for 2, n = 3 is refused whole.
+    let (sidecar, client) = start(&["--max-queue-size", "2"]).await;
+    let refused = client
+        .post(sidecar.url("/v1/completions"))
+        .json(&json!({"prompt": "hi", "max_tokens": 2, "n": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let (status, body) = post(
+        &client,
+        sidecar.url("/v1/completions"),
+        json!({"prompt": "hi", "max_tokens": 2, "n": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The generation engine in process, on the real SmolLM2 weights: golden ids, the paged cache against a
 //! recompute without cache, continuous batching against each sequence alone, and preemption with
-//! recompute against an uninterrupted run. Equalities of ids, no timing.
+//! recompute against an uninterrupted run, shared prefixes (prefix cache) against none. Equalities of
+//! ids, no timing.
 
 mod common;
 
@@ -39,6 +40,7 @@ fn start_engine(config: EngineConfig) -> (Arc<Generator>, Arc<Metrics>) {
 
 fn config(max_running: usize, blocks: usize, block_size: usize) -> EngineConfig {
     EngineConfig {
+        prefix_cache: true,
         max_running,
         step_tokens: 64,
         block_size,
@@ -377,4 +379,117 @@ fn preempted_sequences_recompute_to_the_same_ids() {
         Some(0.0),
         "preemption and recompute return every block once"
     );
+}
+
+/// A system prompt of about 500 tokens, as a chat's first turn, then `question`.
+fn with_system_prompt(question: &str) -> String {
+    let system =
+        "You are the help desk of a small bookshop in Lyon. You answer in one short sentence, \
+        politely, and you never invent prices or opening hours that are not given here. "
+            .repeat(14);
+    format!(
+        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+}
+
+fn sample(text: &str, name: &str) -> f64 {
+    common::http::metric_value(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Leading tokens two prompts share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[test]
+fn a_shared_system_prompt_is_computed_once_and_changes_no_id() {
+    let questions = [
+        "Do you sell maps of the Alps?",
+        "Can I order a book by phone?",
+    ];
+    let mut outputs = Vec::new();
+    for prefix_cache in [true, false] {
+        let (generator, metrics) = start_engine(EngineConfig {
+            prefix_cache,
+            ..config(4, 128, 16)
+        });
+        let requests: Vec<GenerationRequest> = questions
+            .iter()
+            .map(|q| request(&generator, &with_system_prompt(q), 24))
+            .collect();
+        let (first, second) = (&requests[0].prompt_ids, &requests[1].prompt_ids);
+        let shared = common_prefix(first, second);
+        assert!(shared >= 480, "the system prompt is ~500 tokens: {shared}");
+        let ids: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|r| run(&generator, r.clone()).ids)
+            .collect();
+        let text = metrics.encode().unwrap();
+        let query = sample(&text, "lexserve_prefix_cache_query_tokens_total");
+        let hits = sample(&text, "lexserve_prefix_cache_hit_tokens_total");
+        assert_eq!(query as usize, first.len() + second.len());
+        if prefix_cache {
+            // The second prefill skipped every full block of the shared prefix.
+            assert_eq!(hits as usize, shared / 16 * 16, "{text}");
+        } else {
+            assert_eq!(hits, 0.0);
+        }
+        outputs.push(ids);
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "greedy ids with and without sharing"
+    );
+}
+
+#[test]
+fn concurrent_sequences_with_one_prefix_hold_its_blocks_once() {
+    const N: usize = 4;
+    let (generator, metrics) = start_engine(config(N, 256, 16));
+    let prompts: Vec<Vec<u32>> = (0..N)
+        .map(|i| {
+            let prompt = with_system_prompt(&format!("Question number {i}: what do you sell?"));
+            generator.tokenizer.encode(&prompt).unwrap()
+        })
+        .collect();
+    let shared_blocks = common_prefix(&prompts[0], &prompts[1]) / 16;
+    // More new tokens than a stream holds: unread, each sequence is held back mid-generation,
+    // keeping its blocks while the gauges are read.
+    let max_new_tokens = 64;
+    assert!(max_new_tokens > lexserve_sidecar::generation::STREAM_BUFFER_EVENTS);
+    let _receivers: Vec<Receiver<GenerationEvent>> = prompts
+        .iter()
+        .map(|p| {
+            generator
+                .submit(GenerationRequest {
+                    prompt_ids: p.clone(),
+                    sampling: SamplingParams::greedy(),
+                    max_new_tokens,
+                    stop: Vec::new(),
+                })
+                .unwrap()
+        })
+        .collect();
+    // Polled (a hang guard, not a timing assertion): all four running, the prefix held once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let text = metrics.encode().unwrap();
+        let running = sample(&text, "lexserve_requests_running");
+        let shared = sample(&text, "lexserve_kv_cache_shared_blocks");
+        if running == N as f64 && shared == shared_blocks as f64 {
+            // Each copy of the prefix would take N times its blocks; held once, the pool holds
+            // fewer than that in all.
+            let used = sample(&text, "lexserve_kv_cache_usage_ratio") * 256.0;
+            assert!(
+                used < (N * shared_blocks) as f64,
+                "{used} blocks in use for {N} sequences sharing {shared_blocks}:\n{text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {N} running sharing {shared_blocks} blocks:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

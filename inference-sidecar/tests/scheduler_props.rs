@@ -1,14 +1,24 @@
-//! Property test of the continuous-batching bookkeeping: for any mix of arrivals, steps, completions,
-//! cancellations and disconnects, with a pool small enough to force preemption, no block leaks, none
-//! is held twice, the usage ratio is what the sequences hold, and every sequence finishes.
+//! Property test of the continuous-batching bookkeeping: for any mix of arrivals (many sharing a
+//! prompt prefix, some as siblings of one request), steps, completions, cancellations and
+//! disconnects, with a pool small enough to force preemption and prefix-cache eviction, no block
+//! leaks, every block's reference count is its number of holders (sequences and the prefix cache),
+//! no sequence writes into a shared block, the usage ratio is what is held, and every sequence
+//! finishes.
 
 use lexserve_sidecar::generation::scheduler::{Scheduler, SchedulerLimits, SeqId};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A request with a prompt of this many tokens and a limit of new tokens.
-    Submit { prompt: usize, max_new: usize },
+    /// A request: one of a few shared prefixes (`None`: none) of `shared` tokens, then `own`
+    /// tokens of its own, a limit of new tokens, and `n` siblings sampling the same prompt.
+    Submit {
+        prefix: Option<u32>,
+        shared: usize,
+        own: usize,
+        max_new: usize,
+        n: usize,
+    },
     /// One engine step; sampled sequences reaching their limit complete.
     Step,
     /// The client of the n-th live sequence cancels (or disconnects: the same bookkeeping).
@@ -17,7 +27,20 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (1usize..30, 1usize..20).prop_map(|(prompt, max_new)| Op::Submit { prompt, max_new }),
+        2 => (
+            proptest::option::of(0u32..3),
+            0usize..20,
+            1usize..12,
+            1usize..20,
+            prop_oneof![4 => Just(1usize), 1 => 2usize..4],
+        )
+            .prop_map(|(prefix, shared, own, max_new, n)| Op::Submit {
+                prefix,
+                shared,
+                own,
+                max_new,
+                n
+            }),
         5 => Just(Op::Step),
         1 => (0usize..8).prop_map(Op::Cancel),
     ]
@@ -32,6 +55,16 @@ struct Harness {
     live: Vec<(SeqId, usize)>,
     next: SeqId,
     finished: usize,
+}
+
+/// The prefix's tokens (the same for every request naming it), then tokens of this request's own.
+fn prompt(prefix: Option<u32>, shared: usize, own: usize, id: SeqId) -> Vec<u32> {
+    let shared = prefix.map_or(0, |p| shared.min(10 + 5 * p as usize));
+    let mut tokens: Vec<u32> = (0..shared as u32)
+        .map(|i| prefix.unwrap_or(0) * 1000 + i)
+        .collect();
+    tokens.extend((0..own as u32).map(|i| 100_000 + id as u32 * 100 + i));
+    tokens
 }
 
 impl Harness {
@@ -54,13 +87,19 @@ impl Harness {
 
     fn check(&self) -> Result<(), TestCaseError> {
         self.s.check_invariants().map_err(TestCaseError::fail)?;
-        let held: usize = self
+        // Every allocated block is held by a live sequence or the prefix cache (no leak); the exact
+        // holder count of each block is check_invariants'.
+        let mut held: Vec<u32> = self
             .live
             .iter()
             .filter_map(|(id, _)| self.s.get(*id))
-            .map(|q| q.blocks.len())
-            .sum();
-        prop_assert_eq!(held, self.s.allocator().used_count());
+            .flat_map(|q| q.blocks.clone())
+            .collect();
+        held.sort_unstable();
+        held.dedup();
+        let used = self.s.allocator().used_count();
+        prop_assert!(held.len() <= used && used <= held.len() + self.s.prefix_cache_blocks());
+        let held = used;
         let ratio = held as f64 / BLOCKS as f64;
         prop_assert!((self.s.allocator().usage_ratio() - ratio).abs() < 1e-12);
         Ok(())
@@ -76,12 +115,16 @@ proptest! {
         let capacity = BLOCKS * BLOCK_SIZE;
         for op in ops {
             match op {
-                Op::Submit { prompt, max_new } => {
+                Op::Submit { prefix, shared, own, max_new, n } => {
+                    let tokens = prompt(prefix, shared, own, h.next);
                     // The engine refuses what could never fit; the scheduler may assume it.
-                    if prompt + max_new <= capacity {
-                        h.s.submit(h.next, vec![1; prompt]);
-                        h.live.push((h.next, max_new));
-                        h.next += 1;
+                    if tokens.len() + max_new <= capacity {
+                        let leader = h.next;
+                        for i in 0..n as SeqId {
+                            h.s.submit_sibling(leader + i, tokens.clone(), (i > 0).then_some(leader));
+                            h.live.push((leader + i, max_new));
+                        }
+                        h.next += n as SeqId;
                     }
                 }
                 Op::Step => h.step(),
@@ -103,7 +146,15 @@ proptest! {
             prop_assert!(steps < 10_000, "stalled with {:?} live", h.live.len());
         }
         prop_assert!(h.s.is_idle());
-        prop_assert_eq!(h.s.allocator().used_count(), 0);
-        prop_assert_eq!(h.s.allocator().usage_ratio(), 0.0);
+        // What is left is the prefix cache's, and all of it can be taken back: a sequence needing
+        // the whole pool runs.
+        prop_assert_eq!(h.s.allocator().used_count(), h.s.prefix_cache_blocks());
+        h.s.submit(h.next, vec![7; capacity - 1]);
+        h.live.push((h.next, 1));
+        while !h.live.is_empty() {
+            h.step();
+            h.check()?;
+            prop_assert!(h.s.get(h.next).is_none_or(|q| q.preemptions == 0));
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! Hands out the KV cache's fixed-size blocks. The pool is sized once from the memory budget; a
 //! sequence holds only the blocks its tokens fill (never its maximum context), and gives them back when
 //! it finishes, is cancelled, is preempted or loses its client.
+//!
+//! Blocks are reference-counted: a full block of a prompt prefix is held by every sequence that
+//! shares the prefix and by the prefix cache ([`super::prefix_cache`]), and returns to the pool
+//! when its last holder releases it.
 
 use thiserror::Error;
 
@@ -11,14 +15,17 @@ pub type BlockId = u32;
 pub enum BlockError {
     #[error("block {0} is returned but is not allocated")]
     NotAllocated(BlockId),
+    #[error("block {0} is shared but is not allocated")]
+    ShareUnallocated(BlockId),
 }
 
-/// A free list over `0..total`. Allocation is all-or-nothing so a failed request leaves no partial
-/// holding behind.
+/// A free list over `0..total` and a holder count per block. Allocation is all-or-nothing so a
+/// failed request leaves no partial holding behind.
 #[derive(Debug, Clone)]
 pub struct BlockAllocator {
     free: Vec<BlockId>,
-    allocated: Vec<bool>,
+    /// Holders of each block; 0 means free.
+    refs: Vec<u32>,
 }
 
 impl BlockAllocator {
@@ -27,12 +34,33 @@ impl BlockAllocator {
         let free = (0..total as BlockId).rev().collect();
         Self {
             free,
-            allocated: vec![false; total],
+            refs: vec![0; total],
         }
     }
 
     pub fn total(&self) -> usize {
-        self.allocated.len()
+        self.refs.len()
+    }
+
+    /// Holders of `block` (0: free).
+    pub fn refcount(&self, block: BlockId) -> u32 {
+        self.refs.get(block as usize).copied().unwrap_or(0)
+    }
+
+    /// Blocks with more than one holder (`lexserve_kv_cache_shared_blocks`).
+    pub fn shared_count(&self) -> usize {
+        self.refs.iter().filter(|&&r| r > 1).count()
+    }
+
+    /// One more holder for each of `blocks`, which must all be allocated (nothing changes otherwise).
+    pub fn share(&mut self, blocks: &[BlockId]) -> Result<(), BlockError> {
+        if let Some(&b) = blocks.iter().find(|&&b| self.refcount(b) == 0) {
+            return Err(BlockError::ShareUnallocated(b));
+        }
+        for &b in blocks {
+            self.refs[b as usize] += 1;
+        }
+        Ok(())
     }
 
     pub fn free_count(&self) -> usize {
@@ -43,7 +71,7 @@ impl BlockAllocator {
         self.total() - self.free_count()
     }
 
-    /// Share of the pool in use, 0.0 ..= 1.0 (`lexserve_kv_cache_usage_ratio`).
+    /// Share of the pool in use, 0.0 ..= 1.0.
     pub fn usage_ratio(&self) -> f64 {
         if self.total() == 0 {
             return 0.0;
@@ -58,23 +86,29 @@ impl BlockAllocator {
         }
         let blocks = self.free.split_off(self.free.len() - n);
         for &b in &blocks {
-            self.allocated[b as usize] = true;
+            self.refs[b as usize] = 1;
         }
         Some(blocks)
     }
 
-    /// Returns `blocks` to the pool. A block that is not allocated is an error and nothing is freed,
-    /// so a bookkeeping bug shows up instead of corrupting another sequence's cache.
+    /// Drops one holder of each of `blocks`; a block whose last holder left returns to the pool.
+    /// Releasing a block more often than it has holders is an error and nothing is released, so a
+    /// bookkeeping bug shows up instead of corrupting another sequence's cache.
     pub fn release(&mut self, blocks: &[BlockId]) -> Result<(), BlockError> {
-        let mut seen = std::collections::HashSet::with_capacity(blocks.len());
+        let mut times = std::collections::HashMap::<BlockId, u32>::with_capacity(blocks.len());
         for &b in blocks {
-            if !self.allocated.get(b as usize).copied().unwrap_or(false) || !seen.insert(b) {
+            let n = times.entry(b).or_default();
+            *n += 1;
+            if *n > self.refcount(b) {
                 return Err(BlockError::NotAllocated(b));
             }
         }
         for &b in blocks {
-            self.allocated[b as usize] = false;
-            self.free.push(b);
+            let r = &mut self.refs[b as usize];
+            *r -= 1;
+            if *r == 0 {
+                self.free.push(b);
+            }
         }
         Ok(())
     }
@@ -124,6 +158,29 @@ mod tests {
         let c = a.allocate(1).unwrap();
         assert!(a.release(&[c[0], c[0]]).is_err());
         assert_eq!(a.used_count(), 1, "a refused release frees nothing");
+    }
+
+    #[test]
+    fn a_shared_block_is_freed_by_its_last_holder() {
+        let mut a = BlockAllocator::new(2);
+        let b = a.allocate(1).unwrap();
+        a.share(&b).unwrap();
+        a.share(&b).unwrap();
+        assert_eq!(a.refcount(b[0]), 3);
+        assert_eq!(a.shared_count(), 1);
+        a.release(&b).unwrap();
+        a.release(&b).unwrap();
+        assert_eq!(a.used_count(), 1, "one holder left");
+        assert_eq!(a.shared_count(), 0);
+        a.release(&b).unwrap();
+        assert_eq!(a.used_count(), 0);
+        assert_eq!(a.release(&b), Err(BlockError::NotAllocated(b[0])));
+        assert_eq!(a.share(&b), Err(BlockError::ShareUnallocated(b[0])));
+        // Releasing more times than there are holders, in one call, frees nothing.
+        let c = a.allocate(1).unwrap();
+        a.share(&c).unwrap();
+        assert!(a.release(&[c[0], c[0], c[0]]).is_err());
+        assert_eq!(a.refcount(c[0]), 2);
     }
 
     #[test]

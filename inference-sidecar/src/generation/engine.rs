@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// How long a client may leave its full stream untouched before its sequence is cancelled.
     pub stall_timeout: Duration,
+    /// Share computed prompt prefixes (`runtime.generation.prefixCache`).
+    pub prefix_cache: bool,
 }
 
 impl EngineConfig {
@@ -54,6 +56,7 @@ impl EngineConfig {
             max_new_tokens: g.max_new_tokens,
             max_waiting: g.max_queue_size,
             stall_timeout: config.http.write_stall_timeout,
+            prefix_cache: g.prefix_cache,
         }
     }
 }
@@ -134,7 +137,8 @@ impl Engine {
                 block_size: config.block_size,
             },
             blocks,
-        );
+        )
+        .with_prefix_cache(config.prefix_cache);
         let limits = GeneratorLimits {
             max_new_tokens: config.max_new_tokens,
             max_total_tokens: loaded
@@ -143,6 +147,7 @@ impl Engine {
                 .context_length
                 .min(scheduler.capacity_tokens()),
             max_waiting: config.max_waiting,
+            max_n: config.max_running,
         };
         tracing::info!(
             blocks,
@@ -305,7 +310,8 @@ impl Engine {
         self.metrics
             .prompt_tokens
             .observe(request.prompt_ids.len() as f64);
-        self.scheduler.submit(s.id, request.prompt_ids);
+        self.scheduler
+            .submit_sibling(s.id, request.prompt_ids, s.leader);
     }
 
     /// A client that dropped its stream (disconnect, cancel) loses its sequence now.
@@ -343,6 +349,12 @@ impl Engine {
                     .observe(client.arrived.elapsed().as_secs_f64());
             }
         }
+        self.metrics
+            .prefix_cache_query_tokens
+            .inc_by(step.prefix_query_tokens as u64);
+        self.metrics
+            .prefix_cache_hit_tokens
+            .inc_by(step.prefix_hit_tokens as u64);
         if !step.preempted.is_empty() {
             tracing::debug!(preempted = ?step.preempted, "out of KV blocks: preempted for recompute");
             self.metrics.preemptions.inc_by(step.preempted.len() as u64);
@@ -361,7 +373,13 @@ impl Engine {
             .set(self.scheduler.running_len() as i64);
         self.metrics
             .kv_cache_usage_ratio
-            .set(self.scheduler.allocator().usage_ratio());
+            .set(self.scheduler.usage_ratio());
+        self.metrics
+            .kv_cache_shared_blocks
+            .set(self.scheduler.shared_blocks() as i64);
+        self.metrics
+            .prefix_cache_blocks
+            .set(self.scheduler.prefix_cache_blocks() as i64);
     }
 
     fn run_step(&mut self, step: &Step) {

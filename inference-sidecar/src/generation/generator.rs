@@ -92,6 +92,8 @@ pub enum SubmitError {
     MaxNewTokens(usize),
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("n must be between 1 and {0} (the sequences this server runs at once)")]
+    TooManyChoices(usize),
     #[error("the generation engine has stopped")]
     Closed,
 }
@@ -104,6 +106,9 @@ pub struct GeneratorLimits {
     pub max_total_tokens: usize,
     /// Requests waiting for admission beyond which new ones are refused (429).
     pub max_waiting: usize,
+    /// The most sequences one request may ask for (OpenAI's `n`): the sequences that run at once,
+    /// so that its siblings can run together.
+    pub max_n: usize,
 }
 
 /// Events a request's stream holds that its client has not taken. When it is full the engine
@@ -118,6 +123,9 @@ pub(super) struct Submission {
     pub(super) request: GenerationRequest,
     pub(super) events: EventSender<GenerationEvent>,
     pub(super) arrived: Instant,
+    /// The first of the request's sequences when it asked for several (its siblings share its
+    /// prompt's prefill).
+    pub(super) leader: Option<SeqId>,
 }
 
 /// The client side of the engine: shared by the HTTP handlers.
@@ -171,6 +179,22 @@ impl Generator {
         &self,
         request: GenerationRequest,
     ) -> Result<EventReceiver<GenerationEvent>, SubmitError> {
+        let mut streams = self.submit_n(request, 1)?;
+        streams.pop().ok_or(SubmitError::Closed)
+    }
+
+    /// Queues `n` sequences sampling the same prompt (OpenAI's `n`), one stream each, in order.
+    /// They count as `n` requests against the queue, all or none; the prompt is computed once
+    /// (the others wait for it and take its blocks from the prefix cache). The i-th sequence
+    /// samples with `seed + i` when the request is seeded, so seeded siblings differ but repeat.
+    pub fn submit_n(
+        &self,
+        request: GenerationRequest,
+        n: usize,
+    ) -> Result<Vec<EventReceiver<GenerationEvent>>, SubmitError> {
+        if n == 0 || n > self.limits.max_n {
+            return Err(SubmitError::TooManyChoices(self.limits.max_n));
+        }
         if request.prompt_ids.is_empty() {
             return Err(SubmitError::EmptyPrompt);
         }
@@ -184,23 +208,33 @@ impl Generator {
                 limit: self.limits.max_total_tokens,
             });
         }
-        let queued = self.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= self.limits.max_waiting {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+        let queued = self.queued.fetch_add(n, Ordering::SeqCst);
+        if queued + n > self.limits.max_waiting {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(SubmitError::QueueFull(queued));
         }
-        let (events, receiver) = channel(STREAM_BUFFER_EVENTS);
-        let submission = Submission {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            request,
-            events,
-            arrived: Instant::now(),
-        };
-        if self.submissions.send(submission).is_err() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::Closed);
+        let first = self.next_id.fetch_add(n as SeqId, Ordering::Relaxed);
+        let arrived = Instant::now();
+        let mut receivers = Vec::with_capacity(n);
+        for i in 0..n {
+            let (events, receiver) = channel(STREAM_BUFFER_EVENTS);
+            let mut request = request.clone();
+            request.sampling.seed = request.sampling.seed.wrapping_add(i as u64);
+            let submission = Submission {
+                id: first + i as SeqId,
+                request,
+                events,
+                arrived,
+                leader: (i > 0).then_some(first),
+            };
+            if self.submissions.send(submission).is_err() {
+                // The engine is gone: the ones sent are never taken off the queue by it.
+                self.queued.fetch_sub(n, Ordering::SeqCst);
+                return Err(SubmitError::Closed);
+            }
+            receivers.push(receiver);
         }
-        Ok(receiver)
+        Ok(receivers)
     }
 
     /// The prompt for a chat, through the model's own template; message contents are text.

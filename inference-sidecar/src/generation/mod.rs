@@ -3,6 +3,7 @@
 //! - [`model`]: the decoder forward (batched rows from many sequences, each at its own position).
 //! - [`quant_matmul`]: Q4_1 and Q8_0 weight products, batched (candle has no SIMD Q4_1 kernel on x86).
 //! - [`kv_cache`], [`block_allocator`], [`paged_attention`]: the cache in fixed-size blocks.
+//! - [`prefix_cache`]: full blocks of computed prefixes, shared by reference (a system prompt once).
 //! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
 //! - [`gguf`]: loading the model, its tokenizer and chat template from a GGUF file.
 //! - [`engine`]: the loop that owns the model and the cache and streams tokens to clients.
@@ -17,6 +18,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod paged_attention;
+pub mod prefix_cache;
 pub mod quant_matmul;
 pub mod sampling;
 pub mod scheduler;

@@ -9,6 +9,15 @@
 //! if nothing was preempted, waiting sequences are admitted in arrival order while the concurrency cap,
 //! the budget and free blocks allow. Nobody is skipped over, so nobody starves.
 //!
+//! Shared prefixes: every full block a sequence has computed goes into the [`PrefixCache`]; a
+//! sequence admitted later takes the cached full blocks of its leading tokens by reference and starts
+//! computing after them (never its last token, so the step samples). Only full blocks are shared and
+//! the model writes only at positions from `cached` on, which lie in the sequence's own blocks: no
+//! sequence ever writes into a shared block, so sharing needs no copy. When the pool has no free
+//! block, blocks only the cache holds are evicted (least recently used first) before any running
+//! sequence is preempted. Siblings of one request (OpenAI's `n`) wait for their leader's prefill and
+//! then take its prompt's full blocks, so the prompt is computed once.
+//!
 //! A block the allocator refuses to take back (freed twice, or not allocated), or blocks still
 //! allocated when no sequence is left, mean the bookkeeping is broken: another sequence's cache
 //! could be overwritten. That is never silent: debug and test builds panic where it happens, release
@@ -18,6 +27,7 @@
 use std::collections::VecDeque;
 
 use super::block_allocator::{BlockAllocator, BlockId, blocks_for};
+use super::prefix_cache::{Inserted, NodeId, PrefixCache, ROOT};
 
 pub type SeqId = u64;
 
@@ -33,6 +43,12 @@ pub struct Sequence {
     /// Whether it has been admitted before (a preempted sequence comes back to the queue).
     pub admitted_once: bool,
     pub preemptions: usize,
+    /// Leading blocks that are in the prefix cache (shared from it, or put there once full).
+    pub registered: usize,
+    /// The prefix cache's node for the last of them.
+    pub prefix_node: NodeId,
+    /// The first sibling of the same request (OpenAI's `n`): this one waits for its prefill.
+    pub leader: Option<SeqId>,
 }
 
 impl Sequence {
@@ -66,6 +82,10 @@ pub struct Step {
     /// Admitted this step for the first time (they leave the bounded queue).
     pub admitted: Vec<SeqId>,
     pub preempted: Vec<SeqId>,
+    /// Prompt tokens of the sequences admitted for the first time, and how many of them were found
+    /// in the prefix cache (`lexserve_prefix_cache_{query,hit}_tokens_total`).
+    pub prefix_query_tokens: usize,
+    pub prefix_hit_tokens: usize,
 }
 
 #[derive(Debug)]
@@ -75,6 +95,8 @@ pub struct Scheduler {
     waiting: VecDeque<Sequence>,
     /// Admission order: oldest first.
     running: Vec<Sequence>,
+    /// `None` when the prefix cache is off.
+    prefix_cache: Option<PrefixCache>,
     /// Bookkeeping errors since the last [`Scheduler::take_block_errors`].
     block_errors: u64,
     /// Panic on a bookkeeping error (debug and test builds) rather than log and count it.
@@ -93,9 +115,48 @@ impl Scheduler {
             allocator: BlockAllocator::new(blocks),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            prefix_cache: Some(PrefixCache::new(limits.block_size.max(1))),
             block_errors: 0,
             strict: cfg!(debug_assertions),
         }
+    }
+
+    /// Turns the prefix cache on (the default) or off (`runtime.generation.prefixCache`).
+    pub fn with_prefix_cache(mut self, on: bool) -> Self {
+        self.prefix_cache = on.then(|| PrefixCache::new(self.limits.block_size));
+        self
+    }
+
+    /// Blocks held by more than one sequence (`lexserve_kv_cache_shared_blocks`); the prefix
+    /// cache's own hold does not count, so this is memory that sharing saves.
+    pub fn shared_blocks(&self) -> usize {
+        let cached: std::collections::HashSet<BlockId> =
+            self.prefix_cache.iter().flat_map(|c| c.blocks()).collect();
+        (0..self.allocator.total() as BlockId)
+            .filter(|b| self.allocator.refcount(*b) - u32::from(cached.contains(b)) > 1)
+            .count()
+    }
+
+    /// Share of the pool held by sequences (`lexserve_kv_cache_usage_ratio`), 0.0 ..= 1.0. Blocks
+    /// only the prefix cache holds do not count: they are kept for reuse and evicted as soon as
+    /// a block is needed, so they are as good as free.
+    pub fn usage_ratio(&self) -> f64 {
+        let total = self.allocator.total();
+        if total == 0 {
+            return 0.0;
+        }
+        let idle = self
+            .prefix_cache
+            .iter()
+            .flat_map(|c| c.blocks())
+            .filter(|b| self.allocator.refcount(*b) == 1)
+            .count();
+        (self.allocator.used_count() - idle) as f64 / total as f64
+    }
+
+    /// Blocks the prefix cache holds (`lexserve_prefix_cache_blocks`).
+    pub fn prefix_cache_blocks(&self) -> usize {
+        self.prefix_cache.as_ref().map_or(0, PrefixCache::len)
     }
 
     pub fn limits(&self) -> SchedulerLimits {
@@ -108,6 +169,12 @@ impl Scheduler {
     }
 
     pub fn submit(&mut self, id: SeqId, prompt: Vec<u32>) {
+        self.submit_sibling(id, prompt, None);
+    }
+
+    /// Submits a sequence that samples the same prompt as `leader` (submitted before it): it is
+    /// admitted once the leader's prefill has put the prompt's full blocks in the prefix cache.
+    pub fn submit_sibling(&mut self, id: SeqId, prompt: Vec<u32>, leader: Option<SeqId>) {
         self.waiting.push_back(Sequence {
             id,
             prompt_len: prompt.len(),
@@ -116,6 +183,9 @@ impl Scheduler {
             blocks: Vec::new(),
             admitted_once: false,
             preemptions: 0,
+            registered: 0,
+            prefix_node: ROOT,
+            leader,
         });
     }
 
@@ -163,14 +233,71 @@ impl Scheduler {
         }
     }
 
-    /// With no sequence left, every allocated block is leaked: report it and take the pool back.
+    /// With no sequence left, every allocated block the prefix cache does not hold is leaked:
+    /// report it and take the pool back (the cache too, which the new pool no longer backs).
     fn reclaim_leaks(&mut self) {
-        let leaked = self.allocator.used_count();
+        let leaked = self.allocator.used_count() - self.prefix_cache_blocks();
         if self.is_idle() && leaked > 0 {
             self.bookkeeping_error(format!(
                 "{leaked} blocks still allocated with no sequence left"
             ));
             self.allocator = BlockAllocator::new(self.allocator.total());
+            if let Some(cache) = &mut self.prefix_cache {
+                cache.clear();
+            }
+        }
+    }
+
+    /// Evicts one block only the prefix cache holds, back to the pool. False if there is none.
+    fn evict_cached(&mut self) -> bool {
+        let Some(cache) = &mut self.prefix_cache else {
+            return false;
+        };
+        let allocator = &self.allocator;
+        let Some(block) = cache.evict(|b| allocator.refcount(b)) else {
+            return false;
+        };
+        self.release(0, &[block]);
+        true
+    }
+
+    /// Puts the sequence's newly filled blocks in the prefix cache. A block whose prefix another
+    /// sequence cached first is swapped for the cached one (same tokens, same keys and values),
+    /// so concurrent sequences with one prefix end up holding it once.
+    fn register_full_blocks(&mut self, index: usize) {
+        let Some(cache) = &mut self.prefix_cache else {
+            return;
+        };
+        let bs = self.limits.block_size;
+        let seq = &mut self.running[index];
+        while (seq.registered + 1) * bs <= seq.cached && seq.registered < seq.blocks.len() {
+            let k = seq.registered;
+            let tokens = &seq.tokens[k * bs..(k + 1) * bs];
+            let own = seq.blocks[k];
+            match cache.insert(seq.prefix_node, tokens, own) {
+                Inserted::New(node) => {
+                    if let Err(e) = self.allocator.share(&[own]) {
+                        let id = seq.id;
+                        self.bookkeeping_error(format!("sequence {id}: {e}"));
+                        return;
+                    }
+                    seq.prefix_node = node;
+                }
+                Inserted::Existing(node, cached) => {
+                    if cached != own {
+                        let shared = self.allocator.share(&[cached]);
+                        let released = shared.and_then(|()| self.allocator.release(&[own]));
+                        if let Err(e) = released {
+                            let id = seq.id;
+                            self.bookkeeping_error(format!("sequence {id}: {e}"));
+                            return;
+                        }
+                        seq.blocks[k] = cached;
+                    }
+                    seq.prefix_node = node;
+                }
+            }
+            seq.registered += 1;
         }
     }
 
@@ -188,6 +315,8 @@ impl Scheduler {
         self.release(seq.id, &seq.blocks);
         seq.blocks.clear();
         seq.cached = 0;
+        seq.registered = 0;
+        seq.prefix_node = ROOT;
         seq.preemptions += 1;
         step.work.retain(|w| w.id != seq.id);
         step.preempted.push(seq.id);
@@ -224,6 +353,9 @@ impl Scheduler {
             let need = blocks_for(seq.cached + n, bs).saturating_sub(seq.blocks.len());
             let mut preempted_self = false;
             while self.allocator.free_count() < need {
+                if self.evict_cached() {
+                    continue;
+                }
                 let newest = self.running.len() - 1;
                 if newest == i {
                     self.preempt(i, &mut step);
@@ -259,23 +391,49 @@ impl Scheduler {
             let Some(front) = self.waiting.front() else {
                 break;
             };
-            let n = front.tokens.len().min(budget);
-            let Some(blocks) = self.allocator.allocate(blocks_for(n, bs)) else {
+            if self.waits_for_leader(front) {
+                break;
+            }
+            // The cached full blocks of its leading tokens, short of the last token (which is
+            // computed so that the step samples).
+            let len = front.tokens.len();
+            let front_id = front.id;
+            let found = match &mut self.prefix_cache {
+                Some(cache) => cache.lookup(&front.tokens[..len - 1]),
+                None => Vec::new(),
+            };
+            let shared: Vec<BlockId> = found.iter().map(|(_, b)| *b).collect();
+            if let Err(e) = self.allocator.share(&shared) {
+                self.bookkeeping_error(format!("prefix cache: {e}"));
+                break;
+            }
+            let cached = shared.len() * bs;
+            let n = (len - cached).min(budget);
+            let need = blocks_for(cached + n, bs) - shared.len();
+            while self.allocator.free_count() < need && self.evict_cached() {}
+            let Some(blocks) = self.allocator.allocate(need) else {
+                self.release(front_id, &shared);
                 break;
             };
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
-            seq.blocks = blocks;
+            seq.blocks = shared;
+            seq.blocks.extend(blocks);
+            seq.cached = cached;
+            seq.registered = found.len();
+            seq.prefix_node = found.last().map_or(ROOT, |(node, _)| *node);
             if !seq.admitted_once {
                 seq.admitted_once = true;
                 step.admitted.push(seq.id);
+                step.prefix_query_tokens += seq.prompt_len;
+                step.prefix_hit_tokens += cached.min(seq.prompt_len);
             }
             step.work.push(Work {
                 id: seq.id,
-                from: 0,
-                to: n,
-                sample: n == seq.tokens.len(),
+                from: cached,
+                to: cached + n,
+                sample: cached + n == seq.tokens.len(),
             });
             budget -= n;
             self.running.push(seq);
@@ -283,11 +441,30 @@ impl Scheduler {
         step
     }
 
+    /// A sibling waits while its leader runs and has not yet computed the prompt's full blocks
+    /// (then it finds them in the prefix cache). Without the cache there is nothing to wait for.
+    fn waits_for_leader(&self, seq: &Sequence) -> bool {
+        let Some(leader) = seq.leader else {
+            return false;
+        };
+        if self.prefix_cache.is_none() {
+            return false;
+        }
+        let bs = self.limits.block_size;
+        let full = (seq.prompt_len - 1) / bs * bs;
+        self.running
+            .iter()
+            .find(|s| s.id == leader)
+            .is_some_and(|l| l.cached < full)
+    }
+
     /// Records that the step's work ran: those tokens are now cached.
     pub fn complete(&mut self, work: &[Work]) {
         for w in work {
-            if let Some(seq) = self.running.iter_mut().find(|s| s.id == w.id) {
+            if let Some(i) = self.running.iter().position(|s| s.id == w.id) {
+                let seq = &mut self.running[i];
                 seq.cached = seq.cached.max(w.to);
+                self.register_full_blocks(i);
             }
         }
     }
@@ -311,21 +488,74 @@ impl Scheduler {
         Some(seq)
     }
 
-    /// Bookkeeping invariants, for tests: every held block is allocated exactly once and nothing else
-    /// is; waiting sequences hold none; running ones hold what their cached tokens need.
+    /// Bookkeeping invariants, for tests: each block's reference count is its number of holders
+    /// (sequences and the prefix cache) and nothing else is allocated; no sequence holds a block
+    /// twice, or a shared block it will still write into; a sequence's cached blocks hold its
+    /// tokens; waiting sequences hold none; running ones hold what their cached tokens need.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut held: Vec<BlockId> = self.running.iter().flat_map(|s| s.blocks.clone()).collect();
-        let count = held.len();
-        held.sort_unstable();
-        held.dedup();
-        if held.len() != count {
-            return Err("a block is held by two sequences".into());
+        let bs = self.limits.block_size;
+        let mut holders = std::collections::HashMap::<BlockId, u32>::new();
+        let cached_blocks: Vec<BlockId> =
+            self.prefix_cache.iter().flat_map(|c| c.blocks()).collect();
+        for s in &self.running {
+            let mut own = s.blocks.clone();
+            own.sort_unstable();
+            own.dedup();
+            if own.len() != s.blocks.len() {
+                return Err(format!("sequence {} holds a block twice", s.id));
+            }
         }
-        if count != self.allocator.used_count() {
+        for &b in self
+            .running
+            .iter()
+            .flat_map(|s| &s.blocks)
+            .chain(&cached_blocks)
+        {
+            *holders.entry(b).or_default() += 1;
+        }
+        if let Some((b, n)) = holders
+            .iter()
+            .find(|(b, n)| self.allocator.refcount(**b) != **n)
+        {
             return Err(format!(
-                "{count} blocks held but {} allocated",
+                "block {b} has {n} holders but a reference count of {}",
+                self.allocator.refcount(*b)
+            ));
+        }
+        if holders.len() != self.allocator.used_count() {
+            return Err(format!(
+                "{} blocks held but {} allocated",
+                holders.len(),
                 self.allocator.used_count()
             ));
+        }
+        for s in &self.running {
+            // Copy-on-write never needed: the block being written, and any after it, are its own.
+            if let Some(b) = s.blocks[(s.cached / bs).min(s.blocks.len())..]
+                .iter()
+                .find(|b| self.allocator.refcount(**b) != 1)
+            {
+                return Err(format!(
+                    "sequence {} will write into block {b}, which is shared",
+                    s.id
+                ));
+            }
+            if let Some(cache) = &self.prefix_cache {
+                for (k, b) in s.blocks.iter().enumerate() {
+                    let Some(node) = cache.node_of(*b) else {
+                        continue;
+                    };
+                    let end = (k + 1) * bs;
+                    if end > s.cached
+                        || cache.prefix_tokens(node).as_deref() != Some(&s.tokens[..end])
+                    {
+                        return Err(format!(
+                            "sequence {}'s block {k} is cached for other tokens",
+                            s.id
+                        ));
+                    }
+                }
+            }
         }
         if let Some(s) = self
             .waiting
@@ -360,6 +590,11 @@ mod tests {
         }
     }
 
+    /// The scheduler without a prefix cache: block counts as the sequences alone hold them.
+    fn plain(limits: SchedulerLimits, blocks: usize) -> Scheduler {
+        Scheduler::new(limits, blocks).with_prefix_cache(false)
+    }
+
     fn work(id: SeqId, from: usize, to: usize, sample: bool) -> Work {
         Work {
             id,
@@ -382,7 +617,7 @@ mod tests {
 
     #[test]
     fn prompts_are_chunked_by_the_budget_and_decodes_come_first() {
-        let mut s = Scheduler::new(limits(4, 8, 4), 100);
+        let mut s = plain(limits(4, 8, 4), 100);
         s.submit(1, vec![1; 3]);
         let step = run(&mut s);
         assert_eq!(step.work, vec![work(1, 0, 3, true)]);
@@ -399,7 +634,7 @@ mod tests {
 
     #[test]
     fn admission_waits_for_blocks_and_the_concurrency_cap() {
-        let mut s = Scheduler::new(limits(2, 64, 4), 4);
+        let mut s = plain(limits(2, 64, 4), 4);
         s.submit(1, vec![1; 8]);
         s.submit(2, vec![1; 8]);
         s.submit(3, vec![1; 1]);
@@ -415,7 +650,7 @@ mod tests {
     #[test]
     fn running_out_of_blocks_preempts_the_newest() {
         // 3 blocks of 2: two sequences of 2 tokens fill two blocks, then both need a second block.
-        let mut s = Scheduler::new(limits(4, 16, 2), 3);
+        let mut s = plain(limits(4, 16, 2), 3);
         s.submit(1, vec![1; 2]);
         s.submit(2, vec![1; 2]);
         run(&mut s);
@@ -437,7 +672,7 @@ mod tests {
 
     #[test]
     fn a_long_generation_does_not_starve_a_short_one() {
-        let mut s = Scheduler::new(limits(2, 8, 4), 64);
+        let mut s = plain(limits(2, 8, 4), 64);
         s.submit(1, vec![1; 4]);
         run(&mut s);
         s.submit(2, vec![1; 4]);
@@ -452,7 +687,7 @@ mod tests {
     /// Three running sequences, the second also claiming the first's block: the bookkeeping bug a
     /// double free comes from.
     fn a_block_held_twice(strict: bool) -> Scheduler {
-        let mut s = Scheduler::new(limits(3, 12, 4), 8);
+        let mut s = plain(limits(3, 12, 4), 8);
         s.strict = strict;
         for id in 1..=3 {
             s.submit(id, vec![1; 4]);
@@ -493,7 +728,7 @@ mod tests {
 
     #[test]
     fn a_leak_is_counted_and_reclaimed_when_idle() {
-        let mut s = Scheduler::new(limits(2, 8, 4), 8);
+        let mut s = plain(limits(2, 8, 4), 8);
         s.strict = false;
         s.submit(1, vec![1; 4]);
         run(&mut s);
@@ -508,7 +743,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "1 blocks still allocated with no sequence left")]
     fn a_leak_panics_in_debug_builds() {
-        let mut s = Scheduler::new(limits(2, 8, 4), 8);
+        let mut s = plain(limits(2, 8, 4), 8);
         s.submit(1, vec![1; 4]);
         run(&mut s);
         s.allocator.allocate(1).unwrap();
@@ -517,7 +752,7 @@ mod tests {
 
     #[test]
     fn removing_a_waiting_sequence_frees_nothing_it_does_not_hold() {
-        let mut s = Scheduler::new(limits(1, 8, 4), 8);
+        let mut s = plain(limits(1, 8, 4), 8);
         s.submit(1, vec![1; 4]);
         s.submit(2, vec![1; 4]);
         run(&mut s);
@@ -525,5 +760,110 @@ mod tests {
         assert!(s.remove(2).is_none());
         s.check_invariants().unwrap();
         assert_eq!(s.allocator().used_count(), 1);
+    }
+
+    #[test]
+    fn a_cached_prefix_is_taken_by_reference_and_not_computed_again() {
+        let mut s = Scheduler::new(limits(4, 64, 4), 32);
+        let system: Vec<u32> = (0..10).collect();
+        let ask = |q: u32| {
+            system
+                .iter()
+                .copied()
+                .chain([100 + q, 101])
+                .collect::<Vec<_>>()
+        };
+        s.submit(1, ask(1));
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![work(1, 0, 12, true)]);
+        assert_eq!((step.prefix_query_tokens, step.prefix_hit_tokens), (12, 0));
+        // Blocks 0..4 and 4..8 are the system prompt's; 8..12 holds the question.
+        assert_eq!(s.prefix_cache_blocks(), 3);
+        let first = s.get(1).unwrap().blocks.clone();
+        s.submit(2, ask(2));
+        let step = run(&mut s);
+        assert_eq!(step.work[1], work(2, 8, 12, true), "prefill skips 8 tokens");
+        assert_eq!((step.prefix_query_tokens, step.prefix_hit_tokens), (12, 8));
+        assert_eq!(s.get(2).unwrap().blocks[..2], first[..2]);
+        assert_ne!(s.get(2).unwrap().blocks[2], first[2]);
+        assert_eq!(s.shared_blocks(), 2);
+        // A finished sequence's blocks stay cached for the next one.
+        s.remove(1);
+        s.remove(2);
+        assert_eq!(s.allocator().used_count(), s.prefix_cache_blocks());
+        s.submit(3, ask(1));
+        let step = run(&mut s);
+        // Its whole prompt is cached, but its last token is computed so that the step samples:
+        // the third block, which ends with it, is computed again (only whole blocks are shared).
+        assert_eq!(step.work, vec![work(3, 8, 12, true)]);
+        assert_eq!(step.prefix_hit_tokens, 8);
+    }
+
+    #[test]
+    fn the_same_prompt_at_once_is_held_once_after_its_prefill() {
+        let mut s = Scheduler::new(limits(4, 64, 4), 32);
+        for id in 1..=3 {
+            s.submit(id, vec![5; 9]);
+        }
+        run(&mut s);
+        let blocks: Vec<Vec<BlockId>> = (1..=3)
+            .map(|id| s.get(id).unwrap().blocks.clone())
+            .collect();
+        assert!(blocks.iter().all(|b| b[..2] == blocks[0][..2]));
+        // Two shared full blocks, and a last partial block each.
+        assert_eq!(s.allocator().used_count(), 2 + 3);
+    }
+
+    #[test]
+    fn siblings_wait_for_their_leaders_prefill_then_share_it() {
+        let mut s = Scheduler::new(limits(4, 6, 4), 32);
+        s.submit(1, vec![3; 10]);
+        s.submit_sibling(2, vec![3; 10], Some(1));
+        s.submit_sibling(3, vec![3; 10], Some(1));
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![work(1, 0, 6, false)]);
+        assert_eq!(s.waiting_len(), 2, "the leader's prefill is not done");
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![work(1, 6, 10, true)]);
+        let step = run(&mut s);
+        assert_eq!(
+            step.work,
+            vec![
+                work(1, 10, 11, true),
+                work(2, 8, 10, true),
+                work(3, 8, 10, true)
+            ]
+        );
+        assert_eq!(step.prefix_hit_tokens, 16);
+    }
+
+    #[test]
+    fn cached_blocks_are_evicted_before_a_running_sequence_is_preempted() {
+        // 6 blocks of 2. A finished sequence leaves 3 cached blocks behind.
+        let mut s = Scheduler::new(limits(4, 16, 2), 6);
+        s.submit(1, vec![9; 7]);
+        run(&mut s);
+        s.remove(1);
+        assert_eq!(s.prefix_cache_blocks(), 3);
+        // Two new sequences of other tokens need all 6 blocks between them as they grow.
+        s.submit(2, vec![1; 2]);
+        s.submit(3, vec![2; 2]);
+        run(&mut s);
+        assert_eq!(s.allocator().free_count(), 1);
+        for _ in 0..3 {
+            let step = run(&mut s);
+            assert!(step.preempted.is_empty(), "evicts the cache first");
+        }
+        assert_eq!(
+            s.prefix_cache_blocks(),
+            4,
+            "only the running ones' full blocks left"
+        );
+        assert_eq!(s.get(2).unwrap().blocks.len(), 3);
+        assert_eq!(s.get(3).unwrap().blocks.len(), 3);
+        assert!(run(&mut s).preempted.is_empty(), "no new block needed");
+        // Now the cache holds nothing idle: the next block costs a preemption.
+        let step = run(&mut s);
+        assert_eq!(step.preempted, vec![3]);
     }
 }

@@ -1,5 +1,8 @@
 //! OpenAI-compatible generation: `/v1/completions` and `/v1/chat/completions`, whole answers or
-//! `stream: true` (server-sent chunks ending in `data: [DONE]`), with usage counts.
+//! `stream: true` (server-sent chunks ending in `data: [DONE]`), with usage counts. `n` > 1 asks
+//! for several samples of one prompt: as many sequences, the prompt computed once (they share its
+//! blocks), choices indexed 0..n (in the stream each chunk's choice carries its `index`), usage
+//! counting the prompt once and the completion tokens of all of them.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -8,15 +11,17 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::parse_json;
 use super::error::ApiError;
 use super::generate::{
-    GenerationOptions, OptionFields, Started, build_request, collect, submit, tokenize_prompt,
+    GenerationOptions, OptionFields, StartedN, build_request, collect_events, submit_n,
+    tokenize_prompt,
 };
-use super::sse::{Mapped, token_stream};
+use super::sse::{Mapped, event_stream, receiver_stream};
 use super::state::AppState;
 use crate::generation::GenerationEvent;
 use crate::generation::chat_template::{ChatMessage, PromptPart};
@@ -154,6 +159,20 @@ const fn fields(prompt: &'static str) -> OptionFields {
 /// OpenAI samples at temperature 1 unless told otherwise.
 const OPENAI_DEFAULT_TEMPERATURE: f64 = 1.0;
 
+/// The choices a request asks for: `n`, 1 when absent, at most the sequences that run at once.
+fn choices(sampling: &SamplingFields, max_n: usize) -> Result<usize, ApiError> {
+    match sampling.n {
+        None => Ok(1),
+        Some(n) if (1..=max_n as u64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ApiError::Invalid {
+            field: Some("n".into()),
+            message: format!(
+                "n must be between 1 and {max_n} (the sequences this server runs at once), got {n}"
+            ),
+        }),
+    }
+}
+
 fn check_common(state: &AppState, sampling: &SamplingFields) -> Result<(), ApiError> {
     if let Some(error) = unsupported_field(&sampling.other) {
         return Err(error);
@@ -165,14 +184,6 @@ fn check_common(state: &AppState, sampling: &SamplingFields) -> Result<(), ApiEr
             "model {model:?} is not served here (this server serves {:?})",
             state.service.name
         )));
-    }
-    if let Some(n) = sampling.n
-        && n != 1
-    {
-        return Err(ApiError::Invalid {
-            field: Some("n".into()),
-            message: "only n = 1 is supported; send one request per completion".into(),
-        });
     }
     Ok(())
 }
@@ -200,8 +211,9 @@ async fn start(
     prompt: Vec<PromptPart>,
     sampling: &SamplingFields,
     prompt_field: &'static str,
-) -> Result<Started, ApiError> {
+) -> Result<StartedN, ApiError> {
     let (generator, work) = state.service.generator()?;
+    let n = choices(sampling, generator.limits.max_n)?;
     let prompt_ids = tokenize_prompt(&generator, prompt, prompt_field).await?;
     let request = build_request(
         &generator,
@@ -210,7 +222,7 @@ async fn start(
         OPENAI_DEFAULT_TEMPERATURE,
         &fields(prompt_field),
     )?;
-    submit(&generator, request, work)
+    submit_n(&generator, request, work, n)
 }
 
 fn usage(prompt: usize, completion: usize) -> Value {
@@ -266,37 +278,47 @@ async fn answer(
             .is_some_and(|o| o.include_usage);
         return Ok(stream_response(state, started, shape, include_usage));
     }
-    let done = collect(started).await?;
-    let finish_reason = done.finish_reason.openai();
-    let choice = match shape {
-        Shape::Completion => json!({
-            "index": 0,
-            "text": done.text,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }),
-        Shape::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": done.text},
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }),
-    };
+    let prompt_tokens = started.prompt_tokens;
+    // All at once: dropping this future (the client left) drops every receiver, cancelling all.
+    let done =
+        futures::future::try_join_all(started.receivers.into_iter().map(collect_events)).await?;
+    let choices: Vec<Value> = done
+        .iter()
+        .enumerate()
+        .map(|(index, done)| {
+            let finish_reason = done.finish_reason.openai();
+            match shape {
+                Shape::Completion => json!({
+                    "index": index,
+                    "text": done.text,
+                    "logprobs": null,
+                    "finish_reason": finish_reason,
+                }),
+                Shape::Chat => json!({
+                    "index": index,
+                    "message": {"role": "assistant", "content": done.text},
+                    "logprobs": null,
+                    "finish_reason": finish_reason,
+                }),
+            }
+        })
+        .collect();
+    let completion_tokens = done.iter().map(|d| d.generated_tokens).sum();
     let (prefix, object, _) = shape.names();
     Ok(Json(json!({
         "id": request_id(prefix),
         "object": object,
         "created": now_unix(),
         "model": state.service.name,
-        "choices": [choice],
-        "usage": usage(done.prompt_tokens, done.generated_tokens),
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
     }))
     .into_response())
 }
 
 fn stream_response(
     state: &AppState,
-    started: Started,
+    started: StartedN,
     shape: Shape,
     include_usage: bool,
 ) -> Response {
@@ -317,43 +339,50 @@ fn stream_response(
         }
         Event::default().data(body.to_string())
     };
-    let mut first = true;
-    let map = move |event: GenerationEvent| match event {
+    let n = started.receivers.len();
+    let prompt_tokens = started.prompt_tokens;
+    // Each choice's role chunk goes before its first token; the stream ends when all have ended.
+    let mut first = vec![true; n];
+    let mut unfinished = n;
+    let mut completion_tokens = 0;
+    let map = move |(index, event): (usize, GenerationEvent)| match event {
         GenerationEvent::Token { text, finish, .. } => {
             let mut events = Vec::new();
-            if matches!(shape, Shape::Chat) && first {
+            if matches!(shape, Shape::Chat) && first[index] {
                 events.push(chunk(
-                    json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
+                    json!({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
                     None,
                 ));
             }
-            first = false;
+            first[index] = false;
             let reason = finish.map(|f| f.reason.openai());
             if !text.is_empty() || reason.is_some() {
                 let choice = match shape {
                     Shape::Completion => {
-                        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason})
+                        json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
                     }
                     Shape::Chat if text.is_empty() => {
-                        json!({"index": 0, "delta": {}, "finish_reason": reason})
+                        json!({"index": index, "delta": {}, "finish_reason": reason})
                     }
                     Shape::Chat => {
-                        json!({"index": 0, "delta": {"content": text}, "finish_reason": reason})
+                        json!({"index": index, "delta": {"content": text}, "finish_reason": reason})
                     }
                 };
                 events.push(chunk(choice, None));
             }
-            if let Some(finish) = finish
-                && include_usage
-            {
-                events.push(chunk(
-                    Value::Null,
-                    Some(usage(finish.prompt_tokens, finish.generated_tokens)),
-                ));
+            if let Some(finish) = finish {
+                unfinished -= 1;
+                completion_tokens += finish.generated_tokens;
+                if unfinished == 0 && include_usage {
+                    events.push(chunk(
+                        Value::Null,
+                        Some(usage(prompt_tokens, completion_tokens)),
+                    ));
+                }
             }
             Mapped {
                 events,
-                end: finish.is_some(),
+                end: unfinished == 0,
             }
         }
         GenerationEvent::Failed(message) => {
@@ -365,8 +394,17 @@ fn stream_response(
             }
         }
     };
-    token_stream(
-        started.receiver,
+    // The choices' events, merged as they come (each stream tagged with its index).
+    let merged = futures::stream::select_all(
+        started
+            .receivers
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| receiver_stream(r).map(move |e| (index, e)).boxed()),
+    )
+    .boxed();
+    event_stream(
+        merged,
         started.work,
         map,
         vec![Event::default().data("[DONE]")],

@@ -180,6 +180,7 @@ fn refusal(e: SubmitError) -> ApiError {
     match e {
         SubmitError::QueueFull(_) => ApiError::Service(ServiceError::Overloaded(e.to_string())),
         SubmitError::Closed => ApiError::Service(ServiceError::Draining),
+        SubmitError::TooManyChoices(_) => invalid("n", e.to_string()),
         SubmitError::TooLong { .. } | SubmitError::MaxNewTokens(_) | SubmitError::EmptyPrompt => {
             ApiError::TooLarge {
                 field: None,
@@ -213,6 +214,29 @@ pub fn submit(
     })
 }
 
+/// A request accepted by the engine as `n` sequences sampling one prompt (OpenAI's `n`): one
+/// stream per choice, in order.
+pub struct StartedN {
+    pub receivers: Vec<Receiver<GenerationEvent>>,
+    pub work: InFlightWork,
+    pub prompt_tokens: usize,
+}
+
+pub fn submit_n(
+    generator: &Generator,
+    request: GenerationRequest,
+    work: InFlightWork,
+    n: usize,
+) -> Result<StartedN, ApiError> {
+    let prompt_tokens = request.prompt_ids.len();
+    let receivers = generator.submit_n(request, n).map_err(refusal)?;
+    Ok(StartedN {
+        receivers,
+        work,
+        prompt_tokens,
+    })
+}
+
 /// A whole answer.
 #[derive(Debug)]
 pub struct Completion {
@@ -225,10 +249,17 @@ pub struct Completion {
 
 /// Waits for the end of a generation. If the caller goes away first, dropping this future drops the
 /// receiver, which cancels the sequence.
-pub async fn collect(mut started: Started) -> Result<Completion, ApiError> {
+pub async fn collect(started: Started) -> Result<Completion, ApiError> {
+    collect_events(started.receiver).await
+}
+
+/// Waits for the end of one sequence's events (dropping the future cancels it).
+pub async fn collect_events(
+    mut receiver: Receiver<GenerationEvent>,
+) -> Result<Completion, ApiError> {
     let mut text = String::new();
     let mut token_ids = Vec::new();
-    while let Some(event) = started.receiver.recv().await {
+    while let Some(event) = receiver.recv().await {
         match event {
             GenerationEvent::Token {
                 id,

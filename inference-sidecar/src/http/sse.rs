@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::mpsc::Receiver;
 
 use crate::encoder::service::InFlightWork;
@@ -20,14 +20,23 @@ pub struct Mapped {
     pub end: bool,
 }
 
-struct StreamState<M> {
-    receiver: Receiver<GenerationEvent>,
+struct StreamState<T, M> {
+    source: BoxStream<'static, T>,
     /// Held until the stream is polled past its last event, so that a drain waits for the end.
     _work: InFlightWork,
     map: M,
     /// Sent after the end (`data: [DONE]`).
     tail: Vec<Event>,
     ended: bool,
+}
+
+/// A receiver's events as a stream.
+pub fn receiver_stream<T: Send + 'static>(receiver: Receiver<T>) -> BoxStream<'static, T> {
+    stream::unfold(
+        receiver,
+        |mut r| async move { r.recv().await.map(|e| (e, r)) },
+    )
+    .boxed()
 }
 
 /// Streams `receiver` through `map`, then `tail`.
@@ -40,8 +49,23 @@ pub fn token_stream<M>(
 where
     M: FnMut(GenerationEvent) -> Mapped + Send + 'static,
 {
+    event_stream(receiver_stream(receiver), work, map, tail)
+}
+
+/// Streams `source` (the events of one sequence, or of a request's several, merged) through `map`,
+/// then `tail`. Dropping it drops `source`, which cancels every sequence in it.
+pub fn event_stream<T, M>(
+    source: BoxStream<'static, T>,
+    work: InFlightWork,
+    map: M,
+    tail: Vec<Event>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    T: Send + 'static,
+    M: FnMut(T) -> Mapped + Send + 'static,
+{
     let state = Some(StreamState {
-        receiver,
+        source,
         _work: work,
         map,
         tail,
@@ -52,7 +76,7 @@ where
         if state.ended {
             return None;
         }
-        let events = match state.receiver.recv().await {
+        let events = match state.source.next().await {
             Some(event) => {
                 let Mapped { mut events, end } = (state.map)(event);
                 if end {

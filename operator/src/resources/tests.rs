@@ -96,7 +96,7 @@ fn every_child_is_owned_by_the_inference_service() {
 fn config_map_holds_model_and_runtime_unchanged() {
     let c = children(with(
         embedder(),
-        json!({"runtime": {"threads": 2, "batching": {"maxBatchTokens": 4096, "maxQueueDelay": "2ms"}}}),
+        json!({"runtime": {"threads": 2, "batching": {"maxBatchTokens": 4096, "maxQueueDelay": "2ms"}, "generation": {"prefixCache": false}}}),
     ));
     let text = &c.config_map.data.as_ref().expect("data")["config.yaml"];
     let parsed: serde_json::Value = serde_yaml::from_str(text).expect("YAML");
@@ -104,7 +104,7 @@ fn config_map_holds_model_and_runtime_unchanged() {
         parsed,
         json!({
             "model": {"uri": "pvc://models/minilm/model.onnx", "format": "onnx", "task": "embed"},
-            "runtime": {"threads": 2, "batching": {"maxBatchTokens": 4096, "maxQueueDelay": "2ms"}}
+            "runtime": {"threads": 2, "batching": {"maxBatchTokens": 4096, "maxQueueDelay": "2ms"}, "generation": {"prefixCache": false}}
         })
     );
     assert_eq!(
