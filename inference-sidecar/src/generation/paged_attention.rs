@@ -185,7 +185,7 @@ impl CachedValue for f32 {
             return;
         }
         let _ = simd;
-        score_part(t, item, out, dot, axpy);
+        per_head(t, item, out, dot, axpy);
     }
 }
 
@@ -194,12 +194,21 @@ impl CachedValue for f16 {
     fn score_part(t: &Task<'_, Self>, item: &Item, out: &mut [f32], simd: Simd) {
         #[cfg(target_arch = "x86_64")]
         if simd.avx2 && simd.f16c {
-            // SAFETY: AVX2, FMA and F16C are present and the head size is a multiple of 8.
-            unsafe { score_part_f16c(t, item, out) };
+            // SAFETY: AVX2, FMA and F16C are present, the head size is a multiple of 8, and each
+            // group kernel is called for its group.
+            unsafe {
+                match t.group {
+                    1 => score_part_f16c::<1>(t, item, out),
+                    2 => score_part_f16c::<2>(t, item, out),
+                    3 => score_part_f16c::<3>(t, item, out),
+                    4 => score_part_f16c::<4>(t, item, out),
+                    _ => score_part_f16c_per_head(t, item, out),
+                }
+            }
             return;
         }
         let _ = simd;
-        score_part(t, item, out, dot_f16, axpy_f16);
+        per_head(t, item, out, dot_f16, axpy_f16);
     }
 }
 
@@ -241,32 +250,42 @@ fn for_each_row(
 
 /// One item: its group's scores against the part's keys, their maximum and sum of exponentials, and
 /// the exponential-weighted sum of the part's values, into `out` (`[group, 2 + head_dim]`).
+///
+/// `dots(queries, key, scores)` scores the group's queries (`[group, head_dim]`) against one key row
+/// into `scores` (`group` values); `axpys(weights, value, out)` adds each query's weight times one
+/// value row to its sum in `out`. They take the whole group so that a kernel can load (and, for f16,
+/// widen) each key and value row once for all the group's heads.
 #[inline(always)]
 fn score_part<T>(
     t: &Task<'_, T>,
     item: &Item,
     out: &mut [f32],
-    dot: impl Fn(&[f32], &[T]) -> f32,
-    axpy: impl Fn(f32, &[T], &mut [f32]),
+    dots: impl Fn(&[f32], &[T], &mut [f32]),
+    axpys: impl Fn(&[f32], &[T], &mut [f32]),
 ) {
     let (group, head_dim) = (t.group, t.head_dim);
     let blocks = t.spans[item.span].blocks;
     let query = &t.q[(item.row * t.heads + item.kv_head * group) * head_dim..][..group * head_dim];
     let len = item.end - item.first;
-    let mut scores = vec![0f32; group * len];
+    // `[len, group]`: position j's scores side by side.
+    let mut scores = vec![0f32; len * group];
     let head = item.kv_head * head_dim;
     for_each_row(t.cache, blocks, item.first, item.end, |j, offset| {
         let key = &t.keys[offset + head..offset + head + head_dim];
-        for g in 0..group {
-            scores[g * len + j - item.first] =
-                dot(&query[g * head_dim..(g + 1) * head_dim], key) * t.scale;
+        let scores = &mut scores[(j - item.first) * group..][..group];
+        dots(query, key, scores);
+        for s in scores.iter_mut() {
+            *s *= t.scale;
         }
     });
     for (g, out) in out.chunks_exact_mut(t.stride).enumerate() {
-        let scores = &mut scores[g * len..(g + 1) * len];
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = scores[g..]
+            .iter()
+            .step_by(group)
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
-        for s in scores.iter_mut() {
+        for s in scores[g..].iter_mut().step_by(group) {
             *s = (*s - max).exp();
             sum += *s;
         }
@@ -275,17 +294,42 @@ fn score_part<T>(
     }
     for_each_row(t.cache, blocks, item.first, item.end, |j, offset| {
         let value = &t.values[offset + head..offset + head + head_dim];
-        for (g, out) in out.chunks_exact_mut(t.stride).enumerate() {
-            axpy(scores[g * len + j - item.first], value, &mut out[2..]);
-        }
+        axpys(&scores[(j - item.first) * group..][..group], value, out);
     });
+}
+
+/// [`score_part`]'s group kernels from one head's: `dot(query, key)` and `axpy(w, value, sum)`.
+#[inline(always)]
+fn per_head<T>(
+    t: &Task<'_, T>,
+    item: &Item,
+    out: &mut [f32],
+    dot: impl Fn(&[f32], &[T]) -> f32,
+    axpy: impl Fn(f32, &[T], &mut [f32]),
+) {
+    let (head_dim, stride) = (t.head_dim, t.stride);
+    score_part(
+        t,
+        item,
+        out,
+        |queries, key, scores| {
+            for (query, score) in queries.chunks_exact(head_dim).zip(scores) {
+                *score = dot(query, key);
+            }
+        },
+        |weights, value, out| {
+            for (w, out) in weights.iter().zip(out.chunks_exact_mut(stride)) {
+                axpy(*w, value, &mut out[2..]);
+            }
+        },
+    );
 }
 
 /// [`score_part`] compiled for AVX2 and FMA, with their dot product and weighted sum inlined.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn score_part_avx2(t: &Task<'_, f32>, item: &Item, out: &mut [f32]) {
-    score_part(
+    per_head(
         t,
         item,
         out,
@@ -295,11 +339,29 @@ unsafe fn score_part_avx2(t: &Task<'_, f32>, item: &Item, out: &mut [f32]) {
     );
 }
 
-/// [`score_part`] over f16 rows, compiled for AVX2, FMA and F16C.
+/// [`score_part`] over f16 rows, compiled for AVX2, FMA and F16C, for groups of `G` query heads:
+/// each 8 values of a key or value row are widened once and used by the `G` heads (the group is a
+/// constant, so that the `G` accumulators stay in registers).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn score_part_f16c(t: &Task<'_, f16>, item: &Item, out: &mut [f32]) {
+unsafe fn score_part_f16c<const G: usize>(t: &Task<'_, f16>, item: &Item, out: &mut [f32]) {
+    let stride = t.stride;
     score_part(
+        t,
+        item,
+        out,
+        // SAFETY (both): the caller checked AVX2, FMA, F16C, a head size that is a multiple of 8
+        // and a group of G.
+        |q, k, s| unsafe { dots_f16c::<G>(q, k, s) },
+        |w, x, o| unsafe { axpys_f16c::<G>(w, x, o, stride) },
+    );
+}
+
+/// [`score_part`] over f16 rows for any group: one head at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn score_part_f16c_per_head(t: &Task<'_, f16>, item: &Item, out: &mut [f32]) {
+    per_head(
         t,
         item,
         out,
@@ -442,6 +504,58 @@ unsafe fn axpy_f16c(w: f32, x: &[f16], out: &mut [f32]) {
             let xv = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i).cast::<__m128i>()));
             let o = _mm256_loadu_ps(po.add(i));
             _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(wv, xv, o));
+        }
+    }
+}
+
+/// The `G` dot products of `q` (`[G, d]`) with one f16 key row `k` (`d`) into `scores`, the key
+/// widened 8 values at a time, once for all `G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dots_f16c<const G: usize>(q: &[f32], k: &[f16], scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = k.len();
+    debug_assert!(q.len() == G * d && scores.len() == G && d.is_multiple_of(8));
+    let mut acc = [_mm256_setzero_ps(); G];
+    let (pq, pk) = (q.as_ptr(), k.as_ptr());
+    // SAFETY: every load reads 8 values below `d` within a row, and `q` holds G rows of `d`.
+    unsafe {
+        for i in (0..d).step_by(8) {
+            let key = _mm256_cvtph_ps(_mm_loadu_si128(pk.add(i).cast::<__m128i>()));
+            for (g, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(g * d + i)), key, *acc);
+            }
+        }
+    }
+    for (score, v) in scores.iter_mut().zip(acc) {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        *score = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
+}
+
+/// For each of `G` heads, `out[g * stride + 2..][..d] += w[g] * x`, the f16 value row `x` widened 8
+/// values at a time, once for all `G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn axpys_f16c<const G: usize>(w: &[f32], x: &[f16], out: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    let d = x.len();
+    assert!(w.len() == G && out.len() >= G * stride && stride >= d + 2);
+    debug_assert!(d.is_multiple_of(8));
+    let weights: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(w[g]));
+    let (px, po) = (x.as_ptr(), out.as_mut_ptr());
+    // SAFETY: every access covers 8 values below `d` of `x`, or of head g's sum, which lies at
+    // `g * stride + 2..g * stride + 2 + d`, inside `out` (checked above).
+    unsafe {
+        for i in (0..d).step_by(8) {
+            let value = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i).cast::<__m128i>()));
+            for (g, weight) in weights.iter().enumerate() {
+                let o = po.add(g * stride + 2 + i);
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(*weight, value, _mm256_loadu_ps(o)));
+            }
         }
     }
 }
@@ -733,6 +847,25 @@ mod tests {
             axpy_f16(0.7, &b, &mut slow);
             for (f, s) in fast.iter().zip(&slow) {
                 assert!((f - s).abs() < 1e-6, "axpy of {n}: {f} vs {s}");
+            }
+            // Three heads at once, as a group of SmolLM2's.
+            let queries = values(3 * n, 4);
+            let mut scores = [0f32; 3];
+            // SAFETY: as above; three queries of n.
+            unsafe { dots_f16c::<3>(&queries, &b, &mut scores) };
+            for (g, score) in scores.iter().enumerate() {
+                let one = dot_f16(&queries[g * n..][..n], &b);
+                assert!((score - one).abs() < 1e-5, "dots of {n}, head {g}");
+            }
+            let stride = n + 2;
+            let (mut fast, mut slow) = (values(3 * stride, 5), values(3 * stride, 5));
+            // SAFETY: as above; three sums of n at a stride of n + 2.
+            unsafe { axpys_f16c::<3>(&[0.5, -1.0, 2.0], &b, &mut fast, stride) };
+            for (g, w) in [0.5, -1.0, 2.0].into_iter().enumerate() {
+                axpy_f16(w, &b, &mut slow[g * stride + 2..][..n]);
+            }
+            for (f, s) in fast.iter().zip(&slow) {
+                assert!((f - s).abs() < 1e-5, "axpys of {n}: {f} vs {s}");
             }
         }
     }
