@@ -40,5 +40,5 @@ pub mod uri;
 
 pub use model::{ModelFormat, ModelSpec, ModelTask, Pooling, SecretReference};
 pub use quantity::Quantity;
-pub use runtime::{Backend, BatchingSpec, GenerationSpec, Quantize, RuntimeSpec};
+pub use runtime::{Backend, BatchingSpec, GenerationSpec, KvCacheDtype, Quantize, RuntimeSpec};
 pub use uri::ModelUri;

@@ -28,6 +28,8 @@ pub mod defaults {
     pub const MAX_NEW_TOKENS: u32 = 256;
     /// `runtime.generation.prefixCache`.
     pub const PREFIX_CACHE: bool = true;
+    /// `runtime.generation.kvCacheDtype`.
+    pub const KV_CACHE_DTYPE: super::KvCacheDtype = super::KvCacheDtype::F16;
     /// `model.normalize`.
     pub const NORMALIZE: bool = true;
 
@@ -146,6 +148,37 @@ pub enum Quantize {
     Int8,
 }
 
+/// How the KV cache stores keys and values: f16 (2 bytes a value, rounded to 11 significant bits)
+/// or f32 (4 bytes, exactly what the model computed). The default is [`defaults::KV_CACHE_DTYPE`].
+// No doc comments on the variants: with them schemars describes the field with the enum's text
+// instead of the field's own, which is what `kubectl explain` should show.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    F16,
+    F32,
+}
+
+impl KvCacheDtype {
+    /// Bytes of one stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F16 => 2,
+            Self::F32 => 4,
+        }
+    }
+
+    /// The spelling of the spec and the flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+}
+
 /// Encoder batching: requests wait in a bounded queue and are grouped into batches by a token
 /// budget; each batch is padded to its longest member.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -208,6 +241,12 @@ pub struct GenerationSpec {
     /// cache needs room, before any running sequence is preempted. Default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_cache: Option<bool>,
+    /// How the KV cache stores keys and values: `f16` (half the bytes per token, so twice the
+    /// tokens in `kvCacheMemory` and half the memory read per step at long context; keys and values
+    /// are rounded to 11 significant bits, as in llama.cpp's default cache) or `f32` (exactly what
+    /// the model computed). Default: f16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
 }
 
 #[cfg(test)]
@@ -266,6 +305,10 @@ mod tests {
                 defaults::MAX_QUEUE_SIZE.to_string(),
             ),
             (
+                description::<GenerationSpec>("kvCacheDtype"),
+                defaults::KV_CACHE_DTYPE.as_str().to_string(),
+            ),
+            (
                 description::<RuntimeSpec>("shutdownDelay"),
                 defaults::SHUTDOWN_DELAY_TEXT.to_string(),
             ),
@@ -283,6 +326,16 @@ mod tests {
                 text.contains(&format!("Default: {value}")),
                 "{text:?} should say `Default: {value}`"
             );
+        }
+    }
+
+    #[test]
+    fn kv_cache_dtypes_are_spelled_alike_in_the_spec_and_the_flag() {
+        use clap::ValueEnum;
+        for dtype in KvCacheDtype::value_variants() {
+            assert_eq!(serde_json::to_value(dtype).unwrap(), dtype.as_str());
+            let flag = dtype.to_possible_value().unwrap();
+            assert_eq!(flag.get_name(), dtype.as_str());
         }
     }
 

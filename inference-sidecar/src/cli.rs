@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use lexserve_contract::names::{drain, env, flag, http, path};
 use lexserve_contract::runtime::defaults;
-use lexserve_contract::{Backend, ModelFormat, ModelTask, Pooling, Quantize};
+use lexserve_contract::{Backend, KvCacheDtype, ModelFormat, ModelTask, Pooling, Quantize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// runtime.generation.blockSize.
     #[arg(long, env = "LEXSERVE_BLOCK_SIZE")]
     pub block_size: Option<u64>,
+    /// runtime.generation.kvCacheDtype: how keys and values are stored (default f16).
+    #[arg(long, env = "LEXSERVE_KV_CACHE_DTYPE", value_enum)]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
     /// runtime.generation.maxNewTokens.
     #[arg(long, env = "LEXSERVE_MAX_NEW_TOKENS")]
     pub max_new_tokens: Option<u64>,

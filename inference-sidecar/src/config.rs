@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::cli::{HttpArgs, ServeArgs};
 pub use crate::uri::ModelUri;
 /// The spec's types, from the operator↔sidecar contract.
-pub use lexserve_contract::{Backend, ModelFormat, ModelTask, Pooling, Quantize};
+pub use lexserve_contract::{Backend, KvCacheDtype, ModelFormat, ModelTask, Pooling, Quantize};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -127,6 +127,8 @@ pub struct GenerationConfig {
     pub kv_cache_memory_bytes: u64,
     /// Tokens per KV cache block.
     pub block_size: usize,
+    /// How the KV cache stores keys and values.
+    pub kv_cache_dtype: KvCacheDtype,
     /// Default and ceiling of a request's new tokens.
     pub max_new_tokens: usize,
     /// Tokens fed to the model per step (prompt chunks plus one per decoding sequence): bounds how long
@@ -394,6 +396,10 @@ impl ServeConfig {
                 "runtime.generation.blockSize",
                 setting(args.block_size, generation.block_size, defaults::BLOCK_SIZE),
             )?,
+            kv_cache_dtype: args
+                .kv_cache_dtype
+                .or(generation.kv_cache_dtype)
+                .unwrap_or(defaults::KV_CACHE_DTYPE),
             max_new_tokens: positive(
                 "runtime.generation.maxNewTokens",
                 setting(
@@ -750,6 +756,33 @@ runtime:
         let config = ServeConfig::resolve(file, &args(&[])).unwrap();
         assert_eq!(config.generation.kv_cache_memory_bytes, 256 << 20);
         assert_eq!(config.generation.max_queue_size, 256);
+    }
+
+    #[test]
+    fn the_kv_cache_dtype_comes_from_the_spec_or_the_flag_and_defaults_to_f16() {
+        let gguf = "model: {uri: 'file:///m/x.gguf', format: gguf, task: generate}";
+        let resolve = |yaml: &str, flags: &[&str]| {
+            ServeConfig::resolve(ConfigFile::parse(yaml).unwrap(), &args(flags))
+                .unwrap()
+                .generation
+                .kv_cache_dtype
+        };
+        assert_eq!(resolve(gguf, &[]), KvCacheDtype::F16);
+        let f32_spec = format!("{gguf}\nruntime: {{generation: {{kvCacheDtype: f32}}}}");
+        assert_eq!(resolve(&f32_spec, &[]), KvCacheDtype::F32);
+        assert_eq!(
+            resolve(&f32_spec, &["--kv-cache-dtype", "f16"]),
+            KvCacheDtype::F16
+        );
+        let err = ConfigFile::parse(&format!(
+            "{gguf}\nruntime: {{generation: {{kvCacheDtype: bf16}}}}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("kvCacheDtype") && err.contains("bf16"),
+            "{err}"
+        );
+        assert!(ServeArgs::try_parse_from(["serve", "--kv-cache-dtype", "f8"]).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::generator::{
     Finish, FinishReason, GenerationEvent, Generator, GeneratorLimits, Submission,
 };
 use super::gguf::{LoadedGguf, load_gguf, locate_gguf};
-use super::kv_cache::{PagedKvCache, blocks_in_budget};
+use super::kv_cache::{KvCacheDtype, PagedKvCache, blocks_in_budget};
 use super::model::{DecoderModel, SeqChunk};
 use super::sampling::Sampler;
 use super::scheduler::{Scheduler, SchedulerLimits, SeqId, Step};
@@ -37,6 +37,7 @@ pub struct EngineConfig {
     pub step_tokens: usize,
     pub block_size: usize,
     pub kv_cache_bytes: u64,
+    pub kv_cache_dtype: KvCacheDtype,
     pub max_new_tokens: usize,
     pub max_waiting: usize,
     /// How long a client may leave its full stream untouched before its sequence is cancelled.
@@ -53,6 +54,7 @@ impl EngineConfig {
             step_tokens: g.max_step_tokens,
             block_size: g.block_size,
             kv_cache_bytes: g.kv_cache_memory_bytes,
+            kv_cache_dtype: g.kv_cache_dtype,
             max_new_tokens: g.max_new_tokens,
             max_waiting: g.max_queue_size,
             stall_timeout: config.http.write_stall_timeout,
@@ -120,16 +122,18 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Arc<Generator>), String> {
         let shape = loaded.model.config.kv_shape();
-        let blocks = blocks_in_budget(shape, config.block_size, config.kv_cache_bytes);
+        let dtype = config.kv_cache_dtype;
+        let blocks = blocks_in_budget(shape, dtype, config.block_size, config.kv_cache_bytes);
         if blocks == 0 {
             return Err(format!(
-                "runtime.generation.kvCacheMemory ({} bytes) holds no block of {} tokens ({} bytes per token)",
+                "runtime.generation.kvCacheMemory ({} bytes) holds no block of {} tokens ({} bytes per token in {})",
                 config.kv_cache_bytes,
                 config.block_size,
-                shape.bytes_per_token()
+                shape.bytes_per_token(dtype),
+                dtype.as_str()
             ));
         }
-        let cache = PagedKvCache::new(shape, config.block_size, blocks);
+        let cache = PagedKvCache::new(shape, dtype, config.block_size, blocks);
         let scheduler = Scheduler::new(
             SchedulerLimits {
                 max_running: config.max_running,
@@ -153,7 +157,8 @@ impl Engine {
             blocks,
             block_size = config.block_size,
             kv_cache_bytes = cache.bytes(),
-            bytes_per_token = shape.bytes_per_token(),
+            kv_cache_dtype = dtype.as_str(),
+            bytes_per_token = shape.bytes_per_token(dtype),
             max_total_tokens = limits.max_total_tokens,
             "KV cache allocated"
         );

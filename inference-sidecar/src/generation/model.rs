@@ -495,6 +495,7 @@ impl DecoderModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::kv_cache::KvCacheDtype;
 
     /// A small llama with deterministic pseudo-random f32 weights: 2 layers, 6 query heads over 2 KV
     /// heads of 8 dimensions.
@@ -559,7 +560,7 @@ mod tests {
         let model = tiny_model();
         let tokens: Vec<u32> = vec![3, 17, 9, 41, 0, 22, 8, 8, 30];
         let full = model.forward_uncached(&tokens).unwrap();
-        let mut cache = PagedKvCache::new(model.config.kv_shape(), 2, 16);
+        let mut cache = PagedKvCache::new(model.config.kv_shape(), KvCacheDtype::F32, 2, 16);
         let blocks: Vec<BlockId> = vec![7, 3, 12, 0, 9];
         // Prefill 4, then one token at a time.
         let mut got = model

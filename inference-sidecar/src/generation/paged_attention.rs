@@ -11,16 +11,20 @@
 //!   a single decode row at 1,000 tokens of context is 16 parts per KV head to spread over the cores
 //!   instead of one task per KV head.
 //! - **AVX2 and FMA** for the dot products and the weighted sums when the CPU has them.
+//! - **f16 rows read as they are.** With an f16 cache each key and value row is widened to f32 in
+//!   registers (F16C's `vcvtph2ps`) inside the dot product and the weighted sum: the step reads half
+//!   the bytes of an f32 cache, and no f32 copy of the context is ever made.
 //!
 //! The parts are fixed positions (0..64, 64..128, ...), and they are combined in order, so a row's
 //! result depends only on its own sequence, never on the batch around it.
 
 use std::ops::Range;
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::block_allocator::BlockId;
-use super::kv_cache::PagedKvCache;
+use super::kv_cache::{LayerKv, PagedKvCache};
 
 /// Positions per part of a row's context.
 pub const PART: usize = 64;
@@ -81,7 +85,6 @@ pub fn paged_attention(
     // Per item and query head of the group: maximum score, sum of exponentials, weighted values.
     let stride = head_dim + 2;
     let mut partial = vec![0f32; items.len() * group * stride];
-    let kv = &cache.layers[layer];
     let scale = 1.0 / (head_dim as f32).sqrt();
     let simd = Simd::detect(head_dim);
     let task = Task {
@@ -93,21 +96,17 @@ pub fn paged_attention(
         scale,
         spans,
         cache,
-        keys: &kv.keys,
-        values: &kv.values,
+        keys: &[],
+        values: &[],
     };
-    partial
-        .par_chunks_mut(group * stride)
-        .zip(items.par_iter())
-        .for_each(|(out, item)| {
-            #[cfg(target_arch = "x86_64")]
-            if simd.avx2 {
-                // SAFETY: AVX2 and FMA are present and the head size is a multiple of 8.
-                unsafe { score_part_avx2(&task, item, out) };
-                return;
-            }
-            score_part(&task, item, out, dot, axpy);
-        });
+    match &cache.layers[layer] {
+        LayerKv::F32(kv) => {
+            score_parts(&task.over(&kv.keys, &kv.values), &items, &mut partial, simd)
+        }
+        LayerKv::F16(kv) => {
+            score_parts(&task.over(&kv.keys, &kv.values), &items, &mut partial, simd)
+        }
+    }
     // Combine each head's parts in order: rescale each part to the overall maximum.
     let mut out = vec![0f32; rows * heads * head_dim];
     out.par_chunks_mut(group * head_dim)
@@ -138,8 +137,8 @@ pub fn paged_attention(
     out
 }
 
-/// What every part of one call shares.
-struct Task<'a> {
+/// What every part of one call shares; `T` is how the cache stores a value.
+struct Task<'a, T> {
     q: &'a [f32],
     heads: usize,
     group: usize,
@@ -148,8 +147,82 @@ struct Task<'a> {
     scale: f32,
     spans: &'a [SeqSpan<'a>],
     cache: &'a PagedKvCache,
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [T],
+    values: &'a [T],
+}
+
+impl<'a> Task<'a, ()> {
+    /// The same task over one layer's keys and values.
+    fn over<T>(&self, keys: &'a [T], values: &'a [T]) -> Task<'a, T> {
+        Task {
+            q: self.q,
+            heads: self.heads,
+            group: self.group,
+            head_dim: self.head_dim,
+            stride: self.stride,
+            scale: self.scale,
+            spans: self.spans,
+            cache: self.cache,
+            keys,
+            values,
+        }
+    }
+}
+
+/// A value as the cache stores it, with the kernels that read it.
+trait CachedValue: Copy + Send + Sync + Sized {
+    /// One item into `out` ([`score_part`]) with the best kernels the CPU has for this type.
+    fn score_part(t: &Task<'_, Self>, item: &Item, out: &mut [f32], simd: Simd);
+}
+
+impl CachedValue for f32 {
+    #[inline]
+    fn score_part(t: &Task<'_, Self>, item: &Item, out: &mut [f32], simd: Simd) {
+        #[cfg(target_arch = "x86_64")]
+        if simd.avx2 {
+            // SAFETY: AVX2 and FMA are present and the head size is a multiple of 8.
+            unsafe { score_part_avx2(t, item, out) };
+            return;
+        }
+        let _ = simd;
+        per_head(t, item, out, dot, axpy);
+    }
+}
+
+impl CachedValue for f16 {
+    #[inline]
+    fn score_part(t: &Task<'_, Self>, item: &Item, out: &mut [f32], simd: Simd) {
+        #[cfg(target_arch = "x86_64")]
+        if simd.avx2 && simd.f16c {
+            // SAFETY: AVX2, FMA and F16C are present, the head size is a multiple of 8, and each
+            // group kernel is called for its group.
+            unsafe {
+                match t.group {
+                    1 => score_part_f16c::<1>(t, item, out),
+                    2 => score_part_f16c::<2>(t, item, out),
+                    3 => score_part_f16c::<3>(t, item, out),
+                    4 => score_part_f16c::<4>(t, item, out),
+                    _ => score_part_f16c_per_head(t, item, out),
+                }
+            }
+            return;
+        }
+        let _ = simd;
+        per_head(t, item, out, dot_f16, axpy_f16);
+    }
+}
+
+/// Every item's part, spread over the cores.
+fn score_parts<T: CachedValue>(
+    task: &Task<'_, T>,
+    items: &[Item],
+    partial: &mut [f32],
+    simd: Simd,
+) {
+    partial
+        .par_chunks_mut(task.group * task.stride)
+        .zip(items.par_iter())
+        .for_each(|(out, item)| T::score_part(task, item, out, simd));
 }
 
 /// Calls `f(j, offset)` for the positions `first..end` of a block table, `offset` being position
@@ -177,32 +250,42 @@ fn for_each_row(
 
 /// One item: its group's scores against the part's keys, their maximum and sum of exponentials, and
 /// the exponential-weighted sum of the part's values, into `out` (`[group, 2 + head_dim]`).
+///
+/// `dots(queries, key, scores)` scores the group's queries (`[group, head_dim]`) against one key row
+/// into `scores` (`group` values); `axpys(weights, value, out)` adds each query's weight times one
+/// value row to its sum in `out`. They take the whole group so that a kernel can load (and, for f16,
+/// widen) each key and value row once for all the group's heads.
 #[inline(always)]
-fn score_part(
-    t: &Task<'_>,
+fn score_part<T>(
+    t: &Task<'_, T>,
     item: &Item,
     out: &mut [f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
-    axpy: impl Fn(f32, &[f32], &mut [f32]),
+    dots: impl Fn(&[f32], &[T], &mut [f32]),
+    axpys: impl Fn(&[f32], &[T], &mut [f32]),
 ) {
     let (group, head_dim) = (t.group, t.head_dim);
     let blocks = t.spans[item.span].blocks;
     let query = &t.q[(item.row * t.heads + item.kv_head * group) * head_dim..][..group * head_dim];
     let len = item.end - item.first;
-    let mut scores = vec![0f32; group * len];
+    // `[len, group]`: position j's scores side by side.
+    let mut scores = vec![0f32; len * group];
     let head = item.kv_head * head_dim;
     for_each_row(t.cache, blocks, item.first, item.end, |j, offset| {
         let key = &t.keys[offset + head..offset + head + head_dim];
-        for g in 0..group {
-            scores[g * len + j - item.first] =
-                dot(&query[g * head_dim..(g + 1) * head_dim], key) * t.scale;
+        let scores = &mut scores[(j - item.first) * group..][..group];
+        dots(query, key, scores);
+        for s in scores.iter_mut() {
+            *s *= t.scale;
         }
     });
     for (g, out) in out.chunks_exact_mut(t.stride).enumerate() {
-        let scores = &mut scores[g * len..(g + 1) * len];
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = scores[g..]
+            .iter()
+            .step_by(group)
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
-        for s in scores.iter_mut() {
+        for s in scores[g..].iter_mut().step_by(group) {
             *s = (*s - max).exp();
             sum += *s;
         }
@@ -211,17 +294,42 @@ fn score_part(
     }
     for_each_row(t.cache, blocks, item.first, item.end, |j, offset| {
         let value = &t.values[offset + head..offset + head + head_dim];
-        for (g, out) in out.chunks_exact_mut(t.stride).enumerate() {
-            axpy(scores[g * len + j - item.first], value, &mut out[2..]);
-        }
+        axpys(&scores[(j - item.first) * group..][..group], value, out);
     });
+}
+
+/// [`score_part`]'s group kernels from one head's: `dot(query, key)` and `axpy(w, value, sum)`.
+#[inline(always)]
+fn per_head<T>(
+    t: &Task<'_, T>,
+    item: &Item,
+    out: &mut [f32],
+    dot: impl Fn(&[f32], &[T]) -> f32,
+    axpy: impl Fn(f32, &[T], &mut [f32]),
+) {
+    let (head_dim, stride) = (t.head_dim, t.stride);
+    score_part(
+        t,
+        item,
+        out,
+        |queries, key, scores| {
+            for (query, score) in queries.chunks_exact(head_dim).zip(scores) {
+                *score = dot(query, key);
+            }
+        },
+        |weights, value, out| {
+            for (w, out) in weights.iter().zip(out.chunks_exact_mut(stride)) {
+                axpy(*w, value, &mut out[2..]);
+            }
+        },
+    );
 }
 
 /// [`score_part`] compiled for AVX2 and FMA, with their dot product and weighted sum inlined.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn score_part_avx2(t: &Task<'_>, item: &Item, out: &mut [f32]) {
-    score_part(
+unsafe fn score_part_avx2(t: &Task<'_, f32>, item: &Item, out: &mut [f32]) {
+    per_head(
         t,
         item,
         out,
@@ -231,11 +339,46 @@ unsafe fn score_part_avx2(t: &Task<'_>, item: &Item, out: &mut [f32]) {
     );
 }
 
-/// The vector kernels, AVX2 and FMA where the CPU has them and the head size is a multiple of 8.
+/// [`score_part`] over f16 rows, compiled for AVX2, FMA and F16C, for groups of `G` query heads:
+/// each 8 values of a key or value row are widened once and used by the `G` heads (the group is a
+/// constant, so that the `G` accumulators stay in registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn score_part_f16c<const G: usize>(t: &Task<'_, f16>, item: &Item, out: &mut [f32]) {
+    let stride = t.stride;
+    score_part(
+        t,
+        item,
+        out,
+        // SAFETY (both): the caller checked AVX2, FMA, F16C, a head size that is a multiple of 8
+        // and a group of G.
+        |q, k, s| unsafe { dots_f16c::<G>(q, k, s) },
+        |w, x, o| unsafe { axpys_f16c::<G>(w, x, o, stride) },
+    );
+}
+
+/// [`score_part`] over f16 rows for any group: one head at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn score_part_f16c_per_head(t: &Task<'_, f16>, item: &Item, out: &mut [f32]) {
+    per_head(
+        t,
+        item,
+        out,
+        // SAFETY (both): the caller checked AVX2, FMA, F16C and a head size that is a multiple of 8.
+        |a, b| unsafe { dot_f16c(a, b) },
+        |w, x, o| unsafe { axpy_f16c(w, x, o) },
+    );
+}
+
+/// The vector kernels, AVX2 and FMA where the CPU has them and the head size is a multiple of 8;
+/// F16C besides for an f16 cache.
 #[derive(Clone, Copy)]
 struct Simd {
     #[cfg(target_arch = "x86_64")]
     avx2: bool,
+    #[cfg(target_arch = "x86_64")]
+    f16c: bool,
 }
 
 impl Simd {
@@ -246,6 +389,8 @@ impl Simd {
             avx2: head_dim.is_multiple_of(8)
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            f16c: std::arch::is_x86_feature_detected!("f16c"),
         }
     }
 
@@ -313,6 +458,108 @@ unsafe fn axpy_avx2(w: f32, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`dot_avx2`] with `b` in f16, widened 8 at a time in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_f16c(a: &[f32], b: &[f16]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() == b.len() && a.len().is_multiple_of(8));
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads 8 values below `a.len() == b.len()`, a multiple of 8 (8 f16 are one
+    // unaligned 128-bit load).
+    let wide = |i: usize| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast::<__m128i>())) };
+    let mut i = 0;
+    // SAFETY: as above, for `a`.
+    unsafe {
+        while i + 16 <= a.len() {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), wide(i), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), wide(i + 8), acc1);
+            i += 16;
+        }
+        if i < a.len() {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), wide(i), acc0);
+        }
+    }
+    let v = _mm256_add_ps(acc0, acc1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// [`axpy_avx2`] with `x` in f16, widened 8 at a time in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn axpy_f16c(w: f32, x: &[f16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == out.len() && x.len().is_multiple_of(8));
+    let wv = _mm256_set1_ps(w);
+    let (px, po) = (x.as_ptr(), out.as_mut_ptr());
+    // SAFETY: every access covers 8 values below `x.len() == out.len()`, a multiple of 8.
+    unsafe {
+        for i in (0..x.len()).step_by(8) {
+            let xv = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i).cast::<__m128i>()));
+            let o = _mm256_loadu_ps(po.add(i));
+            _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(wv, xv, o));
+        }
+    }
+}
+
+/// The `G` dot products of `q` (`[G, d]`) with one f16 key row `k` (`d`) into `scores`, the key
+/// widened 8 values at a time, once for all `G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dots_f16c<const G: usize>(q: &[f32], k: &[f16], scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = k.len();
+    debug_assert!(q.len() == G * d && scores.len() == G && d.is_multiple_of(8));
+    let mut acc = [_mm256_setzero_ps(); G];
+    let (pq, pk) = (q.as_ptr(), k.as_ptr());
+    // SAFETY: every load reads 8 values below `d` within a row, and `q` holds G rows of `d`.
+    unsafe {
+        for i in (0..d).step_by(8) {
+            let key = _mm256_cvtph_ps(_mm_loadu_si128(pk.add(i).cast::<__m128i>()));
+            for (g, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(g * d + i)), key, *acc);
+            }
+        }
+    }
+    for (score, v) in scores.iter_mut().zip(acc) {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        *score = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
+}
+
+/// For each of `G` heads, `out[g * stride + 2..][..d] += w[g] * x`, the f16 value row `x` widened 8
+/// values at a time, once for all `G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn axpys_f16c<const G: usize>(w: &[f32], x: &[f16], out: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    let d = x.len();
+    assert!(w.len() == G && out.len() >= G * stride && stride >= d + 2);
+    debug_assert!(d.is_multiple_of(8));
+    let weights: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(w[g]));
+    let (px, po) = (x.as_ptr(), out.as_mut_ptr());
+    // SAFETY: every access covers 8 values below `d` of `x`, or of head g's sum, which lies at
+    // `g * stride + 2..g * stride + 2 + d`, inside `out` (checked above).
+    unsafe {
+        for i in (0..d).step_by(8) {
+            let value = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i).cast::<__m128i>()));
+            for (g, weight) in weights.iter().enumerate() {
+                let o = po.add(g * stride + 2 + i);
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(*weight, value, _mm256_loadu_ps(o)));
+            }
+        }
+    }
+}
+
 /// Eight independent accumulators let the compiler keep the sum in one vector register.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -333,10 +580,42 @@ fn axpy(w: f32, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`dot`] with `b` in f16 (the portable path; widened value by value).
+fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_rest) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i].to_f32();
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y.to_f32()).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn axpy_f16(w: f32, x: &[f16], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += w * v.to_f32();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::kv_cache::KvShape;
+    use crate::generation::kv_cache::{KvCacheDtype, KvShape};
+
+    const DTYPES: [KvCacheDtype; 2] = [KvCacheDtype::F32, KvCacheDtype::F16];
+
+    /// `x` as the cache returns it: unchanged in f32, rounded to the nearest f16 in f16. The
+    /// references below attend over these, so what they check is the kernels, not the rounding
+    /// (which `tests/generation_engine.rs` measures on the real model).
+    fn stored(dtype: KvCacheDtype, x: &[f32]) -> Vec<f32> {
+        match dtype {
+            KvCacheDtype::F32 => x.to_vec(),
+            KvCacheDtype::F16 => x.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
+        }
+    }
 
     /// Plain attention over contiguous keys, to check the paged walk against.
     fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f32> {
@@ -354,12 +633,18 @@ mod tests {
 
     #[test]
     fn matches_contiguous_attention_across_scattered_blocks() {
+        for dtype in DTYPES {
+            scattered_blocks_case(dtype);
+        }
+    }
+
+    fn scattered_blocks_case(dtype: KvCacheDtype) {
         let shape = KvShape {
             layers: 1,
             kv_heads: 1,
             head_dim: 4,
         };
-        let mut cache = PagedKvCache::new(shape, 2, 8);
+        let mut cache = PagedKvCache::new(shape, dtype, 2, 8);
         // Two sequences with interleaved, out-of-order blocks.
         let table_a: Vec<BlockId> = vec![5, 0, 3];
         let table_b: Vec<BlockId> = vec![7, 2];
@@ -398,13 +683,16 @@ mod tests {
         ];
         let out = paged_attention(&q, 2, &spans, &cache, 0);
         for (row, (seq, pos)) in [(0, 3), (0, 4), (1, 2)].into_iter().enumerate() {
-            let keys: Vec<Vec<f32>> = (0..=pos).map(|p| key(seq, p)).collect();
-            let values: Vec<Vec<f32>> = (0..=pos).map(|p| value(seq, p)).collect();
+            let keys: Vec<Vec<f32>> = (0..=pos).map(|p| stored(dtype, &key(seq, p))).collect();
+            let values: Vec<Vec<f32>> = (0..=pos).map(|p| stored(dtype, &value(seq, p))).collect();
             for head in 0..2 {
                 let at = (row * 2 + head) * 4;
                 let expected = reference(&q[at..at + 4], &keys, &values);
                 for (a, b) in out[at..at + 4].iter().zip(&expected) {
-                    assert!((a - b).abs() < 1e-5, "row {row} head {head}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{dtype:?} row {row} head {head}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -415,7 +703,8 @@ mod tests {
         super::super::test_values(n, seed, 2.0)
     }
 
-    /// The cache, the block tables, and each sequence's keys and values (`[positions, kv_heads, d]`).
+    /// The cache, the block tables, and each sequence's keys and values (`[positions, kv_heads, d]`,
+    /// as stored).
     type LongCase = (
         PagedKvCache,
         Vec<Vec<BlockId>>,
@@ -425,7 +714,7 @@ mod tests {
 
     /// Two sequences, long enough for several parts, three query heads per KV head, 16 dimensions
     /// (the SIMD path), scattered blocks.
-    fn long_case() -> LongCase {
+    fn long_case(dtype: KvCacheDtype) -> LongCase {
         let shape = KvShape {
             layers: 1,
             kv_heads: 2,
@@ -433,7 +722,7 @@ mod tests {
         };
         let block_size = 16;
         let lengths = [150, 70];
-        let mut cache = PagedKvCache::new(shape, block_size, 20);
+        let mut cache = PagedKvCache::new(shape, dtype, block_size, 20);
         let tables: Vec<Vec<BlockId>> = vec![
             vec![19, 3, 11, 0, 7, 15, 2, 9, 13, 5],
             vec![4, 18, 1, 12, 8],
@@ -448,15 +737,21 @@ mod tests {
                 let at = p * row..(p + 1) * row;
                 cache.write(0, table, p, &k[at.clone()], &v[at]);
             }
-            keys.push(k);
-            vals.push(v);
+            keys.push(stored(dtype, &k));
+            vals.push(stored(dtype, &v));
         }
         (cache, tables, keys, vals)
     }
 
     #[test]
     fn long_contexts_split_in_parts_match_contiguous_attention() {
-        let (cache, tables, keys, vals) = long_case();
+        for dtype in DTYPES {
+            long_contexts_case(dtype);
+        }
+    }
+
+    fn long_contexts_case(dtype: KvCacheDtype) {
+        let (cache, tables, keys, vals) = long_case(dtype);
         let (heads, kv_heads, d) = (6, 2, 16);
         // Sequence 0: a prefill chunk of its last three positions (147..150); sequence 1: position 69.
         let spans = [
@@ -486,7 +781,10 @@ mod tests {
                 let at = (row * heads + head) * d;
                 let expected = reference(&q[at..at + d], &ks, &vs);
                 for (a, b) in out[at..at + d].iter().zip(&expected) {
-                    assert!((a - b).abs() < 1e-5, "row {row} head {head}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{dtype:?} row {row} head {head}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -494,7 +792,13 @@ mod tests {
 
     #[test]
     fn a_rows_attention_does_not_depend_on_the_batch_around_it() {
-        let (cache, tables, _, _) = long_case();
+        for dtype in DTYPES {
+            batch_independence_case(dtype);
+        }
+    }
+
+    fn batch_independence_case(dtype: KvCacheDtype) {
+        let (cache, tables, _, _) = long_case(dtype);
         let (heads, d) = (6, 16);
         let q = values(2 * heads * d, 9);
         let both = [
@@ -522,5 +826,47 @@ mod tests {
             0,
         );
         assert_eq!(together[heads * d..], alone[..]);
+    }
+
+    /// The F16C kernels compute what the portable ones do (to summation order).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16_vector_kernels_match_the_portable_ones() {
+        if !(Simd::detect(64).avx2 && Simd::detect(64).f16c) {
+            return;
+        }
+        for n in [8, 16, 64, 72] {
+            let a = values(n, 1);
+            let b: Vec<f16> = values(n, 2).into_iter().map(f16::from_f32).collect();
+            // SAFETY: detected above; the lengths are equal multiples of 8.
+            let fast = unsafe { dot_f16c(&a, &b) };
+            assert!((fast - dot_f16(&a, &b)).abs() < 1e-5, "dot of {n}");
+            let (mut fast, mut slow) = (values(n, 3), values(n, 3));
+            // SAFETY: as above.
+            unsafe { axpy_f16c(0.7, &b, &mut fast) };
+            axpy_f16(0.7, &b, &mut slow);
+            for (f, s) in fast.iter().zip(&slow) {
+                assert!((f - s).abs() < 1e-6, "axpy of {n}: {f} vs {s}");
+            }
+            // Three heads at once, as a group of SmolLM2's.
+            let queries = values(3 * n, 4);
+            let mut scores = [0f32; 3];
+            // SAFETY: as above; three queries of n.
+            unsafe { dots_f16c::<3>(&queries, &b, &mut scores) };
+            for (g, score) in scores.iter().enumerate() {
+                let one = dot_f16(&queries[g * n..][..n], &b);
+                assert!((score - one).abs() < 1e-5, "dots of {n}, head {g}");
+            }
+            let stride = n + 2;
+            let (mut fast, mut slow) = (values(3 * stride, 5), values(3 * stride, 5));
+            // SAFETY: as above; three sums of n at a stride of n + 2.
+            unsafe { axpys_f16c::<3>(&[0.5, -1.0, 2.0], &b, &mut fast, stride) };
+            for (g, w) in [0.5, -1.0, 2.0].into_iter().enumerate() {
+                axpy_f16(w, &b, &mut slow[g * stride + 2..][..n]);
+            }
+            for (f, s) in fast.iter().zip(&slow) {
+                assert!((f - s).abs() < 1e-5, "axpys of {n}: {f} vs {s}");
+            }
+        }
     }
 }

@@ -113,6 +113,18 @@ fn config_map_holds_model_and_runtime_unchanged() {
     );
 }
 
+/// `runtime.generation` reaches the sidecar's config file as written, the KV cache's dtype included.
+#[test]
+fn the_generation_block_reaches_the_sidecar_unchanged() {
+    let generation = json!({"kvCacheMemory": "64Mi", "kvCacheDtype": "f32", "maxNewTokens": 32});
+    let model =
+        json!({"uri": "pvc://models/smollm2/model.gguf", "format": "gguf", "task": "generate"});
+    let c = children(json!({"model": model, "runtime": {"generation": generation}}));
+    let text = &c.config_map.data.as_ref().expect("data")["config.yaml"];
+    let parsed: serde_json::Value = serde_yaml::from_str(text).expect("YAML");
+    assert_eq!(parsed["runtime"]["generation"], generation, "{text}");
+}
+
 #[test]
 fn config_change_changes_the_pod_template_hash() {
     let a = children(embedder());
