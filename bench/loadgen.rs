@@ -17,6 +17,8 @@ use clap::{Parser, ValueEnum};
 enum Texts {
     Short,
     Long,
+    /// 5 to 256 tokens, a fixed sequence (`texts::mixed`), sent in order.
+    Mixed,
 }
 
 #[derive(Parser, Debug)]
@@ -48,7 +50,7 @@ struct Args {
 
 #[path = "texts.rs"]
 mod texts;
-use texts::{LONG, SHORT};
+use texts::{LONG, SHORT, mixed};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -67,10 +69,12 @@ async fn main() -> Result<(), String> {
     if !host_ok {
         return Err(format!("refusing to load a non-loopback url: {}", args.url));
     }
-    let pool: &'static [&'static str] = match args.texts {
-        Texts::Short => &SHORT,
-        Texts::Long => &LONG,
+    let pool: Vec<String> = match args.texts {
+        Texts::Short => SHORT.iter().map(|s| s.to_string()).collect(),
+        Texts::Long => LONG.iter().map(|s| s.to_string()).collect(),
+        Texts::Mixed => mixed(),
     };
+    let pool: &'static [String] = Vec::leak(pool);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency.max(1))
         .timeout(Duration::from_secs(60))

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! The model file is used as given (int8 or fp32); `--label` tells runs apart.
-//! ```text
-//! ```
+//!
+//! The mixed workload (`texts::mixed`, 5 to 256 tokens) is run as a naive server would batch it: in
+//! arrival order, `batch_size` consecutive texts at a time, each batch padded to its longest member.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -60,15 +61,26 @@ fn main() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let config = ServeConfig::resolve(ConfigFile::default(), &serve).map_err(|e| e.to_string())?;
     let mut pipeline = Pipeline::load(&config).map_err(|e| e.to_string())?;
-    for (kind, pool) in [("short", &texts::SHORT[..]), ("long", &texts::LONG[..])] {
+    let mixed = texts::mixed();
+    let mixed: Vec<&str> = mixed.iter().map(String::as_str).collect();
+    for (kind, pool) in [
+        ("short", &texts::SHORT[..]),
+        ("long", &texts::LONG[..]),
+        ("mixed", &mixed[..]),
+    ] {
         let mut best = (0usize, 0.0f64);
         for &batch_size in &args.batch_sizes {
-            let batch: Vec<&str> = (0..batch_size).map(|i| pool[i % pool.len()]).collect();
-            pipeline.run(&batch).map_err(|e| e.to_string())?;
+            // The next `batch_size` texts of the pool, in order, wrapping around.
+            let batch_at = |start: usize| -> Vec<&str> {
+                (0..batch_size)
+                    .map(|i| pool[(start + i) % pool.len()])
+                    .collect()
+            };
+            pipeline.run(&batch_at(0)).map_err(|e| e.to_string())?;
             let started = Instant::now();
             let mut done = 0usize;
             while started.elapsed() < Duration::from_secs_f64(args.seconds) {
-                pipeline.run(&batch).map_err(|e| e.to_string())?;
+                pipeline.run(&batch_at(done)).map_err(|e| e.to_string())?;
                 done += batch_size;
             }
             let throughput = done as f64 / started.elapsed().as_secs_f64();

@@ -43,6 +43,18 @@ pub struct DriftBinLabels {
     pub bin: String,
 }
 
+/// `lexserve_encoder_variant_seconds`'s labels: a form of the weights (`int8`, `fp32`), whether it is
+/// the one served, and whether it ran faster at start-up (`true`/`false`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VariantLabels {
+    pub variant: String,
+    pub serving: String,
+    pub faster: String,
+}
+
+/// The start-up comparison of the model's int8 and fp32 forms (`encoder::variant`).
+pub const ENCODER_VARIANT_SECONDS: &str = "lexserve_encoder_variant_seconds";
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub(crate) fn seconds_histogram() -> Histogram {
@@ -87,6 +99,8 @@ pub struct Metrics {
     pub output_tokens: Histogram,
     /// Registered only with a reference sample.
     pub drift_baseline: Family<DriftBinLabels, Gauge>,
+    /// Median seconds per start-up batch of each form of the weights, when the model has both.
+    pub encoder_variant_seconds: Family<VariantLabels, Gauge<f64, AtomicU64>>,
     /// The shadow mirror's series (in the same registry: one `/metrics`).
     pub mirror: crate::mirror::metrics::MirrorMetrics,
 }
@@ -139,6 +153,13 @@ impl Metrics {
         let prompt_tokens = Histogram::new(GENERATION_TOKEN_BUCKETS);
         let output_tokens = Histogram::new(GENERATION_TOKEN_BUCKETS);
         let drift_baseline = Family::<DriftBinLabels, Gauge>::default();
+        let encoder_variant_seconds = Family::<VariantLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            ENCODER_VARIANT_SECONDS,
+            "Median seconds per start-up batch of each form of the model's weights (int8, fp32), \
+             timed on this CPU when the model folder holds both",
+            encoder_variant_seconds.clone(),
+        );
 
         registry.register(
             metric::QUEUE_SIZE,
@@ -314,6 +335,7 @@ impl Metrics {
             prompt_tokens,
             output_tokens,
             drift_baseline,
+            encoder_variant_seconds,
         }
     }
 

@@ -292,6 +292,9 @@ impl ModelService {
 
     fn load(&self, config: &ServeConfig) -> Result<(LoadedModel, Pipeline), String> {
         let mut pipeline = Pipeline::load(config).map_err(|e| e.to_string())?;
+        if let Ok(sample) = pipeline.tokenizer.encode(TUNING_TEXT) {
+            super::variant::report(&mut pipeline, config, &self.metrics, &sample);
+        }
         let efficient_batch_tokens = if config.batching.tune_batch_size {
             tune_batch_size(&mut pipeline, config)
         } else {

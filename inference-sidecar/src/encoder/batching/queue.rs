@@ -1,10 +1,13 @@
 //! Batch formation, as pure decisions over the waiting texts: which ones run next, or how long to wait.
 //!
-//! A batch is taken from the front of the queue (first come, first served) while it stays within the
-//! token budget, counted as the encoder pays for it — texts × longest text, since the batch is padded —
-//! and within the cap on texts. The head of the queue always runs, even alone, so no text can be stuck.
-//! With a queue delay, a batch that is not yet full waits until the oldest text has waited that long.
-
+//! A batch is padded to its longest member, so a short text batched with a long one pays for the long
+//! one's length. Batches are therefore formed by length: the oldest waiting text always runs in the
+//! next batch (so no text waits behind more than the batches ahead of it, however many shorter texts
+//! keep arriving), and it is joined, oldest first, by waiting texts whose lengths stay within
+//! [`LENGTH_SPREAD`]× of each other, while the batch stays within the token budget — counted as the
+//! encoder pays for it, texts × longest text — and within the cap on texts. Texts of other lengths wait
+//! for a batch of their own kind (or until they are the oldest). With a queue delay, a batch that is
+//! not yet full waits until the oldest text has waited that long.
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -36,35 +39,51 @@ pub struct Pending<T> {
     pub item: T,
 }
 
+/// The most a batch's longest text may be, as a multiple of its shortest: every text in a batch is at
+/// least half real tokens. Tighter groups waste less on padding but make smaller batches; 2× keeps
+/// most of batching's gain on the spread of lengths real traffic has (5 to 256 tokens).
+pub const LENGTH_SPREAD: usize = 2;
+
 /// What the worker should do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextStep {
     /// Nothing is waiting.
     Idle,
-    /// Run the first `n` waiting texts as one batch.
-    Run(usize),
+    /// Run the waiting texts at these positions (ascending, the first is always 0) as one batch.
+    Run(Vec<usize>),
     /// A batch could form but is not full; look again at this instant (or when more texts arrive).
     WaitUntil(Instant),
 }
 
-/// How many texts from the front fit one batch, and whether the batch is full (the next text would
-/// break a limit).
-pub fn batch_len<T>(queue: &VecDeque<Pending<T>>, limits: &BatchLimits) -> (usize, bool) {
-    let mut longest = 0usize;
-    let mut count = 0usize;
+/// The positions of the texts that form the next batch (ascending, starting with the oldest, 0), and
+/// whether the batch is full (a limit left a text of its length group out, or would leave out any
+/// further one). Empty when nothing waits.
+pub fn select<T>(queue: &VecDeque<Pending<T>>, limits: &BatchLimits) -> (Vec<usize>, bool) {
+    let Some(oldest) = queue.front() else {
+        return (Vec::new(), false);
+    };
     let budget = limits.batch_token_budget();
-    for entry in queue {
-        if count == limits.max_batch_requests {
-            return (count, true);
+    let cap = limits.max_batch_requests.max(1);
+    let mut chosen = vec![0];
+    let (mut shortest, mut longest) = (oldest.tokens, oldest.tokens);
+    for (position, entry) in queue.iter().enumerate().skip(1) {
+        if chosen.len() == cap {
+            return (chosen, true);
         }
-        let candidate_longest = longest.max(entry.tokens);
-        if count > 0 && candidate_longest * (count + 1) > budget {
-            return (count, true);
+        let (low, high) = (shortest.min(entry.tokens), longest.max(entry.tokens));
+        if high > low.saturating_mul(LENGTH_SPREAD) {
+            // Another length group: it gets a batch of its own.
+            continue;
         }
-        longest = candidate_longest;
-        count += 1;
+        if high.saturating_mul(chosen.len() + 1) > budget {
+            return (chosen, true);
+        }
+        (shortest, longest) = (low, high);
+        chosen.push(position);
     }
-    (count, count == limits.max_batch_requests)
+    // Full too when no text could join any more, even one no longer than the longest.
+    let full = chosen.len() == cap || longest.saturating_mul(chosen.len() + 1) > budget;
+    (chosen, full)
 }
 
 /// Decides the next step at `now`. `closing` (shutdown) runs whatever is there without waiting.
@@ -77,13 +96,27 @@ pub fn plan<T>(
     let Some(oldest) = queue.front() else {
         return NextStep::Idle;
     };
-    let (n, full) = batch_len(queue, limits);
+    let (chosen, full) = select(queue, limits);
     let deadline = oldest.enqueued + limits.max_queue_delay;
     if full || closing || limits.max_queue_delay.is_zero() || now >= deadline {
-        NextStep::Run(n)
+        NextStep::Run(chosen)
     } else {
         NextStep::WaitUntil(deadline)
     }
+}
+
+/// Removes the texts at `positions` (ascending) from the queue, in queue order; the others keep
+/// their order.
+pub fn take<T>(queue: &mut VecDeque<Pending<T>>, positions: &[usize]) -> Vec<Pending<T>> {
+    let mut taken = Vec::with_capacity(positions.len());
+    // From the back, so earlier positions stay valid; the common case (a prefix) shifts nothing.
+    for &position in positions.iter().rev() {
+        if let Some(entry) = queue.remove(position) {
+            taken.push(entry);
+        }
+    }
+    taken.reverse();
+    taken
 }
 
 #[cfg(test)]
@@ -110,6 +143,10 @@ mod tests {
         }
     }
 
+    fn run(positions: &[usize]) -> NextStep {
+        NextStep::Run(positions.to_vec())
+    }
+
     #[test]
     fn the_efficient_size_shapes_batches_without_refusing_long_texts() {
         let now = Instant::now();
@@ -117,13 +154,13 @@ mod tests {
         l.efficient_batch_tokens = 300;
         // Texts of 75 tokens: 4 fit 300, the fifth would make 375.
         let q = queue(&[75; 10], now);
-        assert_eq!(batch_len(&q, &l), (4, true));
+        assert_eq!(select(&q, &l), (vec![0, 1, 2, 3], true));
         // Short texts: many more per batch.
         let q = queue(&[10; 40], now);
-        assert_eq!(batch_len(&q, &l), (30, true));
+        assert_eq!(select(&q, &l), ((0..30).collect(), true));
         // A text longer than the efficient size still runs, alone.
         let q = queue(&[500, 10], now);
-        assert_eq!(plan(&q, &l, now, false), NextStep::Run(1));
+        assert_eq!(plan(&q, &l, now, false), run(&[0]));
         assert_eq!(l.batch_token_budget(), 300);
     }
 
@@ -134,32 +171,122 @@ mod tests {
             plan(&queue(&[], now), &limits(100, 4, 0), now, false),
             NextStep::Idle
         );
+        assert_eq!(
+            select(&queue(&[], now), &limits(100, 4, 0)),
+            (vec![], false)
+        );
     }
 
     #[test]
     fn token_budget_counts_padding() {
         let now = Instant::now();
-        // 3 texts of 10 → 30 padded; adding a 40 makes 4 × 40 = 160 > 100.
-        let q = queue(&[10, 10, 10, 40, 5], now);
-        assert_eq!(batch_len(&q, &limits(100, 32, 0)), (3, true));
-        assert_eq!(plan(&q, &limits(100, 32, 0), now, false), NextStep::Run(3));
-        // A later short text does not jump the queue past the long one.
-        assert_eq!(batch_len(&q, &limits(160, 32, 0)), (4, true));
-        assert_eq!(batch_len(&q, &limits(200, 32, 0)), (5, false));
+        // 3 texts of 10 → 30 padded; a fourth of 10 → 40, a fifth → 50 > 45.
+        let q = queue(&[10, 10, 10, 10, 10], now);
+        assert_eq!(select(&q, &limits(45, 32, 0)), (vec![0, 1, 2, 3], true));
+        // Within the spread, the longest member sets the cost: 3 × 12 = 36, a fourth makes 48.
+        let q = queue(&[7, 12, 10, 9], now);
+        assert_eq!(select(&q, &limits(45, 32, 0)), (vec![0, 1, 2], true));
+        assert_eq!(select(&q, &limits(48, 32, 0)), (vec![0, 1, 2, 3], true));
+    }
+
+    #[test]
+    fn similar_lengths_are_grouped_and_others_wait_for_their_own_batch() {
+        let now = Instant::now();
+        let l = limits(10_000, 32, 0);
+        // Arrival order mixes short and long; the oldest (10) is joined by the short ones only.
+        let mut q = queue(&[10, 200, 12, 150, 8, 256, 15, 6], now);
+        let (first, _) = select(&q, &l);
+        assert_eq!(first, vec![0, 2, 4, 6]);
+        // No member is more than twice another: padding is at most half of any row.
+        let taken = take(&mut q, &first);
+        assert_eq!(
+            taken.iter().map(|p| p.tokens).collect::<Vec<_>>(),
+            vec![10, 12, 8, 15]
+        );
+        // The rest keeps its order; the long ones now form a batch, the 6 waits for its own.
+        assert_eq!(
+            q.iter().map(|p| p.tokens).collect::<Vec<_>>(),
+            vec![200, 150, 256, 6]
+        );
+        assert_eq!(select(&q, &l), (vec![0, 1, 2], false));
+        let (group, _) = select(&q, &l);
+        take(&mut q, &group);
+        assert_eq!(select(&q, &l), (vec![0], false));
+    }
+
+    #[test]
+    fn the_spread_is_kept_across_the_whole_batch() {
+        let now = Instant::now();
+        // 10 admits 20 (≤ 2 × 10); then 6 would need the longest ≤ 12: it waits, and so does 40.
+        let q = queue(&[10, 20, 6, 40, 11], now);
+        assert_eq!(select(&q, &limits(10_000, 32, 0)), (vec![0, 1, 4], false));
+    }
+
+    #[test]
+    fn the_oldest_text_is_never_passed_over() {
+        // A long text arrives first, then a steady stream of short ones that would make fuller
+        // batches without it: each batch still takes the oldest, so every text runs within as many
+        // batches as there were texts ahead of it when it arrived.
+        let now = Instant::now();
+        let l = limits(512, 8, 0);
+        let mut q: VecDeque<Pending<usize>> = VecDeque::new();
+        // Per text: the first batch it could run in, and how many texts were ahead of it then.
+        let mut arrivals: Vec<(usize, usize)> = Vec::new();
+        let mut arrive = |q: &mut VecDeque<Pending<usize>>, tokens: usize, round: usize| {
+            arrivals.push((round, q.len()));
+            q.push_back(Pending {
+                tokens,
+                enqueued: now,
+                item: arrivals.len() - 1,
+            });
+        };
+        arrive(&mut q, 256, 0);
+        for i in 0..20 {
+            arrive(&mut q, 5 + i % 7, 0);
+        }
+        let mut served = Vec::new();
+        let mut round = 0usize;
+        while !q.is_empty() && round < 500 {
+            let NextStep::Run(positions) = plan(&q, &l, now, false) else {
+                panic!("a batch is due with delay zero");
+            };
+            assert_eq!(positions[0], 0, "the oldest text runs in every batch");
+            let batch = take(&mut q, &positions);
+            let padded = batch.iter().map(|p| p.tokens).max().unwrap() * batch.len();
+            assert!(batch.len() == 1 || padded <= 512, "budget broken: {padded}");
+            assert!(batch.len() <= 8);
+            served.extend(batch.iter().map(|p| (p.item, round)));
+            round += 1;
+            // Short texts keep arriving for a while, one per batch.
+            if round < 30 {
+                arrive(&mut q, 5 + round % 4, round);
+            }
+        }
+        assert!(q.is_empty());
+        assert_eq!(served.len(), arrivals.len(), "every text ran once");
+        assert_eq!(served[0], (0, 0), "the long text ran first, alone");
+        for (id, ran) in served {
+            let (arrived, ahead) = arrivals[id];
+            assert!(
+                ran - arrived <= ahead,
+                "text {id} waited {} batches with {ahead} texts ahead",
+                ran - arrived
+            );
+        }
     }
 
     #[test]
     fn request_cap_limits_the_batch() {
         let now = Instant::now();
         let q = queue(&[1, 1, 1, 1, 1], now);
-        assert_eq!(plan(&q, &limits(1000, 2, 50), now, false), NextStep::Run(2));
+        assert_eq!(plan(&q, &limits(1000, 2, 50), now, false), run(&[0, 1]));
     }
 
     #[test]
     fn an_oversized_head_still_runs_alone() {
         let now = Instant::now();
         let q = queue(&[500, 1], now);
-        assert_eq!(plan(&q, &limits(100, 8, 50), now, false), NextStep::Run(1));
+        assert_eq!(plan(&q, &limits(100, 8, 50), now, false), run(&[0]));
     }
 
     #[test]
@@ -173,9 +300,9 @@ mod tests {
             plan(&q, &l, start + Duration::from_millis(3), false),
             NextStep::WaitUntil(deadline)
         );
-        assert_eq!(plan(&q, &l, deadline, false), NextStep::Run(2));
+        assert_eq!(plan(&q, &l, deadline, false), run(&[0, 1]));
         // Shutting down never waits.
-        assert_eq!(plan(&q, &l, start, true), NextStep::Run(2));
+        assert_eq!(plan(&q, &l, start, true), run(&[0, 1]));
     }
 
     #[test]
@@ -184,15 +311,15 @@ mod tests {
         let q = queue(&[5, 5, 5], now);
         assert_eq!(
             plan(&q, &limits(1000, 3, 1000), now, false),
-            NextStep::Run(3)
+            run(&[0, 1, 2])
         );
-        assert_eq!(plan(&q, &limits(10, 8, 1000), now, false), NextStep::Run(2));
+        assert_eq!(plan(&q, &limits(10, 8, 1000), now, false), run(&[0, 1]));
     }
 
     #[test]
     fn no_delay_runs_what_is_there() {
         let now = Instant::now();
         let q = queue(&[5], now);
-        assert_eq!(plan(&q, &limits(1000, 8, 0), now, false), NextStep::Run(1));
+        assert_eq!(plan(&q, &limits(1000, 8, 0), now, false), run(&[0]));
     }
 }

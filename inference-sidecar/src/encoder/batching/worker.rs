@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::queue::{NextStep, plan};
+use super::queue::{NextStep, plan, take};
 use super::{BatchError, BatchQueue, Job, Shared};
 use crate::config::ModelTask;
 use crate::encoder::backend::{Encoder, PaddedBatch};
@@ -53,12 +53,11 @@ fn next_batch(shared: &Shared) -> Option<Vec<super::queue::Pending<Job>>> {
                     .map(|(guard, _)| guard)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
-            NextStep::Run(n) => {
+            NextStep::Run(positions) => {
                 // Texts whose caller went away (client disconnected, request timed out) are
                 // dropped unrun: nobody would read their answer.
-                let jobs: Vec<_> = state
-                    .pending
-                    .drain(..n)
+                let jobs: Vec<_> = take(&mut state.pending, &positions)
+                    .into_iter()
                     .filter(|p| !p.item.reply.is_closed())
                     .collect();
                 shared.metrics.queue_size.set(state.pending.len() as i64);
