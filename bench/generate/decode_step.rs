@@ -58,7 +58,7 @@ fn main() {
                         tokens: &filler[start..end],
                         start,
                         blocks: table,
-                        logits: false,
+                        logits: 0,
                     }],
                     &mut cache,
                 )
@@ -79,7 +79,7 @@ fn main() {
                     tokens: &tokens,
                     start: context,
                     blocks: t,
-                    logits: true,
+                    logits: 1,
                 })
                 .collect();
             model.forward(&chunks, &mut cache).expect("warm-up step");

@@ -40,5 +40,7 @@ pub mod uri;
 
 pub use model::{ModelFormat, ModelSpec, ModelTask, Pooling, SecretReference};
 pub use quantity::Quantity;
-pub use runtime::{Backend, BatchingSpec, GenerationSpec, Quantize, RuntimeSpec};
+pub use runtime::{
+    Backend, BatchingSpec, GenerationSpec, Quantize, RuntimeSpec, SpeculationMode, SpeculationSpec,
+};
 pub use uri::ModelUri;

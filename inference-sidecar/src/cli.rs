@@ -104,6 +104,13 @@ pub struct ServeArgs {
     /// (default 256; raised to maxConcurrentSequences if lower).
     #[arg(long, env = "LEXSERVE_MAX_STEP_TOKENS")]
     pub max_step_tokens: Option<u64>,
+    /// runtime.generation.speculation.mode: none, or ngram (prompt-lookup drafts; default ngram).
+    #[arg(long, env = "LEXSERVE_SPECULATION")]
+    pub speculation: Option<lexserve_contract::SpeculationMode>,
+    /// runtime.generation.speculation.maxDraftTokens: drafted tokens verified per sequence and step
+    /// (1 to 32, default 4).
+    #[arg(long, env = "LEXSERVE_MAX_DRAFT_TOKENS")]
+    pub max_draft_tokens: Option<u64>,
 
     /// Name the model is served under (default: from the uri).
     #[arg(long, env = env::MODEL_NAME)]

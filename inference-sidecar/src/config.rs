@@ -134,6 +134,8 @@ pub struct GenerationConfig {
     pub max_step_tokens: usize,
     /// Requests waiting for a place in the running batch; more are refused with 429.
     pub max_queue_size: usize,
+    /// Speculative decoding (`runtime.generation.speculation`).
+    pub speculation: crate::generation::speculative::SpeculationConfig,
 }
 
 /// The HTTP server's own limits: admission and the deadlines that keep a client from holding the
@@ -219,6 +221,30 @@ pub(crate) fn timeout(field: &'static str, text: &str) -> Result<Duration, Confi
         return Err(invalid(field, "must be above zero"));
     }
     Ok(value)
+}
+
+/// `runtime.generation.speculation`, flags over the file, with the CRD's bounds.
+fn speculation_config(
+    args: &ServeArgs,
+    spec: lexserve_contract::SpeculationSpec,
+) -> Result<crate::generation::speculative::SpeculationConfig, ConfigError> {
+    let field = "runtime.generation.speculation.maxDraftTokens";
+    let max_draft_tokens = positive(
+        field,
+        args.max_draft_tokens
+            .or(spec.max_draft_tokens.map(u64::from))
+            .unwrap_or(u64::from(defaults::MAX_DRAFT_TOKENS)),
+    )?;
+    if max_draft_tokens > 32 {
+        return Err(invalid(field, "must be at most 32"));
+    }
+    Ok(crate::generation::speculative::SpeculationConfig {
+        mode: args
+            .speculation
+            .or(spec.mode)
+            .unwrap_or(defaults::SPECULATION_MODE),
+        max_draft_tokens,
+    })
 }
 
 pub(crate) fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
@@ -409,6 +435,7 @@ impl ServeConfig {
                     defaults::MAX_QUEUE_SIZE,
                 ),
             )?,
+            speculation: speculation_config(args, generation.speculation.unwrap_or_default())?,
         };
 
         let model_name = match &args.model_name {
@@ -546,7 +573,7 @@ model:
 runtime:
   threads: 2
   batching: {maxBatchTokens: 4096, maxBatchRequests: 8, maxQueueDelay: "2ms", maxQueueSize: 64}
-  generation: {maxConcurrentSequences: 4, kvCacheMemory: "64Mi", blockSize: 16, maxNewTokens: 32}
+  generation: {maxConcurrentSequences: 4, kvCacheMemory: "64Mi", blockSize: 16, maxNewTokens: 32, speculation: {mode: none, maxDraftTokens: 6}}
   quantize: none
 "#;
 
@@ -571,6 +598,13 @@ runtime:
             }
         );
         assert_eq!(config.generation.kv_cache_memory_bytes, 64 << 20);
+        assert_eq!(
+            config.generation.speculation,
+            crate::generation::speculative::SpeculationConfig {
+                mode: lexserve_contract::SpeculationMode::None,
+                max_draft_tokens: 6,
+            }
+        );
         assert_eq!(config.model_name, "minilm");
     }
 

@@ -4,6 +4,7 @@
 //! - [`quant_matmul`]: Q4_1 and Q8_0 weight products, batched (candle has no SIMD Q4_1 kernel on x86).
 //! - [`kv_cache`], [`block_allocator`], [`paged_attention`]: the cache in fixed-size blocks.
 //! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
+//! - [`speculative`]: speculative decoding by prompt lookup: drafts, their verification, back-off.
 //! - [`gguf`]: loading the model, its tokenizer and chat template from a GGUF file.
 //! - [`engine`]: the loop that owns the model and the cache and streams tokens to clients.
 //! - [`generator`]: the clients' handle on the engine: requests, limits, the queue, event streams.
@@ -20,6 +21,7 @@ pub mod paged_attention;
 pub mod quant_matmul;
 pub mod sampling;
 pub mod scheduler;
+pub mod speculative;
 pub mod stopping;
 pub mod tokenizer;
 

@@ -298,6 +298,44 @@ impl Scheduler {
         }
     }
 
+    /// Speculative decoding: appends `draft` to a running sequence that decodes this step (after the
+    /// last known token, which the step feeds) and reserves blocks for the drafted positions, as many
+    /// as free blocks allow without preempting anyone. Returns how many drafted tokens it took; the
+    /// caller feeds them in the same chunk and then calls [`Scheduler::rollback`].
+    pub fn propose(&mut self, id: SeqId, draft: &[u32]) -> usize {
+        let bs = self.limits.block_size;
+        let free = self.allocator.free_count();
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else {
+            return 0;
+        };
+        let room = (seq.blocks.len() + free) * bs;
+        let k = draft.len().min(room.saturating_sub(seq.tokens.len()));
+        let need = blocks_for(seq.tokens.len() + k, bs).saturating_sub(seq.blocks.len());
+        let Some(blocks) = self.allocator.allocate(need) else {
+            return 0;
+        };
+        seq.blocks.extend(blocks);
+        seq.tokens.extend_from_slice(&draft[..k]);
+        k
+    }
+
+    /// Speculative decoding: drops a running sequence's tokens from `len` on (the drafted tokens the
+    /// model did not confirm) and their cache positions (the keys and values written there are
+    /// overwritten when the positions are fed again), and frees the blocks only they used.
+    pub fn rollback(&mut self, id: SeqId, len: usize) {
+        let bs = self.limits.block_size;
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        seq.tokens.truncate(len.max(seq.prompt_len));
+        seq.cached = seq.cached.min(seq.tokens.len());
+        let keep = blocks_for(seq.tokens.len(), bs).min(seq.blocks.len());
+        let spare = seq.blocks.split_off(keep);
+        if !spare.is_empty() {
+            self.release(id, &spare);
+        }
+    }
+
     /// Removes a sequence wherever it is (finished, cancelled, disconnected) and frees its blocks.
     pub fn remove(&mut self, id: SeqId) -> Option<Sequence> {
         let seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
@@ -340,6 +378,16 @@ impl Scheduler {
             .find(|s| s.blocks.len() < blocks_for(s.cached, self.limits.block_size))
         {
             return Err(format!("sequence {} has fewer blocks than tokens", s.id));
+        }
+        // Blocks beyond the tokens' need are drafted positions that were not rolled back.
+        if let Some(s) = self.running.iter().find(|s| {
+            s.cached > s.tokens.len()
+                || s.blocks.len() > blocks_for(s.tokens.len(), self.limits.block_size)
+        }) {
+            return Err(format!(
+                "sequence {} holds more cache than its tokens need",
+                s.id
+            ));
         }
         if self.running.len() > self.limits.max_running {
             return Err("more sequences running than allowed".into());
