@@ -10,7 +10,7 @@
 //! alternating rounds each figure is the median of, SPEC_TOKENS (default 128) the new tokens per run,
 //! SPEC_PROMPTS the prompts whose name starts with it (`copy`, `chat`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,7 @@ fn run(generator: &Generator, prompt: &str, tokens: usize) -> Run {
     }
 }
 
-fn start(path: &PathBuf, speculation: SpeculationConfig) -> (Arc<Generator>, Arc<Metrics>) {
+fn start(path: &Path, speculation: SpeculationConfig) -> (Arc<Generator>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let config = EngineConfig {
         max_running: 16,
