@@ -95,7 +95,7 @@ fn run(
                         tokens: &filler[start..end],
                         start,
                         blocks: table,
-                        logits: false,
+                        logits: 0,
                     }],
                     &mut cache,
                 )
@@ -113,7 +113,7 @@ fn run(
                     tokens: &tokens,
                     start: context,
                     blocks: t,
-                    logits: true,
+                    logits: 1,
                 })
                 .collect();
             model.forward(&chunks, &mut cache).expect("warm-up step");

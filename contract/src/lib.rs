@@ -40,5 +40,8 @@ pub mod uri;
 
 pub use model::{ModelFormat, ModelSpec, ModelTask, Pooling, SecretReference};
 pub use quantity::Quantity;
-pub use runtime::{Backend, BatchingSpec, GenerationSpec, KvCacheDtype, Quantize, RuntimeSpec};
+pub use runtime::{
+    Backend, BatchingSpec, GenerationSpec, KvCacheDtype, Quantize, RuntimeSpec, SpeculationMode,
+    SpeculationSpec,
+};
 pub use uri::ModelUri;

@@ -222,6 +222,11 @@ pub mod metric {
     pub const PREFIX_CACHE_BLOCKS: &str = "lexserve_prefix_cache_blocks";
     /// Refused KV block releases and leaked blocks: a scheduler bug, counted in release builds.
     pub const KV_CACHE_BLOCK_ERRORS: &str = "lexserve_kv_cache_block_errors";
+    /// Counter: tokens drafted by speculative decoding and verified by the model.
+    pub const SPECULATIVE_DRAFT_TOKENS: &str = "lexserve_speculative_draft_tokens";
+    /// Counter: drafted tokens the model confirmed (emitted without a step of their own); over
+    /// `SPECULATIVE_DRAFT_TOKENS`, the acceptance rate.
+    pub const SPECULATIVE_ACCEPTED_TOKENS: &str = "lexserve_speculative_accepted_tokens";
 
     // Drift monitoring (see `crate::drift` for the buckets and the features they feed).
     /// Counter (registered without `_total`): input tokens the tokenizer mapped to its unknown

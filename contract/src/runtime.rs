@@ -30,6 +30,10 @@ pub mod defaults {
     pub const PREFIX_CACHE: bool = true;
     /// `runtime.generation.kvCacheDtype`.
     pub const KV_CACHE_DTYPE: super::KvCacheDtype = super::KvCacheDtype::F16;
+    /// `runtime.generation.speculation.mode`.
+    pub const SPECULATION_MODE: super::SpeculationMode = super::SpeculationMode::Ngram;
+    /// `runtime.generation.speculation.maxDraftTokens`.
+    pub const MAX_DRAFT_TOKENS: u32 = 4;
     /// `model.normalize`.
     pub const NORMALIZE: bool = true;
 
@@ -247,6 +251,39 @@ pub struct GenerationSpec {
     /// the model computed). Default: f16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache_dtype: Option<KvCacheDtype>,
+    /// Speculative decoding: several tokens per step where the text is predictable, output
+    /// identical to plain decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<SpeculationSpec>,
+}
+
+/// Speculative decoding: a sequence's next tokens are drafted cheaply and verified together in one
+/// step; the sampled tokens are exactly those plain decoding gives, only several per step when the
+/// drafts are right. Drafting backs off for a sequence whose drafts are mostly rejected.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SpeculationSpec {
+    /// `none`, or `ngram`: drafts copied from what followed an earlier occurrence of the sequence's
+    /// last tokens in its own prompt and output (prompt lookup; pays off when the answer repeats or
+    /// extracts from the prompt). Default: ngram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SpeculationMode>,
+    /// The most drafted tokens verified per sequence and step. Default: 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_draft_tokens: Option<u32>,
+}
+
+/// How drafts for speculative decoding are made: `none` (plain decoding, one token per sequence and
+/// step) or `ngram` (prompt lookup). `none` rather than `off`: YAML 1.1 parsers, which kubectl's is,
+/// read an unquoted `off` as the boolean false.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SpeculationMode {
+    None,
+    Ngram,
 }
 
 #[cfg(test)]
@@ -307,6 +344,18 @@ mod tests {
             (
                 description::<GenerationSpec>("kvCacheDtype"),
                 defaults::KV_CACHE_DTYPE.as_str().to_string(),
+            ),
+            (
+                description::<SpeculationSpec>("mode"),
+                serde_json::to_value(defaults::SPECULATION_MODE)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ),
+            (
+                description::<SpeculationSpec>("maxDraftTokens"),
+                defaults::MAX_DRAFT_TOKENS.to_string(),
             ),
             (
                 description::<RuntimeSpec>("shutdownDelay"),

@@ -110,6 +110,13 @@ pub struct ServeArgs {
     /// runtime.generation.prefixCache: share computed prompt prefixes (default true).
     #[arg(long, env = "LEXSERVE_PREFIX_CACHE")]
     pub prefix_cache: Option<bool>,
+    /// runtime.generation.speculation.mode: none, or ngram (prompt-lookup drafts; default ngram).
+    #[arg(long, env = "LEXSERVE_SPECULATION")]
+    pub speculation: Option<lexserve_contract::SpeculationMode>,
+    /// runtime.generation.speculation.maxDraftTokens: drafted tokens verified per sequence and step
+    /// (1 to 32, default 4).
+    #[arg(long, env = "LEXSERVE_MAX_DRAFT_TOKENS")]
+    pub max_draft_tokens: Option<u64>,
 
     /// Name the model is served under (default: from the uri).
     #[arg(long, env = env::MODEL_NAME)]

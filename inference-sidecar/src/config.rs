@@ -138,6 +138,8 @@ pub struct GenerationConfig {
     pub max_queue_size: usize,
     /// Share computed prompt prefixes through the prefix cache.
     pub prefix_cache: bool,
+    /// Speculative decoding (`runtime.generation.speculation`).
+    pub speculation: crate::generation::speculative::SpeculationConfig,
 }
 
 /// The HTTP server's own limits: admission and the deadlines that keep a client from holding the
@@ -223,6 +225,30 @@ pub(crate) fn timeout(field: &'static str, text: &str) -> Result<Duration, Confi
         return Err(invalid(field, "must be above zero"));
     }
     Ok(value)
+}
+
+/// `runtime.generation.speculation`, flags over the file, with the CRD's bounds.
+fn speculation_config(
+    args: &ServeArgs,
+    spec: lexserve_contract::SpeculationSpec,
+) -> Result<crate::generation::speculative::SpeculationConfig, ConfigError> {
+    let field = "runtime.generation.speculation.maxDraftTokens";
+    let max_draft_tokens = positive(
+        field,
+        args.max_draft_tokens
+            .or(spec.max_draft_tokens.map(u64::from))
+            .unwrap_or(u64::from(defaults::MAX_DRAFT_TOKENS)),
+    )?;
+    if max_draft_tokens > 32 {
+        return Err(invalid(field, "must be at most 32"));
+    }
+    Ok(crate::generation::speculative::SpeculationConfig {
+        mode: args
+            .speculation
+            .or(spec.mode)
+            .unwrap_or(defaults::SPECULATION_MODE),
+        max_draft_tokens,
+    })
 }
 
 pub(crate) fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
@@ -421,6 +447,7 @@ impl ServeConfig {
                 .prefix_cache
                 .or(generation.prefix_cache)
                 .unwrap_or(defaults::PREFIX_CACHE),
+            speculation: speculation_config(args, generation.speculation.unwrap_or_default())?,
         };
 
         let model_name = match &args.model_name {
@@ -558,7 +585,7 @@ model:
 runtime:
   threads: 2
   batching: {maxBatchTokens: 4096, maxBatchRequests: 8, maxQueueDelay: "2ms", maxQueueSize: 64}
-  generation: {maxConcurrentSequences: 4, kvCacheMemory: "64Mi", blockSize: 16, maxNewTokens: 32, prefixCache: false}
+  generation: {maxConcurrentSequences: 4, kvCacheMemory: "64Mi", blockSize: 16, maxNewTokens: 32, prefixCache: false, speculation: {mode: none, maxDraftTokens: 6}}
   quantize: none
 "#;
 
@@ -584,6 +611,13 @@ runtime:
         );
         assert_eq!(config.generation.kv_cache_memory_bytes, 64 << 20);
         assert!(!config.generation.prefix_cache);
+        assert_eq!(
+            config.generation.speculation,
+            crate::generation::speculative::SpeculationConfig {
+                mode: lexserve_contract::SpeculationMode::None,
+                max_draft_tokens: 6,
+            }
+        );
         assert_eq!(config.model_name, "minilm");
         // The flag (or LEXSERVE_PREFIX_CACHE) overrides the file; the default is on.
         let flagged = ServeConfig::resolve(

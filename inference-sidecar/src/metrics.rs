@@ -83,6 +83,8 @@ pub struct Metrics {
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
     pub generated_tokens: Counter,
+    pub speculative_draft_tokens: Counter,
+    pub speculative_accepted_tokens: Counter,
     pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
     pub preemptions: Counter,
     pub kv_cache_block_errors: Counter,
@@ -140,6 +142,8 @@ impl Metrics {
         let time_to_first_token = seconds_histogram();
         let inter_token_latency = seconds_histogram();
         let generated_tokens = Counter::default();
+        let speculative_draft_tokens = Counter::default();
+        let speculative_accepted_tokens = Counter::default();
         let kv_cache_usage_ratio = Gauge::<f64, AtomicU64>::default();
         let preemptions = Counter::default();
         let kv_cache_block_errors = Counter::default();
@@ -234,6 +238,16 @@ impl Metrics {
             generated_tokens.clone(),
         );
         registry.register(
+            metric::SPECULATIVE_DRAFT_TOKENS,
+            "Tokens drafted by speculative decoding and verified by the model",
+            speculative_draft_tokens.clone(),
+        );
+        registry.register(
+            metric::SPECULATIVE_ACCEPTED_TOKENS,
+            "Drafted tokens the model confirmed; over the drafted ones, the acceptance rate",
+            speculative_accepted_tokens.clone(),
+        );
+        registry.register(
             metric::KV_CACHE_USAGE_RATIO,
             "Share of the KV cache's blocks held by sequences (idle prefix-cache blocks count as free)",
             kv_cache_usage_ratio.clone(),
@@ -322,6 +336,8 @@ impl Metrics {
             time_to_first_token,
             inter_token_latency,
             generated_tokens,
+            speculative_draft_tokens,
+            speculative_accepted_tokens,
             kv_cache_usage_ratio,
             preemptions,
             kv_cache_block_errors,
@@ -390,6 +406,8 @@ mod tests {
             "lexserve_time_to_first_token_seconds_bucket",
             "lexserve_inter_token_latency_seconds_bucket",
             "lexserve_generated_tokens_total ",
+            "lexserve_speculative_draft_tokens_total ",
+            "lexserve_speculative_accepted_tokens_total ",
             "lexserve_kv_cache_usage_ratio ",
             "lexserve_preemptions_total ",
             "lexserve_kv_cache_block_errors_total ",

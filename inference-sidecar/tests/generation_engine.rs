@@ -16,6 +16,7 @@ use lexserve_sidecar::generation::kv_cache::{KvCacheDtype, PagedKvCache};
 use lexserve_sidecar::generation::model::SeqChunk;
 use lexserve_sidecar::generation::model::Weights;
 use lexserve_sidecar::generation::sampling::{SamplingParams, argmax};
+use lexserve_sidecar::generation::speculative::{SpeculationConfig, SpeculationMode};
 use lexserve_sidecar::generation::{FinishReason, GenerationEvent, GenerationRequest, Generator};
 use lexserve_sidecar::metrics::Metrics;
 use tokio::sync::mpsc::Receiver;
@@ -61,6 +62,7 @@ fn config(max_running: usize, blocks: usize, block_size: usize) -> EngineConfig 
         max_waiting: 64,
         // Tests read their streams one after another; none is ever abandoned.
         stall_timeout: Duration::from_secs(600),
+        speculation: SpeculationConfig::off(),
     }
 }
 
@@ -281,7 +283,7 @@ fn paged_against_recompute(
             tokens: &ids[cached..end],
             start: cached,
             blocks: &blocks,
-            logits: end == prompt.len(),
+            logits: usize::from(end == prompt.len()),
         };
         steps.extend(m.model.forward(&[chunk], &mut cache).unwrap());
         cached = end;
@@ -296,7 +298,7 @@ fn paged_against_recompute(
             tokens: &ids[cached..],
             start: cached,
             blocks: &blocks,
-            logits: true,
+            logits: 1,
         };
         steps.extend(m.model.forward(&[chunk], &mut cache).unwrap());
         cached = ids.len();
@@ -636,4 +638,223 @@ fn concurrent_sequences_with_one_prefix_hold_its_blocks_once() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A prompt whose answer copies from it: what prompt-lookup drafting is for. (SmolLM2-135M does not
+/// follow "repeat this text" in a chat turn, it paraphrases; a one-shot pattern it copies.)
+const COPY_PROMPT: &str = "Copy the text.\nText: The cat sat on the mat and looked at the door.\nCopy: The cat sat on the mat and looked at the door.\nText: Kubernetes schedules pods onto nodes with enough free resources. The scheduler filters the nodes that fit, scores the rest, and binds the pod to the best one.\nCopy:";
+
+fn speculative(config: EngineConfig, max_draft_tokens: usize) -> EngineConfig {
+    EngineConfig {
+        speculation: SpeculationConfig {
+            mode: SpeculationMode::Ngram,
+            max_draft_tokens,
+        },
+        ..config
+    }
+}
+
+/// `lexserve_<name>_total`'s value in the exposition.
+fn counter(metrics: &Metrics, name: &str) -> u64 {
+    let text = metrics.encode().unwrap();
+    let prefix = format!("lexserve_{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A row's logits in a chunk of several rows are, bit for bit, those of the same token fed alone
+/// (what makes verifying a draft in one chunk exact): the prompt's last 5 tokens fed as one chunk
+/// asking for 5 rows of logits, against the same 5 fed one step at a time into another cache.
+#[test]
+fn logits_of_a_rows_in_a_chunk_equal_the_single_row_decode_bit_for_bit() {
+    let m = loaded();
+    assert!(
+        m.model.rows_are_independent(),
+        "SmolLM2's Q4_1/Q8_0 products"
+    );
+    let prompt = m.tokenizer.encode(COPY_PROMPT).unwrap();
+    let split = prompt.len() - 5;
+    let blocks: Vec<BlockId> = (0..8).collect();
+    let prefill = |cache: &mut PagedKvCache| {
+        m.model
+            .forward(
+                &[SeqChunk {
+                    tokens: &prompt[..split],
+                    start: 0,
+                    blocks: &blocks,
+                    logits: 0,
+                }],
+                cache,
+            )
+            .unwrap()
+    };
+    let mut chunked_cache = PagedKvCache::new(m.model.config.kv_shape(), 16, 8);
+    assert!(prefill(&mut chunked_cache).is_empty(), "no rows asked for");
+    // Another sequence shares the step, as in serving.
+    let other: Vec<BlockId> = vec![7];
+    let chunked = m
+        .model
+        .forward(
+            &[
+                SeqChunk {
+                    tokens: &prompt[..3],
+                    start: 0,
+                    blocks: &other,
+                    logits: 1,
+                },
+                SeqChunk {
+                    tokens: &prompt[split..],
+                    start: split,
+                    blocks: &blocks,
+                    logits: 5,
+                },
+            ],
+            &mut chunked_cache,
+        )
+        .unwrap();
+    assert_eq!(
+        chunked.len(),
+        6,
+        "one row for the first chunk, five for the second"
+    );
+    let mut single_cache = PagedKvCache::new(m.model.config.kv_shape(), 16, 8);
+    prefill(&mut single_cache);
+    for (i, p) in (split..prompt.len()).enumerate() {
+        let alone = m
+            .model
+            .forward(
+                &[SeqChunk {
+                    tokens: &prompt[p..=p],
+                    start: p,
+                    blocks: &blocks,
+                    logits: 1,
+                }],
+                &mut single_cache,
+            )
+            .unwrap();
+        assert!(
+            alone[0] == chunked[1 + i],
+            "row {i} of the chunk differs from the single-row decode"
+        );
+    }
+}
+
+/// Greedy ids with n-gram speculation are the plain ids, on a prompt whose answer copies from it
+/// (drafts accepted: several tokens per step) and on ordinary ones (drafts mostly rejected).
+#[test]
+fn speculation_gives_the_plain_greedy_ids() {
+    let prompts = [
+        COPY_PROMPT,
+        FRANCE_CHATML,
+        "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
+        "def fibonacci(n):",
+    ];
+    let (plain, _) = start_engine(config(4, 64, 16));
+    let expected: Vec<Outcome> = prompts
+        .iter()
+        .map(|p| run(&plain, request(&plain, p, 48)))
+        .collect();
+    println!("the copy prompt's answer: {:?}", expected[0].text);
+    for max_draft in [1, 4, 8] {
+        let (generator, metrics) = start_engine(speculative(config(4, 64, 16), max_draft));
+        for (i, (prompt, expected)) in prompts.iter().zip(&expected).enumerate() {
+            let out = run(&generator, request(&generator, prompt, 48));
+            assert_eq!(out.ids, expected.ids, "{prompt:?}, drafts of {max_draft}");
+            assert_eq!(out.text, expected.text);
+            assert_eq!(out.reason, expected.reason);
+            if i == 0 {
+                let accepted = counter(&metrics, "speculative_accepted_tokens");
+                println!(
+                    "drafts of {max_draft}: {accepted} of {} drafted tokens accepted on the copy prompt",
+                    counter(&metrics, "speculative_draft_tokens")
+                );
+                assert!(accepted > 0, "the copy prompt's drafts are accepted");
+            }
+        }
+        assert_eq!(
+            counter(&metrics, "generated_tokens"),
+            expected.iter().map(|o| o.ids.len() as u64).sum::<u64>(),
+            "every token counted once"
+        );
+    }
+    // Several sequences speculating in the same steps, with a small pool that cannot always give
+    // a draft its blocks.
+    let (generator, _) = start_engine(speculative(config(4, 40, 4), 6));
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| generator.submit(request(&generator, p, 48)).unwrap())
+        .collect();
+    for ((receiver, expected), prompt) in receivers.into_iter().zip(&expected).zip(prompts) {
+        let out = finish(receiver, Vec::new(), String::new());
+        assert_eq!(out.ids, expected.ids, "{prompt:?} in a batch");
+    }
+}
+
+/// Seeded sampling with speculation draws the same tokens: the sampler draws once per emitted
+/// token, in the same order.
+#[test]
+fn speculation_gives_the_plain_seeded_samples() {
+    let sampled = |generator: &Generator, prompt: &str, seed| {
+        let mut r = request(generator, prompt, 40);
+        r.sampling = SamplingParams {
+            temperature: 0.7,
+            top_k: Some(40),
+            top_p: 0.95,
+            seed,
+        };
+        run(generator, r)
+    };
+    let (plain, _) = start_engine(config(4, 64, 16));
+    let (fast, metrics) = start_engine(speculative(config(4, 64, 16), 6));
+    for seed in [1, 2, 3] {
+        for prompt in [COPY_PROMPT, "Once upon a time"] {
+            let (a, b) = (sampled(&plain, prompt, seed), sampled(&fast, prompt, seed));
+            assert_eq!(a.ids, b.ids, "{prompt:?}, seed {seed}");
+            assert_eq!(a.text, b.text);
+        }
+    }
+    assert!(counter(&metrics, "speculative_accepted_tokens") > 0);
+}
+
+/// A stop sequence or the token limit reached inside an accepted draft ends the output exactly
+/// where plain decoding ends it: nothing after the finish is emitted.
+#[test]
+fn a_finish_inside_an_accepted_draft_ends_the_output_where_plain_decoding_does() {
+    let (plain, _) = start_engine(config(4, 64, 16));
+    let (fast, metrics) = start_engine(speculative(config(4, 64, 16), 8));
+    let full = run(&plain, request(&plain, COPY_PROMPT, 24));
+    let words: Vec<&str> = full.text.split_inclusive(' ').collect();
+    assert!(words.len() > 8, "{:?}", full.text);
+    let mut checked = 0;
+    // Stop strings ending at each word of the copied text, and every token limit: with drafts of
+    // up to 8 accepted, most land inside a draft.
+    for n in 2..words.len() {
+        let stop = words[n - 1].trim().to_string();
+        if stop.is_empty() || words[..n - 1].iter().any(|w| w.contains(&stop)) {
+            continue;
+        }
+        let mut a = request(&plain, COPY_PROMPT, 24);
+        a.stop = vec![stop.clone()];
+        let mut b = request(&fast, COPY_PROMPT, 24);
+        b.stop = vec![stop.clone()];
+        let (a, b) = (run(&plain, a), run(&fast, b));
+        assert_eq!(
+            (&a.ids, &a.text, a.reason),
+            (&b.ids, &b.text, b.reason),
+            "stop {stop:?}"
+        );
+        assert_eq!(b.reason, FinishReason::StopSequence);
+        checked += 1;
+    }
+    assert!(checked > 5);
+    for limit in 1..full.ids.len() {
+        let out = run(&fast, request(&fast, COPY_PROMPT, limit));
+        assert_eq!(out.ids, full.ids[..limit], "max_new_tokens {limit}");
+        assert_eq!(out.reason, FinishReason::Length);
+    }
+    assert!(counter(&metrics, "speculative_accepted_tokens") > 0);
 }

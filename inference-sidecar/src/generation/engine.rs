@@ -24,7 +24,8 @@ use super::gguf::{LoadedGguf, load_gguf, locate_gguf};
 use super::kv_cache::{KvCacheDtype, PagedKvCache, blocks_in_budget};
 use super::model::{DecoderModel, SeqChunk};
 use super::sampling::Sampler;
-use super::scheduler::{Scheduler, SchedulerLimits, SeqId, Step};
+use super::scheduler::{Scheduler, SchedulerLimits, SeqId, Step, Work};
+use super::speculative::{SpeculationConfig, Speculator};
 use super::stopping::{StopCheck, StopMatcher};
 use super::tokenizer::Detokenizer;
 use crate::config::ServeConfig;
@@ -44,6 +45,7 @@ pub struct EngineConfig {
     pub stall_timeout: Duration,
     /// Share computed prompt prefixes (`runtime.generation.prefixCache`).
     pub prefix_cache: bool,
+    pub speculation: SpeculationConfig,
 }
 
 impl EngineConfig {
@@ -59,6 +61,7 @@ impl EngineConfig {
             max_waiting: g.max_queue_size,
             stall_timeout: config.http.write_stall_timeout,
             prefix_cache: g.prefix_cache,
+            speculation: g.speculation,
         }
     }
 }
@@ -99,6 +102,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     stall_timeout: Duration,
     finishing: Vec<Finishing>,
+    speculator: Speculator,
 }
 
 impl Engine {
@@ -162,6 +166,15 @@ impl Engine {
             max_total_tokens = limits.max_total_tokens,
             "KV cache allocated"
         );
+        let mut speculation = config.speculation;
+        if speculation.enabled() && !loaded.model.rows_are_independent() {
+            // Verifying a draft in one chunk would give logits a last bit away from plain decoding's,
+            // and so, now and then, other tokens: exactness first.
+            tracing::warn!(
+                "speculative decoding is off: this model's weight types run through products whose rows are not bit-for-bit independent of the batch"
+            );
+            speculation = SpeculationConfig::off();
+        }
         let (generator, receiver) = Generator::new(loaded.tokenizer, loaded.chat_template, limits);
         let generator = Arc::new(generator);
         let mut engine = Self {
@@ -174,6 +187,7 @@ impl Engine {
             metrics,
             stall_timeout: config.stall_timeout,
             finishing: Vec::new(),
+            speculator: Speculator::new(speculation),
         };
         engine.warm_up()?;
         Ok((engine, generator))
@@ -187,7 +201,7 @@ impl Engine {
             tokens: &[bos],
             start: 0,
             blocks: &[0],
-            logits: true,
+            logits: 1,
         };
         self.model
             .forward(&[chunk], &mut self.cache)
@@ -219,7 +233,8 @@ impl Engine {
                 continue;
             }
             crate::fault::inject("engine-step");
-            self.run_step(&step);
+            let drafts = self.propose_drafts(&mut step.work);
+            self.run_step(&step, &drafts);
             self.update_gauges();
         }
     }
@@ -335,6 +350,7 @@ impl Engine {
 
     fn retire(&mut self, id: SeqId) {
         self.scheduler.remove(id);
+        self.speculator.forget(id);
         if let Some(client) = self.clients.remove(&id)
             && client.queued
         {
@@ -387,19 +403,61 @@ impl Engine {
             .set(self.scheduler.prefix_cache_blocks() as i64);
     }
 
-    fn run_step(&mut self, step: &Step) {
+    /// Speculative decoding: extends each decoding sequence's work with a draft (the scheduler
+    /// appends the drafted tokens and reserves their blocks). Returns the drafted count per work
+    /// item, 0 where none. A draft never exceeds what the client's stream has room for (so every
+    /// accepted token can be sent in this step: a held token would stop the sequence mid-draft,
+    /// after its sampler drew for the rest), its token limit, the model's context or the step's
+    /// token budget.
+    fn propose_drafts(&mut self, work: &mut [Work]) -> Vec<usize> {
+        let mut drafts = vec![0; work.len()];
+        let mut budget = self
+            .scheduler
+            .limits()
+            .step_tokens
+            .saturating_sub(work.iter().map(|w| w.to - w.from).sum());
+        let context = self.model.config.context_length;
+        for (w, drafted) in work.iter_mut().zip(&mut drafts) {
+            if budget == 0 {
+                break;
+            }
+            if !w.sample || w.to - w.from != 1 {
+                continue;
+            }
+            let (Some(client), Some(seq)) = (self.clients.get(&w.id), self.scheduler.get(w.id))
+            else {
+                continue;
+            };
+            // The bonus (or correcting) token is emitted too: room for one more than the draft.
+            let limit = budget
+                .min(client.events.capacity().saturating_sub(1))
+                .min(client.max_new_tokens.saturating_sub(seq.generated() + 1))
+                .min(context.saturating_sub(seq.tokens.len()));
+            let draft = self.speculator.draft(w.id, &seq.tokens, limit).to_vec();
+            if draft.is_empty() {
+                continue;
+            }
+            *drafted = self.scheduler.propose(w.id, &draft);
+            w.to += *drafted;
+            budget -= *drafted;
+        }
+        drafts
+    }
+
+    fn run_step(&mut self, step: &Step, drafts: &[usize]) {
         let started = Instant::now();
         let result = {
             let chunks: Vec<SeqChunk<'_>> = step
                 .work
                 .iter()
-                .filter_map(|w| {
+                .zip(drafts)
+                .filter_map(|(w, drafted)| {
                     let seq = self.scheduler.get(w.id)?;
                     Some(SeqChunk {
                         tokens: &seq.tokens[w.from..w.to],
                         start: w.from,
                         blocks: &seq.blocks,
-                        logits: w.sample,
+                        logits: if w.sample { 1 + drafted } else { 0 },
                     })
                 })
                 .collect();
@@ -427,8 +485,17 @@ impl Engine {
             }
         };
         self.scheduler.complete(&step.work);
-        for (w, logits) in step.work.iter().filter(|w| w.sample).zip(logits) {
-            self.sample_and_emit(w.id, &logits);
+        let mut rows = logits.into_iter();
+        for (w, &drafted) in step.work.iter().zip(drafts) {
+            if !w.sample {
+                continue;
+            }
+            let rows: Vec<Vec<f32>> = rows.by_ref().take(1 + drafted).collect();
+            if drafted == 0 {
+                self.sample_and_emit(w.id, &rows[0]);
+            } else {
+                self.verify_and_emit(w, drafted, &rows);
+            }
         }
     }
 
@@ -438,6 +505,49 @@ impl Engine {
         };
         let token = client.sampler.sample(logits);
         self.scheduler.append_token(id, token);
+        let generated = self.scheduler.get(id).map_or(0, |s| s.generated());
+        self.emit(id, token, generated);
+    }
+
+    /// Samples the rows of a decode token and its `drafted` tokens (the work's last positions) in
+    /// order, keeps the drafted tokens the samples confirm, and emits each kept token and the one
+    /// sampled after them as its own event, exactly as plain decoding would have, one per step.
+    fn verify_and_emit(&mut self, w: &Work, drafted: usize, rows: &[Vec<f32>]) {
+        let Some(client) = self.clients.get_mut(&w.id) else {
+            return;
+        };
+        let Some(seq) = self.scheduler.get(w.id) else {
+            return;
+        };
+        let first = w.to - drafted;
+        let draft = seq.tokens[first..w.to].to_vec();
+        let generated_before = first - seq.prompt_len;
+        let emitted = super::speculative::verify(&draft, rows, |l| client.sampler.sample(l));
+        let accepted = emitted.len() - 1;
+        self.speculator.record(w.id, drafted, accepted);
+        self.metrics.speculative_draft_tokens.inc_by(drafted as u64);
+        self.metrics
+            .speculative_accepted_tokens
+            .inc_by(accepted as u64);
+        // The accepted drafted tokens stay, with their cache positions; the rest goes.
+        self.scheduler.rollback(w.id, first + accepted);
+        for (i, &token) in emitted.iter().enumerate() {
+            if i == accepted {
+                self.scheduler.append_token(w.id, token);
+            }
+            if !self.emit(w.id, token, generated_before + i + 1) {
+                // Finished (nothing after a finish is emitted) or gone.
+                return;
+            }
+        }
+    }
+
+    /// Streams `token`, the sequence's `generated`-th, and retires the sequence when it finishes.
+    /// Returns whether the sequence goes on streaming (false: finished, gone, or held back).
+    fn emit(&mut self, id: SeqId, token: u32, generated: usize) -> bool {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return false;
+        };
         let now = Instant::now();
         match client.last_token {
             None => self
@@ -452,10 +562,7 @@ impl Engine {
         client.last_token = Some(now);
         self.metrics.generated_tokens.inc();
         let tokenizer = &self.generator.tokenizer;
-        let (prompt_tokens, generated) = self
-            .scheduler
-            .get(id)
-            .map_or((0, 0), |s| (s.prompt_len, s.generated()));
+        let prompt_tokens = self.scheduler.get(id).map_or(0, |s| s.prompt_len);
         let mut finish = None;
         let mut text = if tokenizer.stop_ids.contains(&token) {
             finish = Some(FinishReason::EndOfSequence);
@@ -504,15 +611,20 @@ impl Engine {
                     since: Instant::now(),
                 });
             }
+            false
         } else {
             match client.events.try_send(event) {
-                Ok(()) => {}
+                Ok(()) => true,
                 Err(TrySendError::Full(event)) => {
                     client.held = Some(event);
                     client.stalled_since = Some(Instant::now());
+                    false
                 }
                 // The client is gone: the sequence leaves now.
-                Err(TrySendError::Closed(_)) => self.retire(id),
+                Err(TrySendError::Closed(_)) => {
+                    self.retire(id);
+                    false
+                }
             }
         }
     }

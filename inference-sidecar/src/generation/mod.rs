@@ -5,6 +5,7 @@
 //! - [`kv_cache`], [`block_allocator`], [`paged_attention`]: the cache in fixed-size blocks.
 //! - [`prefix_cache`]: full blocks of computed prefixes, shared by reference (a system prompt once).
 //! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
+//! - [`speculative`]: speculative decoding by prompt lookup: drafts, their verification, back-off.
 //! - [`gguf`]: loading the model, its tokenizer and chat template from a GGUF file.
 //! - [`engine`]: the loop that owns the model and the cache and streams tokens to clients.
 //! - [`generator`]: the clients' handle on the engine: requests, limits, the queue, event streams.
@@ -22,6 +23,7 @@ pub mod prefix_cache;
 pub mod quant_matmul;
 pub mod sampling;
 pub mod scheduler;
+pub mod speculative;
 pub mod stopping;
 pub mod tokenizer;
 

@@ -224,6 +224,17 @@ impl Linear {
         Ok(Self::Stacked(parts))
     }
 
+    /// Whether a row's result is the same bit for bit whatever other rows share the product: the
+    /// project's kernel guarantees it (see `quant_matmul`); candle's products do not promise it
+    /// (its f32 matmul picks its blocking by shape).
+    fn batch_invariant(&self) -> bool {
+        match self {
+            Self::Quant(_) => true,
+            Self::Candle(_) => false,
+            Self::Stacked(parts) => parts.iter().all(Self::batch_invariant),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
@@ -288,8 +299,11 @@ pub struct SeqChunk<'a> {
     pub start: usize,
     /// The sequence's block table, covering `start + tokens.len()` positions.
     pub blocks: &'a [BlockId],
-    /// Whether the logits after the chunk's last token are wanted (the chunk ends the known tokens).
-    pub logits: bool,
+    /// How many of the chunk's last rows want their logits (the logits after each of those tokens):
+    /// 0 for a prefill chunk that does not reach the end of the known tokens, 1 for an ordinary
+    /// decode or a prompt's last chunk, `1 + k` for a decode token followed by `k` drafted tokens
+    /// that speculative decoding verifies. At most `tokens.len()`.
+    pub logits: usize,
 }
 
 pub struct DecoderModel {
@@ -361,6 +375,18 @@ impl DecoderModel {
         })
     }
 
+    /// Whether the logits of a row of a step are, bit for bit, those of the same token fed alone:
+    /// true when every weight product runs through the batch-invariant kernel (the attention, the
+    /// norms and the rest are per row). Speculative decoding is exact only then.
+    pub fn rows_are_independent(&self) -> bool {
+        self.output.batch_invariant()
+            && self.layers.iter().all(|l| {
+                [&l.qkv, &l.wo, &l.gate_up, &l.down]
+                    .iter()
+                    .all(|m| m.batch_invariant())
+            })
+    }
+
     fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
         let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
         self.embeddings.index_select(&ids, 0)
@@ -373,7 +399,10 @@ impl DecoderModel {
     }
 
     /// Runs one step for `chunks`, storing their keys and values in `cache`. Returns the logits after
-    /// the last token of each chunk that asks for them, in chunk order.
+    /// each of the last `logits` tokens of every chunk, in chunk order and row order within a chunk.
+    /// A row's logits do not depend on the other rows of the step (the matmul tiles and the paged
+    /// attention are batch-invariant), so a chunk of several rows gives, row for row, what feeding
+    /// its tokens one step at a time would.
     pub fn forward(
         &self,
         chunks: &[SeqChunk<'_>],
@@ -404,9 +433,8 @@ impl DecoderModel {
                 start: chunk.start,
                 blocks: chunk.blocks,
             });
-            if chunk.logits && !chunk.tokens.is_empty() {
-                logit_rows.push(ids.len() as u32 - 1);
-            }
+            let wanted = chunk.logits.min(chunk.tokens.len());
+            logit_rows.extend((ids.len() - wanted..ids.len()).map(|r| r as u32));
         }
         if let Some(&p) = positions.iter().max()
             && p >= c.context_length
@@ -569,7 +597,7 @@ mod tests {
                     tokens: &tokens[..4],
                     start: 0,
                     blocks: &blocks,
-                    logits: true,
+                    logits: 1,
                 }],
                 &mut cache,
             )
@@ -581,7 +609,7 @@ mod tests {
                         tokens: &tokens[p..=p],
                         start: p,
                         blocks: &blocks,
-                        logits: true,
+                        logits: 1,
                     }],
                     &mut cache,
                 )

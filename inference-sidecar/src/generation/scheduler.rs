@@ -49,6 +49,11 @@ pub struct Sequence {
     pub prefix_node: NodeId,
     /// The first sibling of the same request (OpenAI's `n`): this one waits for its prefill.
     pub leader: Option<SeqId>,
+    /// Trailing tokens that are a speculative draft, not yet verified ([`Scheduler::propose`] to
+    /// [`Scheduler::rollback`]). Their blocks never go into the prefix cache: a rejected draft is
+    /// rolled back and its positions written again, which must not happen in a block the cache
+    /// (and so possibly other sequences) holds.
+    pub drafted: usize,
 }
 
 impl Sequence {
@@ -185,6 +190,7 @@ impl Scheduler {
             preemptions: 0,
             registered: 0,
             prefix_node: ROOT,
+            drafted: 0,
             leader,
         });
     }
@@ -270,7 +276,8 @@ impl Scheduler {
         };
         let bs = self.limits.block_size;
         let seq = &mut self.running[index];
-        while (seq.registered + 1) * bs <= seq.cached && seq.registered < seq.blocks.len() {
+        let verified = seq.cached.min(seq.tokens.len() - seq.drafted);
+        while (seq.registered + 1) * bs <= verified && seq.registered < seq.blocks.len() {
             let k = seq.registered;
             let tokens = &seq.tokens[k * bs..(k + 1) * bs];
             let own = seq.blocks[k];
@@ -475,6 +482,49 @@ impl Scheduler {
         }
     }
 
+    /// Speculative decoding: appends `draft` to a running sequence that decodes this step (after the
+    /// last known token, which the step feeds) and reserves blocks for the drafted positions, as many
+    /// as free blocks allow without preempting anyone. Returns how many drafted tokens it took; the
+    /// caller feeds them in the same chunk and then calls [`Scheduler::rollback`].
+    pub fn propose(&mut self, id: SeqId, draft: &[u32]) -> usize {
+        let bs = self.limits.block_size;
+        let free = self.allocator.free_count();
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else {
+            return 0;
+        };
+        let room = (seq.blocks.len() + free) * bs;
+        let k = draft.len().min(room.saturating_sub(seq.tokens.len()));
+        let need = blocks_for(seq.tokens.len() + k, bs).saturating_sub(seq.blocks.len());
+        let Some(blocks) = self.allocator.allocate(need) else {
+            return 0;
+        };
+        seq.blocks.extend(blocks);
+        seq.tokens.extend_from_slice(&draft[..k]);
+        seq.drafted += k;
+        k
+    }
+
+    /// Speculative decoding: drops a running sequence's tokens from `len` on (the drafted tokens the
+    /// model did not confirm) and their cache positions (the keys and values written there are
+    /// overwritten when the positions are fed again), and frees the blocks only they used.
+    pub fn rollback(&mut self, id: SeqId, len: usize) {
+        let bs = self.limits.block_size;
+        let Some(index) = self.running.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let seq = &mut self.running[index];
+        seq.tokens.truncate(len.max(seq.prompt_len));
+        seq.drafted = 0;
+        seq.cached = seq.cached.min(seq.tokens.len());
+        let keep = blocks_for(seq.tokens.len(), bs).min(seq.blocks.len());
+        let spare = seq.blocks.split_off(keep);
+        if !spare.is_empty() {
+            self.release(id, &spare);
+        }
+        // The accepted part of the draft is verified now: its full blocks may be shared.
+        self.register_full_blocks(index);
+    }
+
     /// Removes a sequence wherever it is (finished, cancelled, disconnected) and frees its blocks.
     pub fn remove(&mut self, id: SeqId) -> Option<Sequence> {
         let seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
@@ -570,6 +620,16 @@ impl Scheduler {
             .find(|s| s.blocks.len() < blocks_for(s.cached, self.limits.block_size))
         {
             return Err(format!("sequence {} has fewer blocks than tokens", s.id));
+        }
+        // Blocks beyond the tokens' need are drafted positions that were not rolled back.
+        if let Some(s) = self.running.iter().find(|s| {
+            s.cached > s.tokens.len()
+                || s.blocks.len() > blocks_for(s.tokens.len(), self.limits.block_size)
+        }) {
+            return Err(format!(
+                "sequence {} holds more cache than its tokens need",
+                s.id
+            ));
         }
         if self.running.len() > self.limits.max_running {
             return Err("more sequences running than allowed".into());
@@ -760,6 +820,48 @@ mod tests {
         assert!(s.remove(2).is_none());
         s.check_invariants().unwrap();
         assert_eq!(s.allocator().used_count(), 1);
+    }
+
+    /// Speculation with the prefix cache: a block is cached only once every token in it is
+    /// verified. Were the block holding a draft cached, the rollback of a rejected draft would write
+    /// the corrected positions into a block the cache holds, under the draft's tokens.
+    #[test]
+    fn a_rejected_draft_never_reaches_the_prefix_cache() {
+        let mut s = Scheduler::new(limits(4, 64, 4), 32);
+        s.submit(1, vec![1, 2, 3, 4, 5, 6]);
+        run(&mut s);
+        assert_eq!(s.prefix_cache_blocks(), 1, "positions 0..4");
+        // It decodes position 6 (token 7) with a draft for positions 7..10: block 1 (4..8) is
+        // full, but position 7 holds a draft.
+        let mut step = s.schedule();
+        assert_eq!(step.work, vec![work(1, 6, 7, true)]);
+        let drafted = s.propose(1, &[20, 21, 22]);
+        assert_eq!(drafted, 3);
+        step.work[0].to += drafted;
+        s.complete(&step.work);
+        s.check_invariants().unwrap();
+        assert_eq!(
+            s.prefix_cache_blocks(),
+            1,
+            "a block with a draft in it is not cached"
+        );
+        // The model rejects the whole draft and samples 30 at position 7 instead.
+        s.rollback(1, 7);
+        s.append_token(1, 30);
+        s.check_invariants().unwrap();
+        let step = run(&mut s);
+        assert_eq!(
+            step.work,
+            vec![work(1, 7, 8, true)],
+            "position 7 is written again"
+        );
+        assert_eq!(s.prefix_cache_blocks(), 2, "block 1, verified now");
+        // A prompt continuing with the verified tokens finds both blocks; one continuing with
+        // the rejected draft only the first.
+        s.submit(2, vec![1, 2, 3, 4, 5, 6, 7, 30, 9]);
+        s.submit(3, vec![1, 2, 3, 4, 5, 6, 7, 20, 9]);
+        let step = run(&mut s);
+        assert_eq!(step.work[1..], [work(2, 8, 9, true), work(3, 4, 9, true)]);
     }
 
     #[test]

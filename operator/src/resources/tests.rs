@@ -126,6 +126,19 @@ fn the_generation_block_reaches_the_sidecar_unchanged() {
 }
 
 #[test]
+fn generation_speculation_reaches_the_sidecar_config() {
+    let generation =
+        json!({"maxNewTokens": 64, "speculation": {"mode": "none", "maxDraftTokens": 6}});
+    let c = children(json!({
+        "model": {"uri": "file:///models/smollm2.gguf", "format": "gguf", "task": "generate"},
+        "runtime": {"generation": generation.clone()},
+    }));
+    let text = &c.config_map.data.as_ref().expect("data")["config.yaml"];
+    let parsed: serde_json::Value = serde_yaml::from_str(text).expect("YAML");
+    assert_eq!(parsed["runtime"]["generation"], generation, "{text}");
+}
+
+#[test]
 fn config_change_changes_the_pod_template_hash() {
     let a = children(embedder());
     let b = children(with(embedder(), json!({"runtime": {"threads": 4}})));
