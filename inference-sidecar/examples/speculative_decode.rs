@@ -110,6 +110,9 @@ fn start(path: &Path, speculation: SpeculationConfig) -> (Arc<Generator>, Arc<Me
         max_new_tokens: 1024,
         max_waiting: 64,
         stall_timeout: Duration::from_secs(600),
+        kv_cache_dtype: lexserve_contract::KvCacheDtype::F16,
+        // Each round's prompt again: a cached prefix would make the second run's prefill free.
+        prefix_cache: false,
         speculation,
     };
     let (engine, generator) =

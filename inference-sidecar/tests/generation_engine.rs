@@ -692,54 +692,57 @@ fn logits_of_a_rows_in_a_chunk_equal_the_single_row_decode_bit_for_bit() {
             )
             .unwrap()
     };
-    let mut chunked_cache = PagedKvCache::new(m.model.config.kv_shape(), 16, 8);
-    assert!(prefill(&mut chunked_cache).is_empty(), "no rows asked for");
-    // Another sequence shares the step, as in serving.
-    let other: Vec<BlockId> = vec![7];
-    let chunked = m
-        .model
-        .forward(
-            &[
-                SeqChunk {
-                    tokens: &prompt[..3],
-                    start: 0,
-                    blocks: &other,
-                    logits: 1,
-                },
-                SeqChunk {
-                    tokens: &prompt[split..],
-                    start: split,
-                    blocks: &blocks,
-                    logits: 5,
-                },
-            ],
-            &mut chunked_cache,
-        )
-        .unwrap();
-    assert_eq!(
-        chunked.len(),
-        6,
-        "one row for the first chunk, five for the second"
-    );
-    let mut single_cache = PagedKvCache::new(m.model.config.kv_shape(), 16, 8);
-    prefill(&mut single_cache);
-    for (i, p) in (split..prompt.len()).enumerate() {
-        let alone = m
+    // Both cache dtypes: an f16 row is rounded alone, whatever else the step writes.
+    for dtype in [KvCacheDtype::F32, KvCacheDtype::F16] {
+        let mut chunked_cache = PagedKvCache::new(m.model.config.kv_shape(), dtype, 16, 8);
+        assert!(prefill(&mut chunked_cache).is_empty(), "no rows asked for");
+        // Another sequence shares the step, as in serving.
+        let other: Vec<BlockId> = vec![7];
+        let chunked = m
             .model
             .forward(
-                &[SeqChunk {
-                    tokens: &prompt[p..=p],
-                    start: p,
-                    blocks: &blocks,
-                    logits: 1,
-                }],
-                &mut single_cache,
+                &[
+                    SeqChunk {
+                        tokens: &prompt[..3],
+                        start: 0,
+                        blocks: &other,
+                        logits: 1,
+                    },
+                    SeqChunk {
+                        tokens: &prompt[split..],
+                        start: split,
+                        blocks: &blocks,
+                        logits: 5,
+                    },
+                ],
+                &mut chunked_cache,
             )
             .unwrap();
-        assert!(
-            alone[0] == chunked[1 + i],
-            "row {i} of the chunk differs from the single-row decode"
+        assert_eq!(
+            chunked.len(),
+            6,
+            "one row for the first chunk, five for the second"
         );
+        let mut single_cache = PagedKvCache::new(m.model.config.kv_shape(), dtype, 16, 8);
+        prefill(&mut single_cache);
+        for (i, p) in (split..prompt.len()).enumerate() {
+            let alone = m
+                .model
+                .forward(
+                    &[SeqChunk {
+                        tokens: &prompt[p..=p],
+                        start: p,
+                        blocks: &blocks,
+                        logits: 1,
+                    }],
+                    &mut single_cache,
+                )
+                .unwrap();
+            assert!(
+                alone[0] == chunked[1 + i],
+                "row {i} of the chunk differs from the single-row decode ({dtype:?} cache)"
+            );
+        }
     }
 }
 
