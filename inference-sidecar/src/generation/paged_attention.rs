@@ -110,33 +110,45 @@ pub fn paged_attention(
     }
     // Combine each head's parts in order: rescale each part to the overall maximum.
     let mut out = vec![0f32; rows * heads * head_dim];
-    out.par_chunks_mut(group * head_dim)
-        .enumerate()
-        .for_each(|(row_kv, out)| {
-            let (first, count) = parts_of[row_kv];
-            if count == 0 {
-                return;
+    let combine = |(row_kv, out): (usize, &mut [f32])| {
+        let (first, count) = parts_of[row_kv];
+        if count == 0 {
+            return;
+        }
+        for (g, out) in out.chunks_exact_mut(head_dim).enumerate() {
+            let part = |i: usize| &partial[((first + i) * group + g) * stride..][..stride];
+            let max = (0..count)
+                .map(|i| part(i)[0])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            for i in 0..count {
+                let p = part(i);
+                let w = (p[0] - max).exp();
+                total += w * p[1];
+                simd.axpy(w, &p[2..], out);
             }
-            for (g, out) in out.chunks_exact_mut(head_dim).enumerate() {
-                let part = |i: usize| &partial[((first + i) * group + g) * stride..][..stride];
-                let max = (0..count)
-                    .map(|i| part(i)[0])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0f32;
-                for i in 0..count {
-                    let p = part(i);
-                    let w = (p[0] - max).exp();
-                    total += w * p[1];
-                    simd.axpy(w, &p[2..], out);
-                }
-                let inv = 1.0 / total;
-                for v in out.iter_mut() {
-                    *v *= inv;
-                }
+            let inv = 1.0 / total;
+            for v in out.iter_mut() {
+                *v *= inv;
             }
-        });
+        }
+    };
+    // A few rows' combining is a few microseconds of work, less than handing it to the pool and
+    // waiting for it (a decode step of one sequence did that 30 times); the same code either way.
+    if items.len() < COMBINE_ON_POOL_FROM {
+        out.chunks_mut(group * head_dim)
+            .enumerate()
+            .for_each(combine);
+    } else {
+        out.par_chunks_mut(group * head_dim)
+            .enumerate()
+            .for_each(combine);
+    }
     out
 }
+
+/// Parts in a call from which their combining is spread over the cores.
+const COMBINE_ON_POOL_FROM: usize = 256;
 
 /// What every part of one call shares; `T` is how the cache stores a value.
 struct Task<'a, T> {
