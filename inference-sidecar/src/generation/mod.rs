@@ -3,6 +3,7 @@
 //! - [`model`]: the decoder forward (batched rows from many sequences, each at its own position).
 //! - [`quant_matmul`]: Q4_1 and Q8_0 weight products, batched (candle has no SIMD Q4_1 kernel on x86).
 //! - [`kv_cache`], [`block_allocator`], [`paged_attention`]: the cache in fixed-size blocks.
+//! - [`fast_exp`]: attention's softmax exponentials, eight at a time.
 //! - [`prefix_cache`]: full blocks of computed prefixes, shared by reference (a system prompt once).
 //! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
 //! - [`speculative`]: speculative decoding by prompt lookup: drafts, their verification, back-off.
@@ -14,6 +15,7 @@
 pub mod block_allocator;
 pub mod chat_template;
 pub mod engine;
+pub mod fast_exp;
 pub mod generator;
 pub mod gguf;
 pub mod kv_cache;

@@ -252,6 +252,55 @@ impl Linear {
             }
         }
     }
+
+    /// [`Self::forward`] on plain rows (`x` is `[rows, in]` row-major; returns `[rows, out]`): the
+    /// project's kernels take slices, so the decode path skips the tensor round trip (a copy in, a
+    /// copy out and an allocation per product).
+    fn forward_rows(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        match self {
+            Self::Quant(m) => Ok(m.matmul(x, rows)),
+            _ => {
+                let x = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
+                self.forward(&x)?.flatten_all()?.to_vec1::<f32>()
+            }
+        }
+    }
+}
+
+/// `f` on a contiguous f32 CPU tensor's values, borrowed (the norms' weights, read every layer).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected a CPU tensor");
+    };
+    let Some((from, to)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor");
+    };
+    Ok(f(&cpu.as_slice::<f32>()?[from..to]))
+}
+
+/// candle's `rms_norm` on plain rows, the same operations in the same order (so the same bits):
+/// `x / sqrt(mean(x^2) + eps) * alpha`, the squares summed left to right.
+fn rms_norm_rows(x: &[f32], alpha: &Tensor, eps: f32) -> candle_core::Result<Vec<f32>> {
+    with_f32(alpha, |alpha| {
+        let n = alpha.len();
+        let mut out = vec![0f32; x.len()];
+        for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+            let m = (sum2 / n as f32 + eps).sqrt();
+            for ((d, s), a) in dst.iter_mut().zip(src).zip(alpha) {
+                *d = *s / m * *a;
+            }
+        }
+        out
+    })
+}
+
+/// `x += y`, elementwise.
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += *b;
+    }
 }
 
 struct Layer {
@@ -273,6 +322,23 @@ impl Layer {
         let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, width)?)?;
         self.down
             .forward(&(gate * gate_up.narrow(1, width, width)?)?)
+    }
+
+    /// [`Self::mlp`] on plain rows, the same operations (candle's silu is `v / (1 + exp(-v))`).
+    fn mlp_rows(&self, x: &[f32], rows: usize, eps: f32) -> candle_core::Result<Vec<f32>> {
+        let h = rms_norm_rows(x, &self.ffn_norm, eps)?;
+        let gate_up = self.gate_up.forward_rows(&h, rows)?;
+        let width = gate_up.len() / rows.max(1) / 2;
+        let mut act = Vec::with_capacity(rows * width);
+        for row in gate_up.chunks_exact(2 * width) {
+            let (gate, up) = row.split_at(width);
+            act.extend(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+            );
+        }
+        self.down.forward_rows(&act, rows)
     }
 }
 
@@ -446,10 +512,12 @@ impl DecoderModel {
         }
         let rows = ids.len();
         let row_len = c.kv_heads * c.head_dim;
-        let mut x = self.embed(&ids)?;
+        // The layers work on plain rows (`[rows, hidden]`): a decode step is a few hundred small
+        // operations, and candle's per-operation allocations and copies were a tenth of one.
+        let mut x = self.embed(&ids)?.flatten_all()?.to_vec1::<f32>()?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
-            let qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let h = rms_norm_rows(&x, &layer.attn_norm, c.rms_eps)?;
+            let qkv = layer.qkv.forward_rows(&h, rows)?;
             let (mut q, mut k, v) = split_qkv(&qkv, rows, c.hidden, row_len);
             self.rope.apply(&mut q, c.heads, &positions);
             self.rope.apply(&mut k, c.kv_heads, &positions);
@@ -460,10 +528,11 @@ impl DecoderModel {
                 }
             }
             let attn = paged_attention(&q, c.heads, &spans, cache, l);
-            let attn = Tensor::from_vec(attn, (rows, c.hidden), &self.device)?;
-            x = (x + layer.wo.forward(&attn)?)?;
-            x = (&x + layer.mlp(&x, c.rms_eps)?)?;
+            add_into(&mut x, &layer.wo.forward_rows(&attn, rows)?);
+            let mlp = layer.mlp_rows(&x, rows, c.rms_eps)?;
+            add_into(&mut x, &mlp);
         }
+        let x = Tensor::from_vec(x, (rows, c.hidden), &self.device)?;
         if logit_rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -622,6 +691,43 @@ mod tests {
                 assert!((a - b).abs() < 1e-4, "position {}: {a} vs {b}", 3 + i);
             }
         }
+    }
+
+    /// The decode path's plain-row layer math (rms_norm, the feed-forward's silu and product, the
+    /// residual adds) gives candle's bits exactly, not just close: the same operations in the same
+    /// order, so the paged path's outputs did not move when it left candle's tensors.
+    #[test]
+    fn plain_row_layer_math_equals_candles_bit_for_bit() {
+        let model = tiny_model();
+        let (rows, h) = (3, model.config.hidden);
+        let x: Vec<f32> = (0..rows * h)
+            .map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0)
+            .collect();
+        let tensor = Tensor::from_slice(&x, (rows, h), &Device::Cpu).unwrap();
+        let layer = &model.layers[0];
+        let alpha: Vec<f32> = (0..h).map(|i| 0.5 + i as f32 / h as f32).collect();
+        let alpha = Tensor::from_vec(alpha, h, &Device::Cpu).unwrap();
+        let ours = rms_norm_rows(&x, &alpha, 1e-5).unwrap();
+        let theirs = candle_nn::ops::rms_norm(&tensor, &alpha, 1e-5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(ours, theirs, "rms_norm");
+        let ours = layer.mlp_rows(&x, rows, 1e-5).unwrap();
+        let theirs = layer
+            .mlp(&tensor, 1e-5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(ours, theirs, "mlp");
+        let mut ours = x.clone();
+        add_into(&mut ours, &theirs);
+        let sum = (&tensor + layer.mlp(&tensor, 1e-5).unwrap()).unwrap();
+        assert_eq!(ours, sum.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
 
     #[test]

@@ -244,6 +244,11 @@ impl QuantMatrix {
                     c += cw;
                 }
             });
+        if m == 1 {
+            // One row: feature-major is already row-major (the output head's 49,152 values were
+            // copied once more for nothing).
+            return by_column;
+        }
         let mut out = vec![0f32; m * self.n];
         for (j, column) in by_column.chunks_exact(m).enumerate() {
             for (row, v) in column.iter().enumerate() {
