@@ -656,14 +656,10 @@ fn speculative(config: EngineConfig, max_draft_tokens: usize) -> EngineConfig {
 
 /// `lexserve_<name>_total`'s value in the exposition.
 fn counter(metrics: &Metrics, name: &str) -> u64 {
-    let text = metrics.encode().unwrap();
-    let prefix = format!("lexserve_{name}_total ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    sample(
+        &metrics.encode().unwrap(),
+        &format!("lexserve_{name}_total"),
+    ) as u64
 }
 
 /// A row's logits in a chunk of several rows are, bit for bit, those of the same token fed alone
