@@ -117,16 +117,50 @@ PASSAGE = (
 )
 
 
+# Ordinary chat requests: distinct topics, so neither the prompt nor the answer repeats itself (a
+# prompt that repeats one sentence lets prompt-lookup speculation copy from it, which is the
+# copy-heavy case, measured separately).
+TOPICS = (
+    "a lighthouse keeper who finds a message in a bottle",
+    "how bees make honey",
+    "why the sky is blue",
+    "a robot that learns to paint",
+    "the history of the bicycle",
+    "a chess game between two old friends",
+    "the first snow of winter in a mountain village",
+    "how a volcano forms",
+    "a cat that runs a small bookshop",
+    "the life of a medieval blacksmith",
+    "how trains changed travel",
+    "a storm at sea seen from a small boat",
+    "why people keep gardens",
+    "a market day in a desert town",
+    "how the moon affects the tides",
+    "a violin maker and her last instrument",
+    "the journey of a letter across the ocean",
+    "how glass is made",
+    "a fox living at the edge of a city",
+    "the night before a big exam",
+)
+
+
+def chat_prompt(i):
+    """The i-th ordinary chat request."""
+    return f"Write a short paragraph about {TOPICS[i % len(TOPICS)]}."
+
+
 def copy_prompt():
     """A chat message asking to repeat PASSAGE (SmolLM2-Instruct copies it through its chat template;
     as a raw completion it rambles instead)."""
     return f"Repeat the following text exactly, word for word.\n\nText: {PASSAGE}"
 
 
-def single_stream(base, max_tokens, repeats, prompt=None, chat=False):
+def single_stream(base, max_tokens, repeats, prompt=None):
+    """Single-stream figures over `repeats` chat requests: `prompt`, or ordinary ones on different
+    topics."""
     ttfts, rates = [], []
-    for _ in range(repeats):
-        times, _, n = stream_completion(base, prompt or prompt_of_words(40), max_tokens, chat=chat)
+    for r in range(repeats):
+        times, _, n = stream_completion(base, prompt or chat_prompt(r), max_tokens, chat=True)
         n = n or len(times)
         ttfts.append(times[0])
         # Decode rate: tokens after the first, over the time after the first.
@@ -152,9 +186,10 @@ def aggregate(base, concurrency, max_tokens, requests_per_stream):
     def worker(i):
         for r in range(requests_per_stream):
             try:
-                # Different short prompts per stream, as different users send: the figure is about
-                # decoding, which a long prompt would drown in prefill time.
-                times, _, n = stream_completion(base, prompt_of_words(8 + i + r), max_tokens)
+                # Different short chat requests per stream, as different users send: the figure is
+                # about decoding, which a long prompt would drown in prefill time.
+                prompt = chat_prompt(i + r * concurrency)
+                times, _, n = stream_completion(base, prompt, max_tokens, chat=True)
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(str(e))
                 return
@@ -278,7 +313,7 @@ def run(base, name, concurrencies, parts):
     out = {"name": name}
     stream_completion(base, prompt_of_words(20), 8)  # warm-up
     out["single"] = single_stream(base, 96, 3)
-    out["copy"] = single_stream(base, 128, 3, copy_prompt(), chat=True)
+    out["copy"] = single_stream(base, 128, 3, copy_prompt())
     if "all" not in parts:
         return out
     out["aggregate"] = {str(c): aggregate(base, c, 96, 2) for c in concurrencies}
@@ -293,7 +328,7 @@ def run(base, name, concurrencies, parts):
 
 def compare(paths):
     """Prints runs side by side; ratios are the first run over the second. A third run (lexserve with
-    speculation off, single-stream parts only) adds a column and its own ratios."""
+    prompt-lookup speculation) adds a column and its ratio to the first."""
     runs = [json.load(open(p)) for p in paths]
     a, b = runs[0], runs[1]
     names = [r["name"] for r in runs]
@@ -312,8 +347,8 @@ def compare(paths):
         ratio = ""
         if vals[0] is not None and vals[1]:
             ratio = f"{vals[0] / vals[1]:.2f}x" + (" (lower is better)" if lower_better else "")
-        if len(vals) > 2 and vals[0] is not None and vals[2]:
-            ratio += f"   {names[0]}/{names[2]} {vals[0] / vals[2]:.2f}x"
+        if len(vals) > 2 and vals[2] is not None and vals[0]:
+            ratio += f"   {names[2]}/{names[0]} {vals[2] / vals[0]:.2f}x"
         print(f"{label:<36}{cells}   {ratio}{extra}")
 
     print(f"{'':<36}" + "".join(f"{n:>{col}}" for n in names) + f"   ratio {names[0]}/{names[1]}")
@@ -335,7 +370,7 @@ def compare(paths):
         ctx = a["latency"][label]["context"]
         row(f"ms/token at context ~{label} ({ctx})", ("latency", label, "ms_per_token"), ".2f", True)
     lat = a.get("latency", {})
-    for run in runs[:2]:
+    for run in runs:
         lat = run.get("latency", {})
         if "16" in lat and "1024" in lat:
             print(
@@ -345,7 +380,7 @@ def compare(paths):
     if "prefix" in a:
         row("shared prefix: 1st request TTFT ms", ("prefix", "first_ttft_ms"), ".1f", True)
         row("shared prefix: 2nd request TTFT ms", ("prefix", "second_ttft_ms"), ".1f", True)
-        for run in runs[:2]:
+        for run in runs:
             p = run.get("prefix")
             if p:
                 print(f"{run['name']}: a request sharing a {p['prompt_tokens']}-token prompt prefix "

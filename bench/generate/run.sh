@@ -63,10 +63,17 @@ start_sidecar() {
     wait_http "http://127.0.0.1:$port/ready"
 }
 
-# 1. lexserve-sidecar.
+# 1. lexserve-sidecar, as configured by default (speculation off).
 PORT="$(free_port)"
 start_sidecar "$PORT"
 "$PY" "$ROOT/bench/generate/bench.py" "http://127.0.0.1:$PORT" lexserve "$OUT/lexserve.json" "$CONCURRENCY" >/dev/null
+kill "$SIDECAR_PID"; wait "$SIDECAR_PID" 2>/dev/null || true
+
+# 1b. lexserve-sidecar with prompt-lookup speculation (off by default): what it adds or costs on
+# each workload.
+PORT="$(free_port)"
+start_sidecar "$PORT" --speculation ngram
+"$PY" "$ROOT/bench/generate/bench.py" "http://127.0.0.1:$PORT" lexserve-ngram "$OUT/lexserve-ngram.json" "$CONCURRENCY" >/dev/null
 kill "$SIDECAR_PID"; wait "$SIDECAR_PID" 2>/dev/null || true
 
 # KV memory: a fresh process, resident memory before and after caching one ~1024-token prompt
@@ -112,4 +119,4 @@ echo "SmolLM2-135M-Instruct Q4_1, $THREADS threads, CPU baseline x86-64-v3 for b
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs;" \
     "SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|f16c|avx_vnni|avx512f|avx512_vnni|amx_int8)$' | tr '\n' ' ')"
 echo "lexserve kernels: $(grep -o '"kernels":"[^"]*"' "$OUT/sidecar.log" | head -1 | cut -d'"' -f4) (LEXSERVE_SIMD=$SIMD)"
-"$PY" "$ROOT/bench/generate/bench.py" compare "$OUT/lexserve.json" "$OUT/llama.json"
+"$PY" "$ROOT/bench/generate/bench.py" compare "$OUT/lexserve.json" "$OUT/llama.json" "$OUT/lexserve-ngram.json"
