@@ -41,7 +41,7 @@ pub mod uri;
 pub use model::{ModelFormat, ModelSpec, ModelTask, Pooling, SecretReference};
 pub use quantity::Quantity;
 pub use runtime::{
-    Backend, BatchingSpec, GenerationSpec, KvCacheDtype, Quantize, RuntimeSpec, SpeculationMode,
-    SpeculationSpec,
+    Backend, BatchingSpec, DraftModelSpec, GenerationSpec, KvCacheDtype, Quantize, RuntimeSpec,
+    SpeculationMode, SpeculationSpec,
 };
 pub use uri::ModelUri;

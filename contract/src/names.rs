@@ -62,6 +62,8 @@ pub mod env {
     pub const MODEL_VERSION: &str = "LEXSERVE_MODEL_VERSION";
     pub const MODEL_SHA256: &str = "LEXSERVE_MODEL_SHA256";
     pub const TOKENIZER: &str = "LEXSERVE_TOKENIZER";
+    /// `runtime.generation.speculation.draftModel.uri`, pointed by the operator at the fetched draft.
+    pub const DRAFT_MODEL_URI: &str = "LEXSERVE_DRAFT_MODEL_URI";
     pub const PVC_ROOT: &str = "LEXSERVE_PVC_ROOT";
     pub const FETCH_REVISION: &str = "LEXSERVE_FETCH_REVISION";
     pub const FETCH_ARTIFACT: &str = "LEXSERVE_FETCH_ARTIFACT";
@@ -105,6 +107,8 @@ pub mod path {
     pub const MODEL_ARTIFACT: &str = "model";
     /// The fetched tokenizer inside [`MODELS_DIR`] (see [`fetched_artifact`]).
     pub const TOKENIZER_ARTIFACT: &str = "tokenizer";
+    /// The fetched draft model (speculation mode `draft`) inside [`MODELS_DIR`].
+    pub const DRAFT_ARTIFACT: &str = "draft";
     /// Where `pvc://<claim>/...` volumes are mounted: `<PVC_ROOT>/<claim>`.
     pub const PVC_ROOT: &str = "/mnt/pvc";
     /// Kubernetes' default termination log, where `fetch` writes its outcome.

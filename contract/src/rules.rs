@@ -133,6 +133,35 @@ pub fn add_serving_rules(schema: &mut Schema) {
     append(schema, owned(SERVING_RULES));
 }
 
+/// Rules on `runtime.generation.speculation`: a draft model exactly when mode `draft` asks for one.
+pub const SPECULATION_RULES: &[(&str, &str)] = &[
+    (
+        "!has(self.mode) || self.mode != 'draft' || has(self.draftModel)",
+        "runtime.generation.speculation.mode draft needs runtime.generation.speculation.draftModel",
+    ),
+    (
+        "!has(self.draftModel) || (has(self.mode) && self.mode == 'draft')",
+        "runtime.generation.speculation.draftModel is only used when speculation.mode is draft",
+    ),
+];
+
+/// Schema transform for `runtime.generation.speculation`.
+pub fn speculation_rules(schema: &mut Schema) {
+    append(schema, owned(SPECULATION_RULES));
+}
+
+/// Schema transform for `runtime.generation.speculation.draftModel`: the S3 bucket rule of
+/// [`uri_rules`] on its `uri`.
+pub fn draft_model_rules(schema: &mut Schema) {
+    append(
+        schema,
+        [(
+            format!("!self.uri.matches('{MODEL_URI_REFUSED_PATTERN}')"),
+            "runtime.generation.speculation.draftModel.uri is an s3:// uri whose bucket is not an S3 bucket name: it must not contain '..' nor be an IP address".to_string(),
+        )],
+    );
+}
+
 /// Schema transform for `runtime.batching.maxQueueDelay`.
 pub fn queue_delay_rules(schema: &mut Schema) {
     append(schema, [max_queue_delay_rule()]);

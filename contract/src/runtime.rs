@@ -31,7 +31,11 @@ pub mod defaults {
     /// `runtime.generation.kvCacheDtype`.
     pub const KV_CACHE_DTYPE: super::KvCacheDtype = super::KvCacheDtype::F16;
     /// `runtime.generation.speculation.mode`.
-    pub const SPECULATION_MODE: super::SpeculationMode = super::SpeculationMode::Ngram;
+    /// Off by default: on ordinary chat, prompt-lookup drafts are mostly rejected and cost about a
+    /// tenth of single-stream speed and a worse p99 inter-token latency (bench/generate/README.md),
+    /// while answers that copy from the prompt (extraction, quoting, edits) decode about 1.8x as
+    /// fast with `ngram`: a choice per workload.
+    pub const SPECULATION_MODE: super::SpeculationMode = super::SpeculationMode::None;
     /// `runtime.generation.speculation.maxDraftTokens`.
     pub const MAX_DRAFT_TOKENS: u32 = 4;
     /// `model.normalize`.
@@ -262,21 +266,51 @@ pub struct GenerationSpec {
 /// drafts are right. Drafting backs off for a sequence whose drafts are mostly rejected.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::rules::speculation_rules)]
 pub struct SpeculationSpec {
-    /// `none`, or `ngram`: drafts copied from what followed an earlier occurrence of the sequence's
+    /// `none`; `ngram`: drafts copied from what followed an earlier occurrence of the sequence's
     /// last tokens in its own prompt and output (prompt lookup; pays off when the answer repeats or
-    /// extracts from the prompt). Default: ngram.
+    /// extracts from the prompt); or `draft`: drafts written greedily by a smaller model with the
+    /// same vocabulary (`draftModel`). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<SpeculationMode>,
     /// The most drafted tokens verified per sequence and step. Default: 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 32))]
     pub max_draft_tokens: Option<u32>,
+    /// The draft model of mode `draft`: a GGUF decoder whose tokenizer has exactly the model's
+    /// vocabulary (a smaller model of the same family). Only speed depends on it: every token is
+    /// still sampled from the model's own logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_model: Option<DraftModelSpec>,
+}
+
+/// Where the draft model lives. It is fetched like `model` (same schemes, `model.credentialsSecret`
+/// for remote ones) into the same volume, and its KV cache comes out of `kvCacheMemory`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::rules::draft_model_rules)]
+pub struct DraftModelSpec {
+    /// A GGUF file, or a directory or `hf://` repository holding one. Same schemes as
+    /// `model.uri`.
+    #[schemars(
+        length(max = crate::model::MAX_URI_LENGTH),
+        pattern(crate::uri::MODEL_URI_PATTERN)
+    )]
+    pub uri: String,
+    /// The expected SHA-256 of the draft model (lowercase hex, as `model.sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::model::SHA256_PATTERN))]
+    pub sha256: Option<String>,
+    /// About how much disk the draft model takes, as `model.size`; the model volume grows by
+    /// twice this. Default: `model.size` (a draft is not larger than the model it drafts for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
 }
 
 /// How drafts for speculative decoding are made: `none` (plain decoding, one token per sequence and
-/// step) or `ngram` (prompt lookup). `none` rather than `off`: YAML 1.1 parsers, which kubectl's is,
-/// read an unquoted `off` as the boolean false.
+/// step), `ngram` (prompt lookup) or `draft` (a draft model). `none` rather than `off`: YAML 1.1
+/// parsers, which kubectl's is, read an unquoted `off` as the boolean false.
 #[derive(
     JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
 )]
@@ -284,6 +318,7 @@ pub struct SpeculationSpec {
 pub enum SpeculationMode {
     None,
     Ngram,
+    Draft,
 }
 
 #[cfg(test)]

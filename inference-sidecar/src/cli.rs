@@ -110,9 +110,14 @@ pub struct ServeArgs {
     /// runtime.generation.prefixCache: share computed prompt prefixes (default true).
     #[arg(long, env = "LEXSERVE_PREFIX_CACHE")]
     pub prefix_cache: Option<bool>,
-    /// runtime.generation.speculation.mode: none, or ngram (prompt-lookup drafts; default ngram).
+    /// runtime.generation.speculation.mode: none (default), ngram (prompt-lookup drafts) or draft
+    /// (a draft model, --draft-model-uri).
     #[arg(long, env = "LEXSERVE_SPECULATION")]
     pub speculation: Option<lexserve_contract::SpeculationMode>,
+    /// runtime.generation.speculation.draftModel.uri: the draft model of speculation mode draft (a
+    /// GGUF with the model's vocabulary).
+    #[arg(long, env = env::DRAFT_MODEL_URI)]
+    pub draft_model_uri: Option<String>,
     /// runtime.generation.speculation.maxDraftTokens: drafted tokens verified per sequence and step
     /// (1 to 32, default 4).
     #[arg(long, env = "LEXSERVE_MAX_DRAFT_TOKENS")]

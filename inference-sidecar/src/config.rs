@@ -140,6 +140,16 @@ pub struct GenerationConfig {
     pub prefix_cache: bool,
     /// Speculative decoding (`runtime.generation.speculation`).
     pub speculation: crate::generation::speculative::SpeculationConfig,
+    /// The draft model of speculation mode `draft`.
+    pub draft_model: Option<DraftModel>,
+}
+
+/// Where the draft model of speculation mode `draft` is (`runtime.generation.speculation.draftModel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftModel {
+    pub uri: ModelUri,
+    /// Checked on load, as `model.sha256` is.
+    pub sha256: Option<String>,
 }
 
 /// The HTTP server's own limits: admission and the deadlines that keep a client from holding the
@@ -227,11 +237,17 @@ pub(crate) fn timeout(field: &'static str, text: &str) -> Result<Duration, Confi
     Ok(value)
 }
 
-/// `runtime.generation.speculation`, flags over the file, with the CRD's bounds.
+/// `runtime.generation.speculation`, flags over the file, with the CRD's bounds and rules.
 fn speculation_config(
     args: &ServeArgs,
     spec: lexserve_contract::SpeculationSpec,
-) -> Result<crate::generation::speculative::SpeculationConfig, ConfigError> {
+) -> Result<
+    (
+        crate::generation::speculative::SpeculationConfig,
+        Option<DraftModel>,
+    ),
+    ConfigError,
+> {
     let field = "runtime.generation.speculation.maxDraftTokens";
     let max_draft_tokens = positive(
         field,
@@ -242,13 +258,53 @@ fn speculation_config(
     if max_draft_tokens > 32 {
         return Err(invalid(field, "must be at most 32"));
     }
-    Ok(crate::generation::speculative::SpeculationConfig {
-        mode: args
-            .speculation
-            .or(spec.mode)
-            .unwrap_or(defaults::SPECULATION_MODE),
-        max_draft_tokens,
-    })
+    let mode = args
+        .speculation
+        .or(spec.mode)
+        .unwrap_or(defaults::SPECULATION_MODE);
+    let draft_field = "runtime.generation.speculation.draftModel";
+    let uri = args
+        .draft_model_uri
+        .clone()
+        .or_else(|| spec.draft_model.as_ref().map(|d| d.uri.clone()));
+    let draft_model = match (mode, uri) {
+        (lexserve_contract::SpeculationMode::Draft, None) => {
+            return Err(invalid(
+                draft_field,
+                "is required when speculation.mode is draft (config file or --draft-model-uri)",
+            ));
+        }
+        (lexserve_contract::SpeculationMode::Draft, Some(uri)) => {
+            let uri = ModelUri::parse(&uri).map_err(|e| invalid(draft_field, e.to_string()))?;
+            let sha256 = spec.draft_model.and_then(|d| d.sha256);
+            if let Some(digest) = &sha256
+                && !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(invalid(
+                    "runtime.generation.speculation.draftModel.sha256",
+                    "must be 64 hexadecimal characters",
+                ));
+            }
+            Some(DraftModel {
+                uri,
+                sha256: sha256.map(|d| d.to_ascii_lowercase()),
+            })
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                draft_field,
+                "is only used when speculation.mode is draft",
+            ));
+        }
+        (_, None) => None,
+    };
+    Ok((
+        crate::generation::speculative::SpeculationConfig {
+            mode,
+            max_draft_tokens,
+        },
+        draft_model,
+    ))
 }
 
 pub(crate) fn positive(field: &'static str, value: u64) -> Result<usize, ConfigError> {
@@ -406,6 +462,8 @@ impl ServeConfig {
             .map(lexserve_contract::Quantity)
             .or(generation.kv_cache_memory)
             .unwrap_or_else(|| defaults::KV_CACHE_MEMORY.into());
+        let (speculation, draft_model) =
+            speculation_config(args, generation.speculation.clone().unwrap_or_default())?;
         let generation = GenerationConfig {
             max_concurrent_sequences: positive(
                 "runtime.generation.maxConcurrentSequences",
@@ -447,7 +505,8 @@ impl ServeConfig {
                 .prefix_cache
                 .or(generation.prefix_cache)
                 .unwrap_or(defaults::PREFIX_CACHE),
-            speculation: speculation_config(args, generation.speculation.unwrap_or_default())?,
+            speculation,
+            draft_model,
         };
 
         let model_name = match &args.model_name {
@@ -757,6 +816,22 @@ runtime:
                 "model: {uri: 'file:///m', format: onnx, task: embed}\nruntime: {generation: {kvCacheMemory: lots}}",
                 "kvCacheMemory",
             ),
+            (
+                "model: {uri: 'file:///m', format: gguf, task: generate}\nruntime: {generation: {speculation: {mode: draft}}}",
+                "runtime.generation.speculation.draftModel: is required when speculation.mode is draft",
+            ),
+            (
+                "model: {uri: 'file:///m', format: gguf, task: generate}\nruntime: {generation: {speculation: {mode: ngram, draftModel: {uri: 'file:///d'}}}}",
+                "runtime.generation.speculation.draftModel: is only used when speculation.mode is draft",
+            ),
+            (
+                "model: {uri: 'file:///m', format: gguf, task: generate}\nruntime: {generation: {speculation: {mode: draft, draftModel: {uri: 'ftp://d'}}}}",
+                "runtime.generation.speculation.draftModel",
+            ),
+            (
+                "model: {uri: 'file:///m', format: gguf, task: generate}\nruntime: {generation: {speculation: {mode: draft, draftModel: {uri: 'file:///d', sha256: 'abc'}}}}",
+                "runtime.generation.speculation.draftModel.sha256",
+            ),
         ];
         for (yaml, field) in cases {
             let result = ConfigFile::parse(yaml)
@@ -765,6 +840,40 @@ runtime:
             let message = result.expect_err(yaml);
             assert!(message.contains(field), "{yaml}: {message}");
         }
+    }
+
+    /// Mode `draft` reads its draft model from the file; the operator's `--draft-model-uri` (the
+    /// fetched copy) replaces the uri and keeps the pinned digest.
+    #[test]
+    fn the_draft_model_comes_from_the_file_and_its_uri_from_the_flag() {
+        let digest = "ab".repeat(32);
+        let yaml = format!(
+            "model: {{uri: 'file:///m', format: gguf, task: generate}}\nruntime: {{generation: {{speculation: {{mode: draft, draftModel: {{uri: 'hf://org/draft', sha256: '{}'}}}}}}}}",
+            digest.to_uppercase()
+        );
+        let resolve = |extra: &[&str]| {
+            ServeConfig::resolve(ConfigFile::parse(&yaml).unwrap(), &args(extra)).unwrap()
+        };
+        let config = resolve(&[]);
+        assert_eq!(
+            config.generation.speculation.mode,
+            lexserve_contract::SpeculationMode::Draft
+        );
+        assert_eq!(
+            config.generation.draft_model,
+            Some(DraftModel {
+                uri: ModelUri::parse("hf://org/draft").unwrap(),
+                sha256: Some(digest.clone()),
+            })
+        );
+        let config = resolve(&["--draft-model-uri", "file:///var/lib/lexserve/models/draft"]);
+        assert_eq!(
+            config.generation.draft_model,
+            Some(DraftModel {
+                uri: ModelUri::File("/var/lib/lexserve/models/draft".into()),
+                sha256: Some(digest),
+            })
+        );
     }
 
     /// Quantities as the apiserver admits them (an exponent, a bare integer), and the generation

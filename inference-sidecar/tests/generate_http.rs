@@ -798,3 +798,85 @@ async fn a_client_that_stops_reading_loses_its_sequence_and_a_slow_one_does_not(
     wait_metric(&client, &sidecar, "lexserve_requests_running", 0.0).await;
     wait_metric(&client, &sidecar, "lexserve_kv_cache_usage_ratio", 0.0).await;
 }
+
+/// Speculation mode `draft` from the spec-shaped config file: the draft model (here SmolLM2 as its
+/// own draft, pinned by its digest) is loaded beside the model, answers are the plain server's,
+/// token for token, and every drafted token is accepted (the model drafts what it then samples).
+/// A draft whose pinned digest differs keeps the server unready, with the reason.
+#[tokio::test]
+async fn a_draft_model_from_the_config_file_drafts_and_changes_no_answer() {
+    let gguf = common::smollm2_gguf();
+    let digest = lexserve_contract::digest::path_sha256(&gguf).unwrap();
+    let dir = std::env::temp_dir().join(format!("lexserve-draft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |sha256: &str| {
+        let path = dir.join(format!("{}.yaml", &sha256[..8]));
+        std::fs::write(
+            &path,
+            format!(
+                "model: {{uri: 'file://{gguf}', format: gguf, task: generate}}\nruntime:\n  generation:\n    speculation: {{mode: draft, maxDraftTokens: 4, draftModel: {{uri: 'file://{gguf}', sha256: '{sha256}'}}}}\n",
+                gguf = gguf.display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let body = |prompt: &str| json!({"prompt": prompt, "temperature": 0, "max_tokens": 40});
+    let prompts = [
+        FRANCE_CHATML,
+        "<|im_start|>user\nName three rivers of Europe.<|im_end|>\n<|im_start|>assistant\n",
+    ];
+    let (plain, client) = start(&["--speculation", "none"]).await;
+    let mut expected = Vec::new();
+    for prompt in prompts {
+        let (status, answer) = post(&client, plain.url("/v1/completions"), body(prompt)).await;
+        assert_eq!(status, 200, "{answer}");
+        expected.push(answer["choices"][0]["text"].clone());
+    }
+    drop(plain);
+
+    let (sidecar, client) = Sidecar::start_ready(&[
+        "--config".to_string(),
+        config(&digest),
+        "--threads".to_string(),
+        "2".to_string(),
+    ])
+    .await;
+    for (prompt, expected) in prompts.iter().zip(&expected) {
+        let (status, answer) = post(&client, sidecar.url("/v1/completions"), body(prompt)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(&answer["choices"][0]["text"], expected, "{prompt:?}");
+    }
+    let text = sidecar.metrics(&client).await;
+    let drafted = metric_value(&text, "lexserve_speculative_draft_tokens_total").unwrap();
+    let accepted = metric_value(&text, "lexserve_speculative_accepted_tokens_total").unwrap();
+    assert!(drafted > 0.0, "{text}");
+    assert_eq!(accepted, drafted);
+    assert!(
+        sidecar
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("draft model loaded")),
+        "the log says a draft model runs"
+    );
+    drop(sidecar);
+
+    let wrong = "0".repeat(64);
+    let sidecar = Sidecar::start(&["--config".to_string(), config(&wrong)]);
+    let reason = loop {
+        let (status, body) = get(&client, sidecar.url("/ready")).await;
+        assert_eq!(status, 503);
+        let reason = body["reason"].as_str().unwrap_or_default().to_string();
+        if !reason.contains("loading") {
+            break reason;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.contains("draft model digest mismatch") && reason.contains(&wrong),
+        "{reason}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -857,3 +857,167 @@ fn a_finish_inside_an_accepted_draft_ends_the_output_where_plain_decoding_does()
     }
     assert!(counter(&metrics, "speculative_accepted_tokens") > 0);
 }
+
+/// An engine whose speculation drafts with `draft` (mode `draft`, drafts of up to
+/// `max_draft_tokens`). Its pool is the same size in blocks as `config`'s: the budget grows by the
+/// draft's bytes per token.
+fn start_with_draft(
+    config: EngineConfig,
+    draft: LoadedGguf,
+    max_draft_tokens: usize,
+) -> (Arc<Generator>, Arc<Metrics>) {
+    let draft_bytes = draft
+        .model
+        .config
+        .kv_shape()
+        .bytes_per_token(config.kv_cache_dtype);
+    let per_token = bytes_per_token(config.kv_cache_dtype);
+    let config = EngineConfig {
+        speculation: SpeculationConfig {
+            mode: SpeculationMode::Draft,
+            max_draft_tokens,
+        },
+        kv_cache_bytes: config.kv_cache_bytes / per_token as u64 * (per_token + draft_bytes) as u64,
+        ..config
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (engine, generator) =
+        Engine::with_draft(loaded(), Some(draft), config, Arc::clone(&metrics))
+            .expect("engine starts");
+    std::thread::spawn(move || engine.run());
+    (generator, metrics)
+}
+
+/// Greedy ids with a draft model are the plain ids. With the model as its own draft every drafted
+/// token is accepted (the draft cache holds, position for position, what the model's holds: a stale
+/// or misplaced draft position would show as a rejection); a draft with other weights (the same
+/// model expanded to f32, through other products) gives the plain ids too. Then the same in one
+/// batch in a pool too small for every draft, and with the catch-up of long prompts spread over
+/// steps. (Rejected drafts are exercised by the seeded test: greedy drafts against sampling.)
+#[test]
+fn draft_model_speculation_gives_the_plain_greedy_ids() {
+    let prompts = [
+        COPY_PROMPT,
+        FRANCE_CHATML,
+        "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
+        "def fibonacci(n):",
+    ];
+    let (plain, _) = start_engine(config(4, 64, 16));
+    let expected: Vec<Outcome> = prompts
+        .iter()
+        .map(|p| run(&plain, request(&plain, p, 40)))
+        .collect();
+    let (generator, metrics) = start_with_draft(config(4, 64, 16), loaded(), 4);
+    for (prompt, expected) in prompts.iter().zip(&expected) {
+        let out = run(&generator, request(&generator, prompt, 40));
+        assert_eq!(
+            out.ids, expected.ids,
+            "{prompt:?}, the model as its own draft"
+        );
+        assert_eq!(out.text, expected.text);
+        assert_eq!(out.reason, expected.reason);
+    }
+    let (drafted, accepted) = (
+        counter(&metrics, "speculative_draft_tokens"),
+        counter(&metrics, "speculative_accepted_tokens"),
+    );
+    println!("own draft: {accepted} of {drafted} drafted tokens accepted");
+    assert!(drafted > 0);
+    assert_eq!(accepted, drafted, "the model drafts what it then samples");
+
+    let f32_draft =
+        load_gguf_with(&smollm2_gguf(), Weights::Dequantized).expect("SmolLM2 loads in f32");
+    let (generator, metrics) = start_with_draft(config(4, 64, 16), f32_draft, 6);
+    for (prompt, expected) in prompts.iter().zip(&expected) {
+        let out = run(&generator, request(&generator, prompt, 40));
+        assert_eq!(out.ids, expected.ids, "{prompt:?}, an f32 draft");
+    }
+    let (drafted, accepted) = (
+        counter(&metrics, "speculative_draft_tokens"),
+        counter(&metrics, "speculative_accepted_tokens"),
+    );
+    println!("f32 draft: {accepted} of {drafted} drafted tokens accepted");
+    assert!(accepted > 0);
+
+    // A pool of 40 blocks of 4 tokens for four sequences, and 64 tokens per step: drafts that do
+    // not always get their blocks, catch-ups over several steps, preemption.
+    let (generator, _) = start_with_draft(config(4, 40, 4), loaded(), 6);
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| generator.submit(request(&generator, p, 40)).unwrap())
+        .collect();
+    for ((receiver, expected), prompt) in receivers.into_iter().zip(&expected).zip(prompts) {
+        let out = finish(receiver, Vec::new(), String::new());
+        assert_eq!(
+            out.ids, expected.ids,
+            "{prompt:?} in a batch with a draft model"
+        );
+    }
+}
+
+/// Seeded sampling with a draft model draws the same tokens as plain decoding (greedy drafts,
+/// verified by the sequence's own sampler).
+#[test]
+fn draft_model_speculation_gives_the_plain_seeded_samples() {
+    let sampled = |generator: &Generator, prompt: &str, seed| {
+        let mut r = request(generator, prompt, 32);
+        r.sampling = SamplingParams {
+            temperature: 0.7,
+            top_k: Some(40),
+            top_p: 0.95,
+            seed,
+        };
+        run(generator, r)
+    };
+    let (plain, _) = start_engine(config(4, 64, 16));
+    let (fast, metrics) = start_with_draft(config(4, 64, 16), loaded(), 4);
+    for seed in [1, 2] {
+        for prompt in [COPY_PROMPT, "Once upon a time"] {
+            let (a, b) = (sampled(&plain, prompt, seed), sampled(&fast, prompt, seed));
+            assert_eq!(a.ids, b.ids, "{prompt:?}, seed {seed}");
+            assert_eq!(a.text, b.text);
+        }
+    }
+    let (drafted, accepted) = (
+        counter(&metrics, "speculative_draft_tokens"),
+        counter(&metrics, "speculative_accepted_tokens"),
+    );
+    println!("seeded, own greedy draft: {accepted} of {drafted} drafted tokens accepted");
+    assert!(
+        accepted > 0 && drafted > accepted,
+        "rejections too: {accepted} of {drafted}"
+    );
+}
+
+/// Mode `draft` needs a draft model, and a draft model needs mode `draft`: the engine refuses to
+/// start otherwise, naming the field.
+#[test]
+fn a_draft_model_and_mode_draft_go_together() {
+    let metrics = Arc::new(Metrics::new());
+    let draft_mode = EngineConfig {
+        speculation: SpeculationConfig {
+            mode: SpeculationMode::Draft,
+            max_draft_tokens: 4,
+        },
+        ..config(4, 64, 16)
+    };
+    let err = Engine::with_draft(loaded(), None, draft_mode, Arc::clone(&metrics))
+        .err()
+        .expect("no draft model");
+    assert!(
+        err.contains("runtime.generation.speculation.draftModel is required"),
+        "{err}"
+    );
+    let err = Engine::with_draft(
+        loaded(),
+        Some(loaded()),
+        speculative(config(4, 64, 16), 4),
+        metrics,
+    )
+    .err()
+    .expect("a draft model with mode ngram");
+    assert!(
+        err.contains("only used when speculation.mode is draft"),
+        "{err}"
+    );
+}

@@ -17,15 +17,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender as EventSender;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::draft_model::{DraftRequest, Drafter};
 use super::generator::{
     Finish, FinishReason, GenerationEvent, Generator, GeneratorLimits, Submission,
 };
-use super::gguf::{LoadedGguf, load_gguf, locate_gguf};
-use super::kv_cache::{KvCacheDtype, PagedKvCache, blocks_in_budget};
+use super::gguf::{LoadedGguf, load_gguf, locate_gguf, locate_gguf_at};
+use super::kv_cache::{KvCacheDtype, PagedKvCache};
 use super::model::{DecoderModel, SeqChunk};
 use super::sampling::Sampler;
 use super::scheduler::{Scheduler, SchedulerLimits, SeqId, Step, Work};
-use super::speculative::{SpeculationConfig, Speculator};
+use super::speculative::{SpeculationConfig, SpeculationMode, Speculator};
 use super::stopping::{StopCheck, StopMatcher};
 use super::tokenizer::Detokenizer;
 use crate::config::ServeConfig;
@@ -103,6 +104,8 @@ pub struct Engine {
     stall_timeout: Duration,
     finishing: Vec<Finishing>,
     speculator: Speculator,
+    /// Speculation mode `draft`: the draft model and its cache.
+    drafter: Option<Drafter>,
 }
 
 impl Engine {
@@ -113,11 +116,26 @@ impl Engine {
     ) -> Result<(Self, Arc<Generator>), String> {
         let path = locate_gguf(config)?;
         let loaded = load_gguf(&path)?;
+        let draft = match &config.generation.draft_model {
+            Some(draft) => {
+                let path = locate_gguf_at(
+                    &draft.uri,
+                    draft.sha256.as_deref(),
+                    &config.pvc_root,
+                    (
+                        "draft model",
+                        "runtime.generation.speculation.draftModel.uri",
+                    ),
+                )?;
+                Some(load_gguf(&path).map_err(|e| format!("draft model: {e}"))?)
+            }
+            None => None,
+        };
         tracing::info!(
             kernels = super::quant_matmul::kernels_in_use(),
             "decoder weight products (LEXSERVE_SIMD=avx2 leaves AVX-VNNI out)"
         );
-        Self::new(loaded, EngineConfig::from_serve(config), metrics)
+        Self::with_draft(loaded, draft, EngineConfig::from_serve(config), metrics)
     }
 
     pub fn new(
@@ -125,16 +143,63 @@ impl Engine {
         config: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Arc<Generator>), String> {
+        Self::with_draft(loaded, None, config, metrics)
+    }
+
+    /// An engine whose speculation mode `draft` drafts with `draft` (required in that mode, refused
+    /// in the others).
+    pub fn with_draft(
+        loaded: LoadedGguf,
+        draft: Option<LoadedGguf>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Arc<Generator>), String> {
+        let field = "runtime.generation.speculation.draftModel";
+        match (config.speculation.mode, &draft) {
+            (SpeculationMode::Draft, None) => {
+                return Err(format!(
+                    "{field} is required when speculation.mode is draft"
+                ));
+            }
+            (SpeculationMode::Draft, Some(d)) => {
+                if !d.tokenizer.same_vocabulary(&loaded.tokenizer)
+                    || d.model.config.vocab != loaded.model.config.vocab
+                {
+                    return Err(format!(
+                        "{field}: its vocabulary differs from the model's ({} against {} tokens, or the same ids spell other tokens): a draft must share the model's tokenizer",
+                        d.model.config.vocab, loaded.model.config.vocab
+                    ));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(format!(
+                    "{field} is only used when speculation.mode is draft"
+                ));
+            }
+            (_, None) => {}
+        }
         let shape = loaded.model.config.kv_shape();
         let dtype = config.kv_cache_dtype;
-        let blocks = blocks_in_budget(shape, dtype, config.block_size, config.kv_cache_bytes);
+        let draft_shape = draft.as_ref().map(|d| d.model.config.kv_shape());
+        // Both caches come out of the one budget: a block of each per block of the pool.
+        let bytes_per_token =
+            shape.bytes_per_token(dtype) + draft_shape.map_or(0, |s| s.bytes_per_token(dtype));
+        let blocks = usize::try_from(
+            config.kv_cache_bytes / (bytes_per_token * config.block_size).max(1) as u64,
+        )
+        .unwrap_or(usize::MAX);
         if blocks == 0 {
             return Err(format!(
-                "runtime.generation.kvCacheMemory ({} bytes) holds no block of {} tokens ({} bytes per token in {})",
+                "runtime.generation.kvCacheMemory ({} bytes) holds no block of {} tokens ({} bytes per token in {}{})",
                 config.kv_cache_bytes,
                 config.block_size,
-                shape.bytes_per_token(dtype),
-                dtype.as_str()
+                bytes_per_token,
+                dtype.as_str(),
+                if draft.is_some() {
+                    ", the draft model's included"
+                } else {
+                    ""
+                }
             ));
         }
         let cache = PagedKvCache::new(shape, dtype, config.block_size, blocks);
@@ -175,6 +240,24 @@ impl Engine {
             );
             speculation = SpeculationConfig::off();
         }
+        let drafter = match (draft, speculation.enabled()) {
+            (Some(d), true) => {
+                let cache =
+                    PagedKvCache::new(d.model.config.kv_shape(), dtype, config.block_size, blocks);
+                tracing::info!(
+                    layers = d.model.config.layers,
+                    kv_cache_bytes = cache.bytes(),
+                    "draft model loaded (speculation mode draft)"
+                );
+                Some(Drafter::new(
+                    d.model,
+                    cache,
+                    loaded.tokenizer.stop_ids.clone(),
+                    config.step_tokens,
+                ))
+            }
+            _ => None,
+        };
         let (generator, receiver) = Generator::new(loaded.tokenizer, loaded.chat_template, limits);
         let generator = Arc::new(generator);
         let mut engine = Self {
@@ -188,6 +271,7 @@ impl Engine {
             stall_timeout: config.stall_timeout,
             finishing: Vec::new(),
             speculator: Speculator::new(speculation),
+            drafter,
         };
         engine.warm_up()?;
         Ok((engine, generator))
@@ -351,6 +435,9 @@ impl Engine {
     fn retire(&mut self, id: SeqId) {
         self.scheduler.remove(id);
         self.speculator.forget(id);
+        if let Some(drafter) = &mut self.drafter {
+            drafter.forget(id);
+        }
         if let Some(client) = self.clients.remove(&id)
             && client.queued
         {
@@ -377,6 +464,12 @@ impl Engine {
             .prefix_cache_hit_tokens
             .inc_by(step.prefix_hit_tokens as u64);
         if !step.preempted.is_empty() {
+            if let Some(drafter) = &mut self.drafter {
+                // Recomputed later into other blocks: the draft cache starts over too.
+                for id in &step.preempted {
+                    drafter.forget(*id);
+                }
+            }
             tracing::debug!(preempted = ?step.preempted, "out of KV blocks: preempted for recompute");
             self.metrics.preemptions.inc_by(step.preempted.len() as u64);
         }
@@ -417,7 +510,10 @@ impl Engine {
             .step_tokens
             .saturating_sub(work.iter().map(|w| w.to - w.from).sum());
         let context = self.model.config.context_length;
-        for (w, drafted) in work.iter_mut().zip(&mut drafts) {
+        // Mode draft: who drafts and how much, with the blocks of the drafted positions reserved
+        // (placeholder tokens) before the draft model writes its keys and values there.
+        let mut by_model = Vec::new();
+        for (i, w) in work.iter().enumerate() {
             if budget == 0 {
                 break;
             }
@@ -433,13 +529,57 @@ impl Engine {
                 .min(client.events.capacity().saturating_sub(1))
                 .min(client.max_new_tokens.saturating_sub(seq.generated() + 1))
                 .min(context.saturating_sub(seq.tokens.len()));
+            if self.drafter.is_some() {
+                let limit = limit.min(self.speculator.max_draft_tokens());
+                if limit == 0 || !self.speculator.may_draft(w.id) {
+                    continue;
+                }
+                let reserved = self.scheduler.propose(w.id, &vec![0; limit]);
+                if reserved > 0 {
+                    by_model.push((i, reserved));
+                    budget -= reserved;
+                }
+                continue;
+            }
             let draft = self.speculator.draft(w.id, &seq.tokens, limit).to_vec();
             if draft.is_empty() {
                 continue;
             }
-            *drafted = self.scheduler.propose(w.id, &draft);
-            w.to += *drafted;
-            budget -= *drafted;
+            drafts[i] = self.scheduler.propose(w.id, &draft);
+            budget -= drafts[i];
+        }
+        if let Some(drafter) = &mut self.drafter
+            && !by_model.is_empty()
+        {
+            let requests: Vec<DraftRequest<'_>> = by_model
+                .iter()
+                .filter_map(|&(i, reserved)| {
+                    let seq = self.scheduler.get(work[i].id)?;
+                    Some(DraftRequest {
+                        id: seq.id,
+                        tokens: &seq.tokens[..seq.tokens.len() - reserved],
+                        blocks: &seq.blocks,
+                        limit: reserved,
+                    })
+                })
+                .collect();
+            let written = match drafter.draft(&requests) {
+                Ok(written) => written,
+                Err(e) => {
+                    // Drafting is an optimisation: the step goes on without drafts.
+                    tracing::warn!(error = %e, "draft model step failed; no drafts this step");
+                    vec![Vec::new(); requests.len()]
+                }
+            };
+            drop(requests);
+            for (&(i, _), draft) in by_model.iter().zip(&written) {
+                drafts[i] = self.scheduler.redraft(work[i].id, draft);
+                work[i].to += drafts[i];
+            }
+            return drafts;
+        }
+        for (w, &drafted) in work.iter_mut().zip(&drafts) {
+            w.to += drafted;
         }
         drafts
     }
@@ -525,6 +665,9 @@ impl Engine {
         let emitted = super::speculative::verify(&draft, rows, |l| client.sampler.sample(l));
         let accepted = emitted.len() - 1;
         self.speculator.record(w.id, drafted, accepted);
+        if let Some(drafter) = &mut self.drafter {
+            drafter.verified(w.id, first, accepted);
+        }
         self.metrics.speculative_draft_tokens.inc_by(drafted as u64);
         self.metrics
             .speculative_accepted_tokens

@@ -9,23 +9,37 @@ use super::chat_template::ChatTemplate;
 use super::model::{DecoderModel, Weights};
 use super::tokenizer::GgufTokenizer;
 use crate::config::ServeConfig;
+use lexserve_contract::ModelUri;
 use lexserve_contract::digest::path_sha256;
 
 /// The GGUF file a model uri names: the file itself, or the one `.gguf` in a directory
 /// (`model.gguf` first).
 pub fn locate_gguf(config: &ServeConfig) -> Result<PathBuf, String> {
-    let root = config
-        .model_uri
-        .local_path(&config.pvc_root)
-        .map_err(|e| e.to_string())?;
+    locate_gguf_at(
+        &config.model_uri,
+        config.sha256.as_deref(),
+        &config.pvc_root,
+        ("model", "model.uri"),
+    )
+}
+
+/// The GGUF file `uri` names, its digest checked against `sha256` when one is pinned. `names`: what
+/// it is and the field that names it, for errors (`("model", "model.uri")`).
+pub fn locate_gguf_at(
+    uri: &ModelUri,
+    sha256: Option<&str>,
+    pvc_root: &Path,
+    (what, field): (&str, &str),
+) -> Result<PathBuf, String> {
+    let root = uri.local_path(pvc_root).map_err(|e| e.to_string())?;
     if !root.exists() {
-        return Err(format!("model not found at {}", root.display()));
+        return Err(format!("{what} not found at {}", root.display()));
     }
-    if let Some(expected) = &config.sha256 {
+    if let Some(expected) = sha256 {
         let actual = path_sha256(&root).map_err(|e| e.to_string())?;
-        if &actual != expected {
+        if actual != expected {
             return Err(format!(
-                "model digest mismatch for {}: expected sha256 {expected}, found {actual}",
+                "{what} digest mismatch for {}: expected sha256 {expected}, found {actual}",
                 root.display()
             ));
         }
@@ -46,7 +60,7 @@ pub fn locate_gguf(config: &ServeConfig) -> Result<PathBuf, String> {
         [one] => Ok(one.clone()),
         [] => Err(format!("no .gguf file in {}", root.display())),
         _ => Err(format!(
-            "{} holds several .gguf files; name one in model.uri",
+            "{} holds several .gguf files; name one in {field}",
             root.display()
         )),
     }

@@ -7,6 +7,7 @@
 //! - [`prefix_cache`]: full blocks of computed prefixes, shared by reference (a system prompt once).
 //! - [`scheduler`]: which sequences run each step, admission, preemption (pure bookkeeping).
 //! - [`speculative`]: speculative decoding by prompt lookup: drafts, their verification, back-off.
+//! - [`draft_model`]: speculative decoding with a draft model sharing the block tables.
 //! - [`gguf`]: loading the model, its tokenizer and chat template from a GGUF file.
 //! - [`engine`]: the loop that owns the model and the cache and streams tokens to clients.
 //! - [`generator`]: the clients' handle on the engine: requests, limits, the queue, event streams.
@@ -14,6 +15,7 @@
 
 pub mod block_allocator;
 pub mod chat_template;
+pub mod draft_model;
 pub mod engine;
 pub mod fast_exp;
 pub mod generator;

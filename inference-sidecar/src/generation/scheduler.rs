@@ -504,6 +504,27 @@ impl Scheduler {
         k
     }
 
+    /// Speculative decoding: replaces the drafted tokens of a running sequence (placeholders that
+    /// [`Scheduler::propose`] reserved blocks for) with `draft`, which may be shorter, and frees the
+    /// blocks only the positions it does not fill needed. Returns how many drafted tokens it keeps.
+    pub fn redraft(&mut self, id: SeqId, draft: &[u32]) -> usize {
+        let bs = self.limits.block_size;
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else {
+            return 0;
+        };
+        let first = seq.tokens.len() - seq.drafted;
+        let k = draft.len().min(seq.drafted);
+        seq.tokens.truncate(first);
+        seq.tokens.extend_from_slice(&draft[..k]);
+        seq.drafted = k;
+        let keep = blocks_for(seq.tokens.len(), bs).min(seq.blocks.len());
+        let spare = seq.blocks.split_off(keep);
+        if !spare.is_empty() {
+            self.release(id, &spare);
+        }
+        k
+    }
+
     /// Speculative decoding: drops a running sequence's tokens from `len` on (the drafted tokens the
     /// model did not confirm) and their cache positions (the keys and values written there are
     /// overwritten when the positions are fed again), and frees the blocks only they used.
@@ -820,6 +841,48 @@ mod tests {
         assert!(s.remove(2).is_none());
         s.check_invariants().unwrap();
         assert_eq!(s.allocator().used_count(), 1);
+    }
+
+    /// A draft model's placeholders: `propose` reserves the blocks of the most a draft may be,
+    /// `redraft` puts the drafted tokens in and gives back the blocks of the positions the draft
+    /// does not reach; the verified tokens before it are untouched.
+    #[test]
+    fn redrafting_keeps_the_drafted_tokens_and_frees_the_blocks_they_do_not_reach() {
+        let mut s = Scheduler::new(limits(4, 64, 4), 32);
+        s.submit(1, vec![1, 2, 3, 4, 5, 6]);
+        run(&mut s);
+        let mut step = s.schedule();
+        assert_eq!(step.work, vec![work(1, 6, 7, true)]);
+        let used = s.allocator().used_count();
+        // Placeholders for positions 7..15: blocks 2 and 3 reserved (block 1 holds 4..8).
+        assert_eq!(s.propose(1, &[0; 8]), 8);
+        assert_eq!(s.allocator().used_count(), used + 2);
+        s.check_invariants().unwrap();
+        // The draft model wrote 3 tokens: positions 7..10, block 2 still needed, block 3 freed.
+        assert_eq!(s.redraft(1, &[20, 21, 22]), 3);
+        assert_eq!(s.allocator().used_count(), used + 1);
+        assert_eq!(
+            s.get(1).unwrap().tokens,
+            vec![1, 2, 3, 4, 5, 6, 7, 20, 21, 22]
+        );
+        s.check_invariants().unwrap();
+        step.work[0].to += 3;
+        s.complete(&step.work);
+        // Nothing drafted: every placeholder goes, with its blocks.
+        s.rollback(1, 8);
+        s.append_token(1, 9);
+        let mut step = s.schedule();
+        let before = s.allocator().used_count();
+        assert!(s.propose(1, &[0; 4]) > 0);
+        assert_eq!(s.redraft(1, &[]), 0);
+        assert_eq!(s.allocator().used_count(), before);
+        assert_eq!(s.get(1).unwrap().tokens.len(), 9);
+        s.check_invariants().unwrap();
+        step.work.retain(|w| w.id == 1);
+        s.complete(&step.work);
+        s.check_invariants().unwrap();
+        assert!(s.remove(1).is_some());
+        s.check_invariants().unwrap();
     }
 
     /// Speculation with the prefix cache: a block is cached only once every token in it is

@@ -143,12 +143,29 @@ impl Speculator {
         let Some(config) = self.config else {
             return &[];
         };
-        let state = self.states.entry(id).or_default();
-        if state.paused > 0 {
-            state.paused -= 1;
+        if !self.may_draft(id) {
             return &[];
         }
         ngram_draft(tokens, MAX_NGRAM, config.max_draft_tokens.min(limit))
+    }
+
+    /// Whether a sequence about to decode drafts this step: speculation is on and the sequence is
+    /// not backing off. Each call for a paused sequence counts one step of its pause.
+    pub fn may_draft(&mut self, id: SeqId) -> bool {
+        if self.config.is_none() {
+            return false;
+        }
+        let state = self.states.entry(id).or_default();
+        if state.paused > 0 {
+            state.paused -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// The most tokens drafted per sequence and step (0 when speculation is off).
+    pub fn max_draft_tokens(&self) -> usize {
+        self.config.map_or(0, |c| c.max_draft_tokens)
     }
 
     /// Records the outcome of a verified draft: `accepted` of `drafted` tokens were kept.

@@ -48,6 +48,12 @@ fn strings(metadata: &Metadata, key: &str) -> Result<Vec<String>, ModelError> {
 }
 
 impl GgufTokenizer {
+    /// Whether `other` spells every token id as this one does (a draft model's tokenizer must: its
+    /// drafted ids are read as this model's).
+    pub fn same_vocabulary(&self, other: &GgufTokenizer) -> bool {
+        self.tokens == other.tokens
+    }
+
     pub fn from_metadata(metadata: &Metadata) -> Result<Self, ModelError> {
         let model = metadata
             .get("tokenizer.ggml.model")

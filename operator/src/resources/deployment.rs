@@ -21,6 +21,7 @@ use kube::api::ObjectMeta;
 use lexserve_contract::drift;
 use lexserve_contract::names::{command, drain, env, flag, http, path};
 use lexserve_contract::uri::ModelUri;
+use lexserve_contract::{DraftModelSpec, SpeculationMode};
 
 use super::config_map::{config_hash, config_map_name};
 use super::labels::{CONFIG_HASH_ANNOTATION, selector_labels};
@@ -239,7 +240,7 @@ fn fetch_init_containers(isvc: &InferenceService, image: &str) -> (Vec<Container
     let mut volumes = vec![Volume {
         name: "models".to_string(),
         empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: model_volume_size_limit(model),
+            size_limit: model_volume_size_limit(model, draft_model(isvc)),
             ..Default::default()
         }),
         ..Default::default()
@@ -250,6 +251,7 @@ fn fetch_init_containers(isvc: &InferenceService, image: &str) -> (Vec<Container
     let (model_fetch, tokenizer_fetch) = model_pin::wanted(model);
     let mut artifacts = vec![(model_fetch, path::MODEL_ARTIFACT)];
     artifacts.extend(tokenizer_fetch.map(|t| (t, path::TOKENIZER_ARTIFACT)));
+    artifacts.extend(draft_model(isvc).map(|d| (model_pin::wanted_draft(d), path::DRAFT_ARTIFACT)));
     for (wanted, artifact) in artifacts {
         let (container_name, uri, sha256) = (wanted.container, wanted.uri, wanted.sha256);
         let mut mounts = vec![volume_mount("models", path::MODELS_DIR, false)];
@@ -336,19 +338,50 @@ pub fn fetch_resources() -> ResourceRequirements {
     }
 }
 
+/// The draft model of speculation mode `draft`, when the spec runs that mode (the CRD admits a
+/// `draftModel` only with it).
+pub fn draft_model(isvc: &InferenceService) -> Option<&DraftModelSpec> {
+    let speculation = isvc
+        .spec
+        .runtime
+        .as_ref()?
+        .generation
+        .as_ref()?
+        .speculation
+        .as_ref()?;
+    if speculation.mode != Some(SpeculationMode::Draft) {
+        return None;
+    }
+    speculation.draft_model.as_ref()
+}
+
 /// Room beyond twice the model in its volume: a separate tokenizer and filesystem overhead.
 const MODEL_VOLUME_HEADROOM: u64 = 256 << 20;
 
 /// The model volume's `sizeLimit` from `spec.model.size`: twice the model, because a fetch stages
 /// its copy beside a complete one an earlier attempt in the same pod may have left (an init
 /// container restarted in place keeps its emptyDir, and the old copy is removed only once the new
-/// one is verified), plus [`MODEL_VOLUME_HEADROOM`]. Rounded up to whole MiB. Without a size, no
-/// limit: a guess would evict pods serving models larger than it.
-pub fn model_volume_size_limit(model: &ModelSpec) -> Option<Quantity> {
+/// one is verified), plus [`MODEL_VOLUME_HEADROOM`]; a draft model adds twice its own size (its
+/// `size`, else the model's). Rounded up to whole MiB. Without a size, no limit: a guess would
+/// evict pods serving models larger than it.
+pub fn model_volume_size_limit(
+    model: &ModelSpec,
+    draft: Option<&DraftModelSpec>,
+) -> Option<Quantity> {
     const MIB: u64 = 1 << 20;
     // The CRD's pattern admits only quantities that parse; an amount too large saturates.
     let size = model.size.as_ref()?.value().ok()?;
-    let bytes = size.saturating_mul(2).saturating_add(MODEL_VOLUME_HEADROOM);
+    let draft_size = match draft {
+        Some(d) => match &d.size {
+            Some(q) => q.value().ok()?,
+            None => size,
+        },
+        None => 0,
+    };
+    let bytes = size
+        .saturating_add(draft_size)
+        .saturating_mul(2)
+        .saturating_add(MODEL_VOLUME_HEADROOM);
     Some(Quantity(format!("{}Mi", bytes.div_ceil(MIB))))
 }
 
@@ -414,6 +447,15 @@ fn serve_container(
         env.push(EnvVar {
             name: env::TOKENIZER.to_string(),
             value: Some(local_uri(path::TOKENIZER_ARTIFACT)),
+            ..Default::default()
+        });
+    }
+    if draft_model(isvc).is_some() {
+        // The config file names where the draft comes from; the sidecar loads the fetched copy
+        // (and checks the digest the file pins).
+        env.push(EnvVar {
+            name: env::DRAFT_MODEL_URI.to_string(),
+            value: Some(local_uri(path::DRAFT_ARTIFACT)),
             ..Default::default()
         });
     }

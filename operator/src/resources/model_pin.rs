@@ -16,11 +16,16 @@ use lexserve_contract::fetch_report::FetchReport;
 use lexserve_contract::names::flag;
 
 use crate::api::inference_service::{ModelSpec, ResolvedArtifact, ResolvedModel};
+use lexserve_contract::DraftModelSpec;
 
 /// The fetch init container of the model.
 pub const FETCH_MODEL_CONTAINER: &str = "fetch-model";
 /// The fetch init container of a tokenizer kept apart from the model.
 pub const FETCH_TOKENIZER_CONTAINER: &str = "fetch-tokenizer";
+/// The fetch init container of the draft model (speculation mode `draft`). Not pinned: what the
+/// draft is changes only the speed, never an answer (every token is sampled from the model's own
+/// logits), so replicas on different draft revisions still answer alike.
+pub const FETCH_DRAFT_CONTAINER: &str = "fetch-draft-model";
 
 /// One artifact as the spec asks for it.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +52,15 @@ pub fn wanted(model: &ModelSpec) -> (Wanted<'_>, Option<Wanted<'_>>) {
     )
 }
 
+/// The draft model, as `runtime.generation.speculation.draftModel` asks for it.
+pub fn wanted_draft(draft: &DraftModelSpec) -> Wanted<'_> {
+    Wanted {
+        container: FETCH_DRAFT_CONTAINER,
+        uri: &draft.uri,
+        sha256: draft.sha256.as_deref(),
+    }
+}
+
 /// The record, if it still belongs to what is wanted: the same URI, and a digest that is the one
 /// the spec pins (when it pins one).
 pub fn still_wanted<'r>(
@@ -65,10 +79,10 @@ pub fn still_wanted<'r>(
 /// The revision a new pod's fetch of `wanted` must get, from the stored status.
 pub fn pinned_revision(status: Option<&ResolvedModel>, wanted: Wanted<'_>) -> Option<String> {
     let status = status?;
-    let record = if wanted.container == FETCH_MODEL_CONTAINER {
-        model_record(status)
-    } else {
-        status.tokenizer.clone()?
+    let record = match wanted.container {
+        FETCH_MODEL_CONTAINER => model_record(status),
+        FETCH_TOKENIZER_CONTAINER => status.tokenizer.clone()?,
+        _ => return None,
     };
     still_wanted(Some(&record), wanted)?.revision.clone()
 }

@@ -138,6 +138,96 @@ fn generation_speculation_reaches_the_sidecar_config() {
     assert_eq!(parsed["runtime"]["generation"], generation, "{text}");
 }
 
+/// Speculation mode `draft`: the draft model gets its own fetch init container (its digest checked,
+/// an `hf://` repository's GGUF picked, never a pinned revision: the draft changes no answer), the
+/// sidecar is pointed at the fetched copy, and the model volume makes room for it. Without mode
+/// `draft` nothing of it appears.
+#[test]
+fn a_draft_model_is_fetched_beside_the_model_and_handed_to_the_sidecar() {
+    let draft_sha = "d".repeat(64);
+    let spec = |mode: &str, draft_size: Option<&str>| {
+        let mut draft = json!({"uri": "hf://org/smollm2-draft", "sha256": draft_sha});
+        if let Some(size) = draft_size {
+            draft["size"] = json!(size);
+        }
+        json!({
+            "model": {"uri": "hf://org/smollm2", "format": "gguf", "task": "generate", "size": "100Mi"},
+            "runtime": {"generation": {"speculation": {"mode": mode, "draftModel": draft}}},
+        })
+    };
+    let status = json!({"model": {
+        "uri": "hf://org/smollm2", "digest": "e".repeat(64), "revision": "1111111111111111111111111111111111111111",
+    }});
+    let mut object = isvc(spec("draft", None));
+    object.status = Some(serde_json::from_value(status).expect("status"));
+    let c = build_children(&object, &OperatorConfig::default(), RolloutPlan::Surge);
+    let args = fetch_args(&c, "fetch-draft-model");
+    assert_eq!(
+        arg_value(&args, "--uri").as_deref(),
+        Some("hf://org/smollm2-draft")
+    );
+    assert_eq!(
+        arg_value(&args, "--dest").as_deref(),
+        Some("/var/lib/lexserve/models/draft")
+    );
+    assert_eq!(
+        arg_value(&args, "--sha256").as_deref(),
+        Some(draft_sha.as_str())
+    );
+    assert_eq!(arg_value(&args, "--model-format").as_deref(), Some("gguf"));
+    assert_eq!(
+        arg_value(&args, "--revision"),
+        None,
+        "the draft is not pinned"
+    );
+    assert!(
+        arg_value(&fetch_args(&c, "fetch-model"), "--revision").is_some(),
+        "the model still is"
+    );
+    let env = sidecar(&c).env.clone().expect("env");
+    assert_eq!(
+        env.iter()
+            .find(|e| e.name == "LEXSERVE_DRAFT_MODEL_URI")
+            .and_then(|e| e.value.clone())
+            .as_deref(),
+        Some("file:///var/lib/lexserve/models/draft")
+    );
+    let text = &c.config_map.data.as_ref().expect("data")["config.yaml"];
+    let parsed: serde_json::Value = serde_yaml::from_str(text).expect("YAML");
+    assert_eq!(
+        parsed["runtime"]["generation"]["speculation"]["draftModel"]["sha256"],
+        json!(draft_sha),
+        "{text}"
+    );
+    let size_limit = |c: &Children| {
+        pod_spec(c)
+            .volumes
+            .clone()
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "models")
+            .and_then(|v| v.empty_dir)
+            .and_then(|e| e.size_limit)
+            .map(|q| q.0)
+    };
+    // Twice the model and twice the draft (the model's size when it names none), plus 256Mi.
+    assert_eq!(size_limit(&c).as_deref(), Some("656Mi"));
+    let c = children(spec("draft", Some("20Mi")));
+    assert_eq!(size_limit(&c).as_deref(), Some("496Mi"));
+
+    let c = children(spec("ngram", Some("20Mi")));
+    let inits = pod_spec(&c).init_containers.clone().expect("inits");
+    assert!(inits.iter().all(|i| i.name != "fetch-draft-model"));
+    assert!(
+        sidecar(&c)
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "LEXSERVE_DRAFT_MODEL_URI")
+    );
+    assert_eq!(size_limit(&c).as_deref(), Some("456Mi"));
+}
+
 #[test]
 fn config_change_changes_the_pod_template_hash() {
     let a = children(embedder());
