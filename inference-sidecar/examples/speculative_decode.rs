@@ -105,6 +105,7 @@ fn start(path: &Path, speculation: SpeculationConfig) -> (Arc<Generator>, Arc<Me
     let config = EngineConfig {
         max_running: 16,
         step_tokens: 256,
+        prefill_tokens_while_decoding: 32,
         block_size: 16,
         kv_cache_bytes: 256 << 20,
         max_new_tokens: 1024,

@@ -107,6 +107,12 @@ pub struct ServeArgs {
     /// (default 256; raised to maxConcurrentSequences if lower).
     #[arg(long, env = "LEXSERVE_MAX_STEP_TOKENS")]
     pub max_step_tokens: Option<u64>,
+    /// Generation: prompt tokens fed per step while other sequences decode in it (default 8, or as
+    /// many as sequences decode where that is more):
+    /// bounds the inter-token gap a new prompt causes the streams already running; with nothing
+    /// decoding, a prompt takes the whole step budget.
+    #[arg(long, env = "LEXSERVE_PREFILL_TOKENS_WHILE_DECODING")]
+    pub prefill_tokens_while_decoding: Option<u64>,
     /// runtime.generation.prefixCache: share computed prompt prefixes (default true).
     #[arg(long, env = "LEXSERVE_PREFIX_CACHE")]
     pub prefix_cache: Option<bool>,

@@ -55,6 +55,7 @@ fn config(max_running: usize, blocks: usize, block_size: usize) -> EngineConfig 
         prefix_cache: true,
         max_running,
         step_tokens: 64,
+        prefill_tokens_while_decoding: 64,
         block_size,
         kv_cache_bytes: budget(DTYPE, blocks, block_size),
         kv_cache_dtype: DTYPE,

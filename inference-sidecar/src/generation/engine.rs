@@ -37,6 +37,8 @@ use crate::metrics::Metrics;
 pub struct EngineConfig {
     pub max_running: usize,
     pub step_tokens: usize,
+    /// Prompt tokens per step while other sequences decode in it.
+    pub prefill_tokens_while_decoding: usize,
     pub block_size: usize,
     pub kv_cache_bytes: u64,
     pub kv_cache_dtype: KvCacheDtype,
@@ -55,6 +57,7 @@ impl EngineConfig {
         Self {
             max_running: g.max_concurrent_sequences,
             step_tokens: g.max_step_tokens,
+            prefill_tokens_while_decoding: g.prefill_tokens_while_decoding,
             block_size: g.block_size,
             kv_cache_bytes: g.kv_cache_memory_bytes,
             kv_cache_dtype: g.kv_cache_dtype,
@@ -211,7 +214,8 @@ impl Engine {
             },
             blocks,
         )
-        .with_prefix_cache(config.prefix_cache);
+        .with_prefix_cache(config.prefix_cache)
+        .with_prefill_limit_while_decoding(config.prefill_tokens_while_decoding);
         let limits = GeneratorLimits {
             max_new_tokens: config.max_new_tokens,
             max_total_tokens: loaded

@@ -106,6 +106,9 @@ pub struct Scheduler {
     block_errors: u64,
     /// Panic on a bookkeeping error (debug and test builds) rather than log and count it.
     strict: bool,
+    /// The most prompt tokens a step feeds while other sequences decode in it (see
+    /// [`Scheduler::with_prefill_limit_while_decoding`]).
+    prefill_while_decoding: usize,
 }
 
 impl Scheduler {
@@ -116,6 +119,7 @@ impl Scheduler {
             block_size: limits.block_size.max(1),
         };
         Self {
+            prefill_while_decoding: usize::MAX,
             limits,
             allocator: BlockAllocator::new(blocks),
             waiting: VecDeque::new(),
@@ -340,6 +344,11 @@ impl Scheduler {
             .iter()
             .filter(|s| s.tokens.len() - s.cached == 1)
             .count();
+        let mut prefill_budget = if decodes_left > 0 {
+            self.prefill_while_decoding.max(decodes_left)
+        } else {
+            usize::MAX
+        };
         let mut i = 0;
         while i < self.running.len() {
             let seq = &self.running[i];
@@ -351,7 +360,9 @@ impl Scheduler {
             let n = if is_decode {
                 1.min(budget)
             } else {
-                remaining.min(budget.saturating_sub(decodes_left))
+                remaining
+                    .min(budget.saturating_sub(decodes_left))
+                    .min(prefill_budget)
             };
             if n == 0 {
                 i += 1;
@@ -388,13 +399,16 @@ impl Scheduler {
                     sample: to == seq.tokens.len(),
                 });
                 budget -= n;
+                if !is_decode {
+                    prefill_budget -= n;
+                }
             }
             i += 1;
         }
         if !step.preempted.is_empty() {
             return step;
         }
-        while self.running.len() < self.limits.max_running && budget > 0 {
+        while self.running.len() < self.limits.max_running && budget > 0 && prefill_budget > 0 {
             let Some(front) = self.waiting.front() else {
                 break;
             };
@@ -415,7 +429,7 @@ impl Scheduler {
                 break;
             }
             let cached = shared.len() * bs;
-            let n = (len - cached).min(budget);
+            let n = (len - cached).min(budget).min(prefill_budget);
             let need = blocks_for(cached + n, bs) - shared.len();
             while self.allocator.free_count() < need && self.evict_cached() {}
             let Some(blocks) = self.allocator.allocate(need) else {
@@ -443,9 +457,21 @@ impl Scheduler {
                 sample: cached + n == seq.tokens.len(),
             });
             budget -= n;
+            prefill_budget = prefill_budget.saturating_sub(n);
             self.running.push(seq);
         }
         step
+    }
+
+    /// Bounds the prompt tokens of a step in which sequences decode to `tokens`, or to the number
+    /// of decoding sequences where that is more: every streaming sequence waits for the whole step,
+    /// and on a CPU a prompt row costs about what a decode row of the batch does, so a full prompt
+    /// chunk in a step is an inter-token gap of many decode steps for everyone, while a new prompt
+    /// at most doubles a step this way. Prompts are fed in chunks over several steps (their total
+    /// work is the same); with nothing decoding they take the whole step budget.
+    pub fn with_prefill_limit_while_decoding(mut self, tokens: usize) -> Self {
+        self.prefill_while_decoding = tokens.max(1);
+        self
     }
 
     /// A sibling waits while its leader runs and has not yet computed the prompt's full blocks
@@ -694,6 +720,72 @@ mod tests {
         }
         s.check_invariants().unwrap();
         step
+    }
+
+    /// While sequences decode, a step feeds at most the prefill limit of prompt tokens (running
+    /// prompts and admissions together); with nothing decoding a prompt takes the whole budget.
+    #[test]
+    fn prompts_are_fed_in_small_chunks_while_others_decode() {
+        let mut s = plain(limits(4, 64, 4), 100).with_prefill_limit_while_decoding(6);
+        s.submit(1, vec![1; 20]);
+        let step = run(&mut s);
+        assert_eq!(
+            step.work,
+            vec![work(1, 0, 20, true)],
+            "alone: the whole prompt"
+        );
+        // Sequence 1 decodes; two prompts of 10 arrive: 6 prompt tokens per step between them.
+        s.submit(2, vec![2; 10]);
+        s.submit(3, vec![3; 10]);
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![work(1, 20, 21, true), work(2, 0, 6, false)]);
+        let step = run(&mut s);
+        assert_eq!(
+            step.work,
+            vec![
+                work(1, 21, 22, true),
+                work(2, 6, 10, true),
+                work(3, 0, 2, false)
+            ]
+        );
+        let step = run(&mut s);
+        assert_eq!(
+            step.work,
+            vec![
+                work(1, 22, 23, true),
+                work(2, 10, 11, true),
+                work(3, 2, 8, false)
+            ]
+        );
+        // More sequences decoding than the limit: as many prompt tokens as sequences decode.
+        let mut s = plain(limits(16, 64, 4), 100).with_prefill_limit_while_decoding(2);
+        for id in 1..=4 {
+            s.submit(id, vec![1; 3]);
+        }
+        run(&mut s);
+        s.submit(5, vec![5; 10]);
+        let step = run(&mut s);
+        assert_eq!(step.work.len(), 5);
+        assert_eq!(
+            step.work[4],
+            work(5, 0, 4, false),
+            "4 decoding: 4 prompt tokens"
+        );
+        // Without a limit the same prompts go in at once.
+        let mut s = plain(limits(4, 64, 4), 100);
+        s.submit(1, vec![1; 20]);
+        run(&mut s);
+        s.submit(2, vec![2; 10]);
+        s.submit(3, vec![3; 10]);
+        let step = run(&mut s);
+        assert_eq!(
+            step.work,
+            vec![
+                work(1, 20, 21, true),
+                work(2, 0, 10, true),
+                work(3, 0, 10, true)
+            ]
+        );
     }
 
     #[test]
