@@ -18,6 +18,7 @@ pub mod operator;
 pub mod pausable_proxy;
 pub mod pki;
 pub mod pod_harness;
+pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod request_counts;

@@ -1,6 +1,5 @@
 //! `lexserve-operator run` as a real process against a [`LocalCluster`], the way users run it.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,8 +92,7 @@ impl Default for OperatorOptions {
 }
 
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
+    crate::ports::unused_port()
 }
 
 impl OperatorProcess {

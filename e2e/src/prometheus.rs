@@ -2,7 +2,6 @@
 //! query one: it scrapes the given loopback targets every second and keeps its data in a
 //! temporary directory. It stops, and its directory goes, when dropped.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,10 +48,7 @@ impl Prometheus {
     /// every second, and waits until it is ready.
     pub async fn start_with_jobs(extra_jobs: Vec<serde_json::Value>) -> Result<Self> {
         let binary = bins::bin("prometheus")?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("picking a free port")?
-            .port();
+        let port = crate::ports::unused_port()?;
         let dir = std::env::temp_dir().join(format!(
             "lexserve-e2e-prometheus-{}-{port}",
             std::process::id()

@@ -5,7 +5,6 @@
 //! operator wrote into the pod's ConfigMap, with the model files the fetch init container would
 //! have put in place.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,10 +42,7 @@ pub fn ort_dylib() -> Result<PathBuf> {
 
 /// A loopback port nothing listens on now.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("picking a free port")?
-        .port())
+    crate::ports::unused_port()
 }
 
 /// Starts the sidecar of pod `pod` as the pod would: from the config the operator wrote into

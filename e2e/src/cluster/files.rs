@@ -1,7 +1,6 @@
 //! The files and ports of a [`LocalCluster`](super::LocalCluster): its work directory,
 //! kubeconfigs, free loopback ports, and an HTTPS client trusting its CA.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -11,18 +10,10 @@ use anyhow::{Context, Result};
 use super::Ports;
 use crate::pki::CertFiles;
 
-/// Picks free loopback ports, holding all listeners until all are picked so none repeats.
+/// Picks free loopback ports outside the ephemeral range (see [`crate::ports`]), none twice.
 pub(super) fn free_ports() -> Result<Ports> {
-    let listeners = (0..6)
-        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding a free loopback port"))
-        .collect::<Result<Vec<_>>>()?;
-    let ports = listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .context("reading a bound port")
-        })
+    let ports = (0..6)
+        .map(|_| crate::ports::unused_port())
         .collect::<Result<Vec<_>>>()?;
     Ok(Ports {
         etcd_client: ports[0],
