@@ -177,6 +177,60 @@ fn cases() -> Vec<RuleCase> {
         },
         RuleCase {
             kind: InferenceService,
+            message: "runtime.generation.speculation.mode draft needs runtime.generation.speculation.draftModel",
+            accept: vec![
+                spec(json!({
+                    "model": {"format": "gguf", "task": "generate"},
+                    "runtime": {"generation": {"speculation": {"mode": "draft", "draftModel": {"uri": "hf://org/draft"}}}}
+                })),
+                spec(json!({
+                    "model": {"format": "gguf", "task": "generate"},
+                    "runtime": {"generation": {"speculation": {"mode": "ngram"}}}
+                })),
+            ],
+            reject: vec![spec(json!({
+                "model": {"format": "gguf", "task": "generate"},
+                "runtime": {"generation": {"speculation": {"mode": "draft"}}}
+            }))],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "runtime.generation.speculation.draftModel is only used when speculation.mode is draft",
+            accept: vec![spec(json!({
+                "model": {"format": "gguf", "task": "generate"},
+                "runtime": {"generation": {"speculation": {"mode": "draft", "draftModel": {"uri": "pvc://models/draft.gguf"}}}}
+            }))],
+            reject: vec![
+                spec(json!({
+                    "model": {"format": "gguf", "task": "generate"},
+                    "runtime": {"generation": {"speculation": {"mode": "ngram", "draftModel": {"uri": "hf://org/draft"}}}}
+                })),
+                spec(json!({
+                    "model": {"format": "gguf", "task": "generate"},
+                    "runtime": {"generation": {"speculation": {"draftModel": {"uri": "hf://org/draft"}}}}
+                })),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
+            message: "runtime.generation.speculation.draftModel.uri is an s3:// uri whose bucket is not an S3 bucket name: it must not contain '..' nor be an IP address",
+            accept: vec![spec(json!({
+                "model": {"format": "gguf", "task": "generate"},
+                "runtime": {"generation": {"speculation": {"mode": "draft", "draftModel": {"uri": "s3://models/draft.gguf"}}}}
+            }))],
+            reject: vec![
+                spec(json!({
+                    "model": {"format": "gguf", "task": "generate"},
+                    "runtime": {"generation": {"speculation": {"mode": "draft", "draftModel": {"uri": "s3://my..bucket/draft.gguf"}}}}
+                })),
+                spec(json!({
+                    "model": {"format": "gguf", "task": "generate"},
+                    "runtime": {"generation": {"speculation": {"mode": "draft", "draftModel": {"uri": "s3://10.0.0.1/draft.gguf"}}}}
+                })),
+            ],
+        },
+        RuleCase {
+            kind: InferenceService,
             message: "runtime.batching.maxQueueDelay must be at most 1m",
             accept: vec![
                 spec(json!({"runtime": {"batching": {"maxQueueDelay": "2ms"}}})),
