@@ -865,15 +865,7 @@ async fn a_draft_model_from_the_config_file_drafts_and_changes_no_answer() {
 
     let wrong = "0".repeat(64);
     let sidecar = Sidecar::start(&["--config".to_string(), config(&wrong)]);
-    let reason = loop {
-        let (status, body) = get(&client, sidecar.url("/ready")).await;
-        assert_eq!(status, 503);
-        let reason = body["reason"].as_str().unwrap_or_default().to_string();
-        if !reason.contains("loading") {
-            break reason;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let reason = sidecar.load_failure(&client).await;
     assert!(
         reason.contains("draft model digest mismatch") && reason.contains(&wrong),
         "{reason}"

@@ -309,16 +309,7 @@ async fn a_missing_runtime_library_means_not_ready_with_the_reason() {
     args[position + 1] = "/nonexistent/libonnxruntime.so".into();
     let sidecar = Sidecar::start(&args);
     let client = client();
-    // Poll until the load attempt has finished (the reason changes from "loading").
-    let reason = loop {
-        let (status, body) = get(&client, sidecar.url("/ready")).await;
-        assert_eq!(status, 503);
-        let reason = body["reason"].as_str().unwrap_or_default().to_string();
-        if !reason.contains("loading") {
-            break reason;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let reason = sidecar.load_failure(&client).await;
     assert!(
         reason.contains("ONNX Runtime") && reason.contains("/nonexistent"),
         "{reason}"

@@ -22,7 +22,7 @@ use super::generator::{
     Finish, FinishReason, GenerationEvent, Generator, GeneratorLimits, Submission,
 };
 use super::gguf::{LoadedGguf, load_gguf, locate_gguf, locate_gguf_at};
-use super::kv_cache::{KvCacheDtype, PagedKvCache};
+use super::kv_cache::{KvCacheDtype, PagedKvCache, blocks_in_budget};
 use super::model::{DecoderModel, SeqChunk};
 use super::sampling::Sampler;
 use super::scheduler::{Scheduler, SchedulerLimits, SeqId, Step, Work};
@@ -187,10 +187,7 @@ impl Engine {
         // Both caches come out of the one budget: a block of each per block of the pool.
         let bytes_per_token =
             shape.bytes_per_token(dtype) + draft_shape.map_or(0, |s| s.bytes_per_token(dtype));
-        let blocks = usize::try_from(
-            config.kv_cache_bytes / (bytes_per_token * config.block_size).max(1) as u64,
-        )
-        .unwrap_or(usize::MAX);
+        let blocks = blocks_in_budget(bytes_per_token, config.block_size, config.kv_cache_bytes);
         if blocks == 0 {
             return Err(format!(
                 "runtime.generation.kvCacheMemory ({} bytes) holds no block of {} tokens ({} bytes per token in {}{})",

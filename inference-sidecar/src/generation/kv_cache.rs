@@ -30,14 +30,10 @@ impl KvShape {
     }
 }
 
-/// How many blocks of `block_size` tokens fit in `budget_bytes`.
-pub fn blocks_in_budget(
-    shape: KvShape,
-    dtype: KvCacheDtype,
-    block_size: usize,
-    budget_bytes: u64,
-) -> usize {
-    let per_block = (shape.bytes_per_token(dtype) * block_size) as u64;
+/// How many blocks of `block_size` tokens, `bytes_per_token` each (the cache's, or the sum of the
+/// caches that share one block table), fit in `budget_bytes`.
+pub fn blocks_in_budget(bytes_per_token: usize, block_size: usize, budget_bytes: u64) -> usize {
+    let per_block = (bytes_per_token * block_size) as u64;
     usize::try_from(budget_bytes / per_block.max(1)).unwrap_or(usize::MAX)
 }
 
@@ -185,10 +181,13 @@ mod tests {
         // 2 (K and V) x 30 layers x 3 heads x 64 dims x 4 bytes.
         assert_eq!(SMOLLM2.bytes_per_token(KvCacheDtype::F32), 46_080);
         assert_eq!(
-            blocks_in_budget(SMOLLM2, KvCacheDtype::F32, 16, 256 << 20),
+            blocks_in_budget(SMOLLM2.bytes_per_token(KvCacheDtype::F32), 16, 256 << 20),
             364
         );
-        assert_eq!(blocks_in_budget(SMOLLM2, KvCacheDtype::F32, 16, 1000), 0);
+        assert_eq!(
+            blocks_in_budget(SMOLLM2.bytes_per_token(KvCacheDtype::F32), 16, 1000),
+            0
+        );
         let cache = PagedKvCache::new(SMOLLM2, KvCacheDtype::F32, 16, 4);
         assert_eq!(cache.bytes(), 4 * 16 * 46_080);
         assert_eq!(cache.capacity_tokens(), 64);
@@ -199,7 +198,7 @@ mod tests {
         // 2 bytes a value: llama.cpp's figure for SmolLM2 with its default f16 cache.
         assert_eq!(SMOLLM2.bytes_per_token(KvCacheDtype::F16), 23_040);
         assert_eq!(
-            blocks_in_budget(SMOLLM2, KvCacheDtype::F16, 16, 256 << 20),
+            blocks_in_budget(SMOLLM2.bytes_per_token(KvCacheDtype::F16), 16, 256 << 20),
             728
         );
         let cache = PagedKvCache::new(SMOLLM2, KvCacheDtype::F16, 16, 4);

@@ -152,6 +152,20 @@ impl Sidecar {
         assert!(status.success());
     }
 
+    /// Polls `/ready` (503 throughout) until the load attempt has finished, and returns the reason
+    /// it failed.
+    pub async fn load_failure(&self, client: &reqwest::Client) -> String {
+        loop {
+            let (status, body) = super::http::get(client, self.url("/ready")).await;
+            assert_eq!(status, 503);
+            let reason = body["reason"].as_str().unwrap_or_default().to_string();
+            if !reason.contains("loading") {
+                return reason;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for the process to exit (bounded) and returns its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;

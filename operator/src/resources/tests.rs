@@ -199,21 +199,16 @@ fn a_draft_model_is_fetched_beside_the_model_and_handed_to_the_sidecar() {
         json!(draft_sha),
         "{text}"
     );
-    let size_limit = |c: &Children| {
-        pod_spec(c)
-            .volumes
-            .clone()
-            .expect("volumes")
-            .into_iter()
-            .find(|v| v.name == "models")
-            .and_then(|v| v.empty_dir)
-            .and_then(|e| e.size_limit)
-            .map(|q| q.0)
-    };
     // Twice the model and twice the draft (the model's size when it names none), plus 256Mi.
-    assert_eq!(size_limit(&c).as_deref(), Some("656Mi"));
+    assert_eq!(
+        models_volume(&c).size_limit.map(|q| q.0).as_deref(),
+        Some("656Mi")
+    );
     let c = children(spec("draft", Some("20Mi")));
-    assert_eq!(size_limit(&c).as_deref(), Some("496Mi"));
+    assert_eq!(
+        models_volume(&c).size_limit.map(|q| q.0).as_deref(),
+        Some("496Mi")
+    );
 
     let c = children(spec("ngram", Some("20Mi")));
     let inits = pod_spec(&c).init_containers.clone().expect("inits");
@@ -225,7 +220,10 @@ fn a_draft_model_is_fetched_beside_the_model_and_handed_to_the_sidecar() {
             .flatten()
             .all(|e| e.name != "LEXSERVE_DRAFT_MODEL_URI")
     );
-    assert_eq!(size_limit(&c).as_deref(), Some("456Mi"));
+    assert_eq!(
+        models_volume(&c).size_limit.map(|q| q.0).as_deref(),
+        Some("456Mi")
+    );
 }
 
 #[test]
@@ -509,6 +507,18 @@ fn fetch_init_container_mounts_the_claim_and_checks_the_digest() {
     );
 }
 
+/// The model volume (an emptyDir) of the pod template.
+fn models_volume(c: &Children) -> k8s_openapi::api::core::v1::EmptyDirVolumeSource {
+    pod_spec(c)
+        .volumes
+        .clone()
+        .expect("volumes")
+        .into_iter()
+        .find(|v| v.name == "models")
+        .and_then(|v| v.empty_dir)
+        .expect("the models emptyDir")
+}
+
 /// The arguments of the init container `name`.
 fn fetch_args(c: &Children, name: &str) -> Vec<String> {
     pod_spec(c)
@@ -646,16 +656,6 @@ fn serve_reads_the_path_fetch_writes() {
 
 #[test]
 fn fetch_is_bounded_and_the_model_volume_sized_from_the_model() {
-    let models_volume = |c: &Children| {
-        pod_spec(c)
-            .volumes
-            .clone()
-            .expect("volumes")
-            .into_iter()
-            .find(|v| v.name == "models")
-            .and_then(|v| v.empty_dir)
-            .expect("the models emptyDir")
-    };
     let without_size = children(embedder());
     assert_eq!(models_volume(&without_size).size_limit, None);
     let fetch = pod_spec(&without_size)
